@@ -1,0 +1,32 @@
+"""minigrad: a small reverse-mode automatic differentiation engine.
+
+>>> import minigrad as mg
+>>> x = mg.Tensor([1.0, 2.0, 3.0], requires_grad=True)
+>>> y = (x * x).sum()
+>>> y.backward()
+>>> x.grad
+array([2., 4., 6.], dtype=float32)
+
+The pieces, in reading order: :mod:`minigrad.tensor` (Tensor, Function, the
+backward pass), :mod:`minigrad.functions` (the primitives, forward and backward
+side by side), :mod:`minigrad.backend` (the array namespace and kernel table),
+:mod:`minigrad.gradcheck` (finite-difference checks).
+"""
+from .backend import available_backends, get_backend, set_backend
+from .tensor import Function, Tensor, as_tensor, enable_grad, is_grad_enabled, no_grad
+from .functions import (abs, add, broadcast_to, clip, concatenate, div, exp, getitem,
+                        leaky_relu, log, log_sigmoid, logsumexp, matmul, max, maximum,
+                        mean, minimum, mul, neg, pow, relu, reshape, sigmoid, softplus,
+                        sqrt, sub, sum, tanh, transpose, where)
+from .gradcheck import gradcheck
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "Tensor", "Function", "as_tensor", "no_grad", "enable_grad", "is_grad_enabled",
+    "gradcheck", "get_backend", "set_backend", "available_backends",
+    "abs", "add", "broadcast_to", "clip", "concatenate", "div", "exp", "getitem",
+    "leaky_relu", "log", "log_sigmoid", "logsumexp", "matmul", "max", "maximum", "mean",
+    "minimum", "mul", "neg", "pow", "relu", "reshape", "sigmoid", "softplus", "sqrt",
+    "sub", "sum", "tanh", "transpose", "where",
+]

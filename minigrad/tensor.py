@@ -1,0 +1,388 @@
+"""Tensor, Function and the backward pass.
+
+A :class:`Tensor` wraps an array of the active backend.  Applying a
+:class:`Function` to tensors computes the result's array and, when any input
+requires a gradient, remembers the function application (the *node*) on the
+result.  :meth:`Tensor.backward` then walks those nodes from the output back to
+the leaves, calling each node's ``backward`` -- its vector-Jacobian product.
+
+Two rules keep the primitives short:
+
+* a primitive's ``backward`` may return its input gradients in the broadcast
+  (output) shape; :func:`unbroadcast` -- the only place that does so -- sums
+  them back to each input's shape;
+* a primitive returns ``None`` for inputs that are not differentiable.
+"""
+from __future__ import annotations
+
+import contextlib
+import numbers
+
+import numpy
+
+from .backend import array_namespace, device_of, get_backend
+
+__all__ = ["Tensor", "Function", "no_grad", "enable_grad", "is_grad_enabled",
+           "unbroadcast", "as_tensor"]
+
+
+# ----------------------------------------------------------------------------
+# Gradient mode
+# ----------------------------------------------------------------------------
+
+_grad_enabled = True
+
+
+def is_grad_enabled():
+    """Whether operations are being recorded for backward."""
+    return _grad_enabled
+
+
+@contextlib.contextmanager
+def _grad_mode(enabled):
+    global _grad_enabled
+    previous = _grad_enabled
+    _grad_enabled = enabled
+    try:
+        yield
+    finally:
+        _grad_enabled = previous
+
+
+def no_grad():
+    """``with no_grad():`` records nothing inside; restores the mode on exit."""
+    return _grad_mode(False)
+
+
+def enable_grad():
+    """``with enable_grad():`` records inside, even within ``no_grad()``."""
+    return _grad_mode(True)
+
+
+# ----------------------------------------------------------------------------
+# Function: one primitive, forward and backward side by side
+# ----------------------------------------------------------------------------
+
+class Function:
+    """Base class of every primitive.
+
+    A subclass defines ``forward(self, *arrays, **params) -> array`` and
+    ``backward(self, grad) -> gradient or tuple of gradients`` (one per tensor
+    input, ``None`` for a non-differentiable one).  ``self`` is the node: it
+    keeps what backward needs through :meth:`save_for_backward` and knows the
+    array namespace as ``self.xp``.
+    """
+
+    def __init__(self, xp):
+        self.xp = xp
+        self.parents = ()
+        self.saved = ()
+
+    def save_for_backward(self, *arrays):
+        self.saved = arrays
+
+    def forward(self, *arrays, **params):  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def backward(self, grad):  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    @classmethod
+    def apply(cls, *inputs, **params):
+        """Run ``forward`` on the inputs' data and record the node if needed."""
+        tensors = _to_tensors(cls.__name__, inputs)
+        data = [t.data for t in tensors]
+        node = cls(array_namespace(*data))
+        out = node.forward(*data, **params)
+        requires_grad = _grad_enabled and any(t.requires_grad for t in tensors)
+        result = Tensor._wrap(out, requires_grad)
+        if requires_grad:
+            node.parents = tuple(tensors)
+            result._node = node
+        return result
+
+    @property
+    def name(self):
+        return type(self).__name__
+
+
+def _to_tensors(op, inputs):
+    """Inputs as Tensors; Python numbers take the dtype of the tensor operands."""
+    ref = next((x for x in inputs if isinstance(x, Tensor)), None)
+    devices = {x.device for x in inputs if isinstance(x, Tensor)}
+    if len(devices) > 1:
+        shapes = ", ".join(f"{x.device} {x.shape}" for x in inputs if isinstance(x, Tensor))
+        raise RuntimeError(f"{op.lower()}: tensors on different devices ({shapes}); "
+                           f"move them to one device with .to(...)")
+    out = []
+    for x in inputs:
+        if isinstance(x, Tensor):
+            out.append(x)
+        elif isinstance(x, numbers.Number) and ref is not None and _is_float(ref.dtype):
+            out.append(Tensor._wrap(ref.xp.asarray(x, dtype=ref.dtype), False))
+        elif ref is not None:
+            out.append(Tensor(ref.xp.asarray(x)))
+        else:
+            out.append(Tensor(x))
+    return out
+
+
+def _is_float(dtype):
+    return numpy.issubdtype(numpy.dtype(dtype), numpy.floating)
+
+
+# ----------------------------------------------------------------------------
+# Broadcasting: gradients are reduced back to the input shape here, and only here
+# ----------------------------------------------------------------------------
+
+def unbroadcast(grad, shape, dtype):
+    """Sum ``grad`` (in a broadcast shape) back to ``shape`` and cast to ``dtype``.
+
+    NumPy broadcasting prepends axes and stretches axes of length 1; the
+    gradient of a broadcast is the sum over exactly those axes.
+    """
+    xp = array_namespace(grad)
+    if grad.shape != shape:
+        extra = grad.ndim - len(shape)
+        if extra < 0:
+            raise RuntimeError(f"internal error: gradient of shape {grad.shape} for an "
+                               f"input of shape {shape}")
+        if extra:
+            grad = grad.sum(axis=tuple(range(extra)))
+        stretched = tuple(i for i, n in enumerate(shape) if n == 1 and grad.shape[i] != 1)
+        if stretched:
+            grad = grad.sum(axis=stretched, keepdims=True)
+        if grad.shape != shape:
+            raise RuntimeError(f"internal error: cannot reduce a gradient of shape "
+                               f"{grad.shape} to the input shape {shape}")
+    if grad.dtype != dtype:
+        grad = grad.astype(dtype)
+    return xp.asarray(grad)
+
+
+# ----------------------------------------------------------------------------
+# Tensor
+# ----------------------------------------------------------------------------
+
+def _as_array(data, dtype):
+    """The backend array for ``data``, with the dtype rules of :class:`Tensor`."""
+    xp = array_namespace(data)
+    if xp is numpy and not isinstance(data, numpy.ndarray):
+        # Python numbers and lists: the active backend decides where they live.
+        xp = get_backend().xp
+    if dtype is not None:
+        return xp.asarray(data, dtype=dtype)
+    if isinstance(data, (numbers.Number, list, tuple)):
+        array = numpy.asarray(data)
+        if array.dtype == object:
+            raise TypeError(f"Tensor: cannot make a numeric array from {type(data).__name__} "
+                            f"{data!r:.80}")
+        if array.dtype.kind in "biuf":
+            return xp.asarray(array, dtype=numpy.float32)
+        return xp.asarray(array)
+    if isinstance(data, numpy.generic):
+        return xp.asarray(data)
+    return xp.asarray(data)
+
+
+class Tensor:
+    """An n-d array that records the operations applied to it.
+
+    ``Tensor(data, requires_grad=False, dtype=None)``: Python numbers and lists
+    become float32; arrays keep their dtype (float64 for gradient checks);
+    integer and boolean tensors cannot require a gradient.
+    """
+
+    # NumPy defers to our reflected operators (``2.0 * t``, ``array + t``).
+    __array_ufunc__ = None
+
+    def __init__(self, data, requires_grad=False, dtype=None):
+        if isinstance(data, Tensor):
+            data = data.data
+        self.data = _as_array(data, dtype)
+        self._node = None
+        self._released = False
+        self.grad = None
+        self.requires_grad = requires_grad
+
+    @classmethod
+    def _wrap(cls, data, requires_grad):
+        t = cls.__new__(cls)
+        t.data = data
+        t._node = None
+        t._released = False
+        t.grad = None
+        t._requires_grad = bool(requires_grad)
+        return t
+
+    # -- attributes -------------------------------------------------------------
+    @property
+    def requires_grad(self):
+        return self._requires_grad
+
+    @requires_grad.setter
+    def requires_grad(self, value):
+        if value and not _is_float(self.data.dtype):
+            raise TypeError(f"Tensor: a tensor of dtype {self.data.dtype} cannot require "
+                            f"a gradient; only floating-point tensors can")
+        self._requires_grad = bool(value)
+
+    @property
+    def shape(self):
+        return tuple(self.data.shape)
+
+    @property
+    def ndim(self):
+        return self.data.ndim
+
+    @property
+    def size(self):
+        return int(self.data.size)
+
+    @property
+    def dtype(self):
+        return self.data.dtype
+
+    @property
+    def xp(self):
+        return array_namespace(self.data)
+
+    @property
+    def device(self):
+        return device_of(self.data)
+
+    @property
+    def is_leaf(self):
+        return self._node is None
+
+    def numpy(self):
+        """A host NumPy copy of the data."""
+        if self.device == "cuda":
+            return self.data.get()
+        return numpy.array(self.data, copy=True)
+
+    def item(self):
+        if self.size != 1:
+            raise ValueError(f"item: only a tensor with one element has an item; "
+                             f"this one has shape {self.shape}")
+        return self.data.reshape(()).item()
+
+    def detach(self):
+        """The same data, cut from the graph (no copy)."""
+        return Tensor._wrap(self.data, False)
+
+    def zero_grad(self):
+        self.grad = None
+
+    def __len__(self):
+        if self.ndim == 0:
+            raise TypeError("len() of a 0-d tensor")
+        return self.shape[0]
+
+    def __repr__(self):
+        extra = ", requires_grad=True" if self.requires_grad else ""
+        body = numpy.array2string(self.numpy(), separator=", ", prefix="Tensor(")
+        return f"Tensor({body}, dtype={self.dtype}{extra})"
+
+    def __bool__(self):
+        if self.size != 1:
+            raise ValueError(f"the truth value of a tensor of shape {self.shape} is ambiguous")
+        return bool(self.item())
+
+    __hash__ = object.__hash__
+
+    # -- backward ---------------------------------------------------------------
+    def backward(self, grad=None, retain_graph=False):
+        """Accumulate d(self)/d(leaf) into every leaf's ``.grad``.
+
+        ``grad`` is the seed (the vector in the vector-Jacobian product); it may
+        be omitted only for a single-element tensor.  Intermediate gradients are
+        dropped as soon as they are used and the graph is released afterwards
+        unless ``retain_graph=True``.
+        """
+        if not self.requires_grad:
+            raise RuntimeError("backward: this tensor does not require a gradient "
+                               "(no input of the computation had requires_grad=True)")
+        if self._released:
+            raise RuntimeError("backward: the graph of this tensor was already released "
+                               "by an earlier backward(); pass retain_graph=True to the "
+                               "first call to run backward twice")
+        xp = self.xp
+        if grad is None:
+            if self.size != 1:
+                raise RuntimeError(f"backward: grad must be given for a non-scalar output "
+                                   f"(shape {self.shape})")
+            grad = xp.ones(self.shape, dtype=self.dtype)
+        else:
+            grad = grad.data if isinstance(grad, Tensor) else xp.asarray(grad, dtype=self.dtype)
+            if tuple(grad.shape) != self.shape:
+                raise ValueError(f"backward: grad has shape {tuple(grad.shape)}, expected the "
+                                 f"output's shape {self.shape}")
+
+        order = _topological_order(self)
+        grads = {id(self): grad}
+        for tensor in order:
+            g = grads.pop(id(tensor), None)  # dropped here: freed once used
+            node = tensor._node
+            if node is None:
+                if tensor._released:
+                    raise RuntimeError("backward: part of this graph was already released "
+                                       "by an earlier backward(); pass retain_graph=True to it")
+                if g is not None:
+                    _accumulate_leaf(tensor, g)
+                continue
+            if g is not None:
+                parent_grads = node.backward(g)
+                if not isinstance(parent_grads, tuple):
+                    parent_grads = (parent_grads,)
+                for parent, pg in zip(node.parents, parent_grads):
+                    if pg is None or not parent.requires_grad:
+                        continue
+                    pg = unbroadcast(pg, parent.shape, parent.dtype)
+                    key = id(parent)
+                    grads[key] = pg if key not in grads else grads[key] + pg
+                del parent_grads, g
+            if not retain_graph:
+                tensor._node = None
+                tensor._released = True
+        return None
+
+
+def _accumulate_leaf(tensor, g):
+    if tensor.grad is None:
+        tensor.grad = tensor.xp.array(g, dtype=tensor.dtype, copy=True)
+    else:
+        tensor.grad += g
+
+
+def _topological_order(root):
+    """Tensors reachable from ``root`` through recorded nodes, outputs first.
+
+    Iterative depth-first search, parents visited in argument order, so the
+    order is deterministic and graph depth is limited only by memory.
+    """
+    postorder, visited = [], set()
+    stack = [(root, False)]
+    while stack:
+        tensor, children_done = stack.pop()
+        if children_done:
+            postorder.append(tensor)
+            continue
+        if id(tensor) in visited:
+            continue
+        visited.add(id(tensor))
+        stack.append((tensor, True))
+        if tensor._node is not None:
+            for parent in reversed(tensor._node.parents):
+                if parent.requires_grad and id(parent) not in visited:
+                    stack.append((parent, False))
+    postorder.reverse()
+    return postorder
+
+
+def as_tensor(x):
+    """``x`` if it is a Tensor, else ``Tensor(x)``."""
+    return x if isinstance(x, Tensor) else Tensor(x)
+
+
+# Operators and methods are attached in functions.py, next to the primitives.
