@@ -1,0 +1,110 @@
+"""Loss functions, built from the primitives.
+
+Two families, and what ``reduction`` does for each:
+
+* elementwise losses (``mse``, ``binary_cross_entropy``,
+  ``binary_cross_entropy_with_logits``, ``bernoulli_kl``): one term per element;
+  ``"mean"`` averages over all elements, ``"sum"`` sums them, ``"none"``
+  returns them;
+* per-example losses (``kl_divergence``, ``gaussian_kl``, ``l1``): the terms are
+  summed over the last axis (one value per example); ``"mean"`` averages those
+  over the leading (batch) axes, ``"sum"`` sums them, ``"none"`` returns them.
+
+Shapes of prediction and target must be equal: nothing is broadcast silently.
+"""
+from __future__ import annotations
+
+import math
+
+from . import functions as F
+from .tensor import as_tensor
+
+__all__ = ["mse", "binary_cross_entropy", "binary_cross_entropy_with_logits",
+           "kl_divergence", "gaussian_kl", "l1", "bernoulli_kl"]
+
+_REDUCTIONS = ("mean", "sum", "none")
+
+
+def _reduce(op, terms, reduction):
+    if reduction == "mean":
+        return F.mean(terms)
+    if reduction == "sum":
+        return F.sum(terms)
+    if reduction == "none":
+        return terms
+    raise ValueError(f"{op}: reduction={reduction!r}; expected one of {_REDUCTIONS}")
+
+
+def _same_shape(op, a, b, names=("input", "target")):
+    a, b = as_tensor(a), as_tensor(b)
+    if a.shape != b.shape:
+        raise ValueError(f"{op}: {names[0]} has shape {a.shape} but {names[1]} has shape "
+                         f"{b.shape}; they must be equal")
+    return a, b
+
+
+def mse(pred, target, reduction="mean"):
+    """(pred - target)^2 per element."""
+    pred, target = _same_shape("mse", pred, target)
+    diff = pred - target
+    return _reduce("mse", diff * diff, reduction)
+
+
+def binary_cross_entropy(prob, target, reduction="mean"):
+    """-(t ln p + (1 - t) ln(1 - p)) per element, for probabilities p in [0, 1].
+
+    Each log is clamped below at -100 (as PyTorch does), so p of exactly 0 or 1
+    gives a finite loss and gradient.
+    """
+    prob, target = _same_shape("binary_cross_entropy", prob, target, ("prob", "target"))
+    log_p = F.maximum(F.log(prob), -100.0)
+    log_1mp = F.maximum(F.log(1.0 - prob), -100.0)
+    return _reduce("binary_cross_entropy", -(target * log_p + (1.0 - target) * log_1mp),
+                   reduction)
+
+
+def binary_cross_entropy_with_logits(logits, target, reduction="mean"):
+    """BCE of sigmoid(x) against t, as softplus(x) - t x: finite for any logit x."""
+    logits, target = _same_shape("binary_cross_entropy_with_logits", logits, target,
+                                 ("logits", "target"))
+    return _reduce("binary_cross_entropy_with_logits",
+                   F.softplus(logits) - target * logits, reduction)
+
+
+def kl_divergence(p, q, reduction="mean"):
+    """KL(p || q) = sum_i p_i ln(p_i / q_i) over the last axis; terms with p_i = 0 give 0."""
+    p, q = _same_shape("kl_divergence", p, q, ("p", "q"))
+    positive = p.data > 0
+    # Where p = 0 the term is 0; feed ln() ones there so no inf enters the graph.
+    safe_p, safe_q = F.where(positive, p, 1.0), F.where(positive, q, 1.0)
+    terms = F.where(positive, p * (F.log(safe_p) - F.log(safe_q)), 0.0)
+    return _reduce("kl_divergence", F.sum(terms, axis=-1), reduction)
+
+
+def gaussian_kl(mu, log_var, reduction="mean"):
+    """KL(N(mu, e^log_var) || N(0, I)) = 1/2 sum_j (e^lv_j + mu_j^2 - 1 - lv_j), last axis."""
+    mu, log_var = _same_shape("gaussian_kl", mu, log_var, ("mu", "log_var"))
+    terms = 0.5 * (F.exp(log_var) + mu * mu - 1.0 - log_var)
+    return _reduce("gaussian_kl", F.sum(terms, axis=-1), reduction)
+
+
+def l1(h, reduction="mean"):
+    """The activity penalty sum_i |h_i| over the last axis (the article's Omega(h))."""
+    h = as_tensor(h)
+    return _reduce("l1", F.sum(F.abs(h), axis=-1), reduction)
+
+
+def bernoulli_kl(rho, rho_hat, reduction="sum"):
+    """KL sparsity: rho ln(rho / rho_hat_j) + (1 - rho) ln((1 - rho) / (1 - rho_hat_j)).
+
+    ``rho`` is the target activation (a number in (0, 1)); ``rho_hat`` holds each
+    unit's mean activation (values in (0, 1)).  One term per unit; the default
+    ``reduction="sum"`` sums over units, as the sparse autoencoder penalty does.
+    """
+    rho = float(rho)
+    if not 0.0 < rho < 1.0:
+        raise ValueError(f"bernoulli_kl: rho={rho} must lie strictly between 0 and 1")
+    rho_hat = as_tensor(rho_hat)
+    terms = (rho * (math.log(rho) - F.log(rho_hat))
+             + (1.0 - rho) * (math.log(1.0 - rho) - F.log(1.0 - rho_hat)))
+    return _reduce("bernoulli_kl", terms, reduction)

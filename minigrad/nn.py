@@ -1,0 +1,267 @@
+"""Layers: Module, Parameter, Dense, Sequential and activation modules.
+
+A :class:`Module` finds its parameters and sub-modules by attribute: assigning a
+:class:`Parameter` or a :class:`Module` to ``self.name`` registers it under
+``name`` (sub-module parameters as ``"child.name"``), in assignment order.
+"""
+from __future__ import annotations
+
+import math
+
+import numpy
+
+from . import functions as F
+from .backend import get_backend
+from .tensor import Tensor
+
+__all__ = ["Parameter", "Module", "Dense", "Sequential", "ReLU", "LeakyReLU", "Sigmoid",
+           "Tanh", "Softplus", "Identity", "activation_module"]
+
+
+class Parameter(Tensor):
+    """A tensor that a Module trains: a leaf that always requires a gradient."""
+
+    def __init__(self, data, dtype=None):
+        super().__init__(data, requires_grad=True, dtype=dtype)
+
+    def __repr__(self):
+        return "Parameter" + super().__repr__()[len("Tensor"):]
+
+
+class Module:
+    """Base class of layers and models."""
+
+    def __init__(self):
+        object.__setattr__(self, "_parameters", {})
+        object.__setattr__(self, "_modules", {})
+        object.__setattr__(self, "training", True)
+
+    def __setattr__(self, name, value):
+        if "_parameters" not in self.__dict__:
+            raise RuntimeError(f"{type(self).__name__}: call super().__init__() before "
+                               f"assigning attributes")
+        self._parameters.pop(name, None)
+        self._modules.pop(name, None)
+        if isinstance(value, Parameter):
+            self._parameters[name] = value
+        elif isinstance(value, Module):
+            self._modules[name] = value
+        object.__setattr__(self, name, value)
+
+    def forward(self, *args, **kwargs):  # pragma: no cover - abstract
+        raise NotImplementedError(f"{type(self).__name__} does not define forward()")
+
+    def __call__(self, *args, **kwargs):
+        return self.forward(*args, **kwargs)
+
+    # -- traversal -------------------------------------------------------------
+    def named_modules(self, prefix=""):
+        yield prefix, self
+        for name, module in self._modules.items():
+            yield from module.named_modules(f"{prefix}{name}.")
+
+    def named_parameters(self, prefix=""):
+        """(name, Parameter) pairs, this module's first, then each child's."""
+        for name, p in self._parameters.items():
+            yield prefix + name, p
+        for name, module in self._modules.items():
+            yield from module.named_parameters(f"{prefix}{name}.")
+
+    def parameters(self):
+        return [p for _, p in self.named_parameters()]
+
+    def zero_grad(self):
+        for p in self.parameters():
+            p.grad = None
+
+    def train(self, mode=True):
+        for _, module in self.named_modules():
+            object.__setattr__(module, "training", bool(mode))
+        return self
+
+    def eval(self):
+        return self.train(False)
+
+    # -- state -----------------------------------------------------------------
+    def state_dict(self):
+        """``{name: host NumPy copy}`` of every parameter."""
+        return {name: p.numpy() for name, p in self.named_parameters()}
+
+    def load_state_dict(self, state):
+        """Copy ``state`` into the parameters; names, shapes and dtypes must match."""
+        own = dict(self.named_parameters())
+        missing = sorted(set(own) - set(state))
+        unexpected = sorted(set(state) - set(own))
+        if missing or unexpected:
+            raise KeyError(f"load_state_dict: parameter names differ: missing {missing}, "
+                           f"unexpected {unexpected}")
+        for name, p in own.items():
+            value = state[name]
+            shape = tuple(numpy.shape(value))
+            dtype = numpy.asarray(value).dtype if not hasattr(value, "dtype") else value.dtype
+            if shape != p.shape:
+                raise ValueError(f"load_state_dict: {name!r} has shape {shape}, expected "
+                                 f"{p.shape}")
+            if numpy.dtype(dtype) != numpy.dtype(p.dtype):
+                raise TypeError(f"load_state_dict: {name!r} has dtype {dtype}, expected "
+                                f"{p.dtype}")
+        for name, p in own.items():
+            p.data[...] = p.xp.asarray(state[name])
+            p.grad = None
+        return self
+
+    def __repr__(self):
+        children = "".join(f"\n  ({n}): " + repr(m).replace("\n", "\n  ")
+                           for n, m in self._modules.items())
+        return f"{type(self).__name__}({self.extra_repr()}{children}{chr(10) if children else ''})"
+
+    def extra_repr(self):
+        return ""
+
+
+# ----------------------------------------------------------------------------
+# Activations
+# ----------------------------------------------------------------------------
+
+_ACTIVATIONS = {
+    "identity": lambda x, slope: x,
+    "relu": lambda x, slope: F.relu(x),
+    "leaky_relu": lambda x, slope: F.leaky_relu(x, slope),
+    "sigmoid": lambda x, slope: F.sigmoid(x),
+    "tanh": lambda x, slope: F.tanh(x),
+    "softplus": lambda x, slope: F.softplus(x),
+}
+
+
+def _activation_name(activation):
+    name = "identity" if activation is None else str(activation).lower()
+    if name not in _ACTIVATIONS:
+        raise ValueError(f"unknown activation {activation!r}; expected one of "
+                         f"{sorted(_ACTIVATIONS)} or None")
+    return name
+
+
+class _Activation(Module):
+    name = "identity"
+
+    def __init__(self, negative_slope=0.01):
+        super().__init__()
+        self.negative_slope = float(negative_slope)
+
+    def forward(self, x):
+        return _ACTIVATIONS[self.name](x, self.negative_slope)
+
+
+class Identity(_Activation):
+    """y = x"""
+    name = "identity"
+
+
+class ReLU(_Activation):
+    """y = max(x, 0)"""
+    name = "relu"
+
+
+class LeakyReLU(_Activation):
+    """y = x for x > 0, negative_slope * x otherwise"""
+    name = "leaky_relu"
+
+    def extra_repr(self):
+        return f"negative_slope={self.negative_slope}"
+
+
+class Sigmoid(_Activation):
+    """y = 1 / (1 + e^-x)"""
+    name = "sigmoid"
+
+
+class Tanh(_Activation):
+    """y = tanh x"""
+    name = "tanh"
+
+
+class Softplus(_Activation):
+    """y = ln(1 + e^x)"""
+    name = "softplus"
+
+
+def activation_module(activation, negative_slope=0.01):
+    """The activation Module for a name ("relu", ...) or None (identity)."""
+    name = _activation_name(activation)
+    cls = {c.name: c for c in (Identity, ReLU, LeakyReLU, Sigmoid, Tanh, Softplus)}[name]
+    return cls(negative_slope)
+
+
+# ----------------------------------------------------------------------------
+# Dense and Sequential
+# ----------------------------------------------------------------------------
+
+class Dense(Module):
+    """y = act(x @ W + b), with W of shape (in_features, out_features).
+
+    ``init="glorot"``: W ~ U(-a, a), a = sqrt(6 / (in + out)) (for sigmoid/tanh);
+    ``init="he"``: W ~ N(0, 2 / in) (for ReLU).  b starts at 0.
+    """
+
+    def __init__(self, in_features, out_features, activation=None, init="glorot",
+                 negative_slope=0.01, dtype="float32", rng=None):
+        super().__init__()
+        for arg, value in (("in_features", in_features), ("out_features", out_features)):
+            if not isinstance(value, (int, numpy.integer)) or value <= 0:
+                raise ValueError(f"Dense: {arg} must be a positive integer, got {value!r}")
+        if init not in ("glorot", "he"):
+            raise ValueError(f"Dense: init={init!r}; expected 'glorot' or 'he'")
+        self.in_features = int(in_features)
+        self.out_features = int(out_features)
+        self.activation = _activation_name(activation)
+        self.negative_slope = float(negative_slope)
+        self.init = init
+        rng = rng if isinstance(rng, numpy.random.Generator) else numpy.random.default_rng(rng)
+        if init == "glorot":
+            limit = math.sqrt(6.0 / (in_features + out_features))
+            w = rng.uniform(-limit, limit, size=(in_features, out_features))
+        else:
+            w = rng.standard_normal((in_features, out_features)) * math.sqrt(2.0 / in_features)
+        xp = get_backend().xp
+        self.weight = Parameter(xp.asarray(w, dtype=dtype))
+        self.bias = Parameter(xp.zeros(out_features, dtype=dtype))
+
+    def forward(self, x):
+        x = x if isinstance(x, Tensor) else Tensor(x)
+        if x.ndim == 0 or x.shape[-1] != self.in_features:
+            raise ValueError(f"Dense({self.in_features}, {self.out_features}): input has shape "
+                             f"{x.shape}; expected (..., {self.in_features})")
+        z = F.matmul(x, self.weight) + self.bias
+        return _ACTIVATIONS[self.activation](z, self.negative_slope)
+
+    def extra_repr(self):
+        return (f"{self.in_features}, {self.out_features}, activation={self.activation!r}, "
+                f"init={self.init!r}")
+
+
+class Sequential(Module):
+    """Layers applied in order; layer i is registered as attribute ``"i"``."""
+
+    def __init__(self, *layers):
+        super().__init__()
+        if len(layers) == 1 and isinstance(layers[0], (list, tuple)):
+            layers = tuple(layers[0])
+        for i, layer in enumerate(layers):
+            if not isinstance(layer, Module):
+                raise TypeError(f"Sequential: layer {i} is a {type(layer).__name__}, not a Module")
+            setattr(self, str(i), layer)
+        object.__setattr__(self, "layers", list(layers))
+
+    def forward(self, x):
+        for layer in self.layers:
+            x = layer(x)
+        return x
+
+    def __len__(self):
+        return len(self.layers)
+
+    def __getitem__(self, i):
+        return self.layers[i]
+
+    def __iter__(self):
+        return iter(self.layers)
