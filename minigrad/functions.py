@@ -117,18 +117,18 @@ class Mul(Function):
 
 
 class Div(Function):
-    """y = a / b.   backward: g / b, -g * a / b^2  (= -g * y / b)"""
+    """y = a / b.   backward: g / b, -(g / b) * (a / b)"""
 
     def forward(self, a, b):
         _check_broadcast("div", a, b)
-        y = a / b
-        self.save_for_backward(b, y)
-        return y
+        self.save_for_backward(a, b)
+        return a / b
 
     def backward(self, g):
-        b, y = self.saved
-        g_over_b = g / _nonzero_denominator(self.xp, g, b)
-        return g_over_b, -g_over_b * y
+        a, b = self.saved
+        b = _nonzero_denominator(self.xp, g, b)
+        g_over_b = g / b
+        return g_over_b, -g_over_b * (a / b)
 
 
 class Neg(Function):

@@ -2,7 +2,7 @@
 
 ``gradcheck(fn, inputs)`` reduces a tensor output to a scalar with a fixed
 random weighting ``L = sum(w * fn(*inputs))`` (so every output element takes
-part), then compares ``dL/dx`` from ``backward()`` with
+part; a single-element output is used as it is), then compares ``dL/dx`` from ``backward()`` with
 
     (L(x + eps e_i) - L(x - eps e_i)) / (2 eps)
 
@@ -48,7 +48,9 @@ def gradcheck(fn, inputs, eps=1e-6, atol=1e-5, rtol=1e-3, mode="full", seed=0,
     probe = fn(*inputs)
     if not isinstance(probe, Tensor):
         raise TypeError(f"gradcheck: fn returned {type(probe).__name__}; expected a Tensor")
-    weights = probe.xp.asarray(rng.standard_normal(probe.shape))
+    # a scalar output is checked as it is; a tensor output through sum(w * out)
+    weights = probe.xp.asarray(rng.standard_normal(probe.shape) if probe.size != 1
+                               else numpy.ones(probe.shape))
 
     def scalar_loss():
         out = fn(*inputs)
@@ -92,10 +94,10 @@ def _check_elements(name, x, grad, value, eps, atol, rtol):
     bad = error - allowed
     if numpy.any(~numpy.isfinite(analytic)) or numpy.any(bad > 0):
         worst = int(numpy.nanargmax(numpy.where(numpy.isfinite(analytic), bad, numpy.inf)))
-        index = numpy.unravel_index(worst, x.shape) if x.shape else ()
+        index = tuple(int(i) for i in numpy.unravel_index(worst, x.shape)) if x.shape else ()
         raise AssertionError(
             f"gradcheck: gradient of {name} (shape {x.shape}) is wrong at index {index}: "
-            f"analytic {analytic[worst]!r}, numeric {numeric[worst]!r}, "
+            f"analytic {float(analytic[worst])!r}, numeric {float(numeric[worst])!r}, "
             f"difference {error[worst]:.3g} > tolerance {allowed[worst]:.3g} "
             f"(atol={atol}, rtol={rtol}, eps={eps}); "
             f"{int(numpy.sum(bad > 0))} of {bad.size} elements fail")
