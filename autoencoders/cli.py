@@ -1,0 +1,106 @@
+"""``python -m autoencoders <command>`` (also installed as the ``autoencoders`` script).
+
+Commands: ``manifold`` (the main job, no download needed), ``retrieve``,
+``features``, ``denoise``.  ``python -m autoencoders <command> --help`` lists each
+command's options and defaults.
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+
+__all__ = ["main", "build_parser"]
+
+
+def _common(parser, *, flavor, latent, hidden, epochs, batch_size=128, lr=1e-3):
+    g = parser.add_argument_group("model and training")
+    g.add_argument("--flavor", default=flavor,
+                   help="vanilla, sparse, denoising, contractive or variational "
+                        "(default: %(default)s)")
+    g.add_argument("--latent", type=int, default=latent, help="code size (default: %(default)s)")
+    g.add_argument("--hidden", default=hidden,
+                   help="hidden layer sizes, comma-separated (default: %(default)s)")
+    g.add_argument("--epochs", type=int, default=epochs, help="(default: %(default)s)")
+    g.add_argument("--batch-size", type=int, default=batch_size, help="(default: %(default)s)")
+    g.add_argument("--lr", type=float, default=lr, help="Adam learning rate (default: %(default)s)")
+    g.add_argument("--seed", type=int, default=0,
+                   help="seeds data, weights, shuffling and noise (default: %(default)s)")
+    g.add_argument("--backend", default=None,
+                   help="minigrad backend: numpy, numba or cupy (default: MINIGRAD_BACKEND, "
+                        "else numba when installed)")
+    o = parser.add_argument_group("files")
+    o.add_argument("--out", default=None, help="output directory (default: runs/<command>)")
+    o.add_argument("--data-dir", default=None,
+                   help="directory with the IDX files (default: $AUTOENCODERS_DATA)")
+    o.add_argument("--download", action="store_true",
+                   help="fetch missing data files from the official sources (checksummed)")
+    o.add_argument("--no-progress", dest="progress", action="store_false",
+                   help="no progress bar")
+
+
+def build_parser():
+    parser = argparse.ArgumentParser(prog="python -m autoencoders",
+                                     description="The autoencoder experiments on minigrad.")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="command")
+
+    p = sub.add_parser("manifold", help="2-D VAE on 80,000 block images: the decoded latent "
+                                        "plane (the main job)")
+    _common(p, flavor="variational", latent=2, hidden="512,256", epochs=15)
+    p.add_argument("--n", type=int, default=80_000, help="training images (default: %(default)s)")
+    p.add_argument("--n-test", type=int, default=5_000, help="held-out images (default: %(default)s)")
+    p.add_argument("--image-size", type=int, default=28, help="(default: %(default)s)")
+    p.add_argument("--beta", type=float, default=1.0, help="weight of the KL term (default: %(default)s)")
+    p.add_argument("--grid", type=int, default=20, help="grid side of manifold.png (default: %(default)s)")
+    p.add_argument("--span", type=float, default=None,
+                   help="decode the square [-span, span]^2 (default: the 1st-99th percentile "
+                        "box of the held-out codes)")
+
+    for name, help_text, epochs in (
+            ("retrieve", "Fashion-MNIST retrieval by cosine distance of 128-d codes", 20),
+            ("features", "codes as features for logistic regression", 20)):
+        p = sub.add_parser(name, help=help_text)
+        _common(p, flavor="vanilla", latent=128, hidden="512", epochs=epochs)
+        p.add_argument("--model", default=None, help="load this saved model instead of training")
+        p.add_argument("--limit", type=int, default=None,
+                       help="use only the first N training images (test: N/5)")
+        if name == "retrieve":
+            p.add_argument("--query", default=None,
+                           help="test-set indices of the query images, comma-separated")
+        else:
+            p.add_argument("--labels", type=lambda s: [int(v) for v in s.split(",")],
+                           default=[100, 1000, 60000],
+                           help="label budgets, comma-separated (default: 100,1000,60000)")
+            p.add_argument("--max-iter", type=int, default=1000,
+                           help="LogisticRegression max_iter (default: %(default)s)")
+
+    p = sub.add_parser("denoise", help="denoising vs vanilla autoencoder on corrupted images")
+    _common(p, flavor="denoising", latent=128, hidden="512", epochs=15)
+    p.add_argument("--noise-level", type=float, default=0.5,
+                   help="std of the Gaussian noise (default: %(default)s)")
+    p.add_argument("--limit", type=int, default=None,
+                   help="use only the first N training images (test: N/5)")
+    return parser
+
+
+def main(argv=None):
+    options = build_parser().parse_args(argv)
+    import minigrad
+    from . import experiments
+
+    if options.backend:
+        try:
+            minigrad.set_backend(options.backend)
+        except (ValueError, ImportError, RuntimeError) as error:
+            raise SystemExit(f"--backend {options.backend}: {error}") from None
+    run = experiments.Run(options.command, options)
+    command = getattr(experiments, options.command)
+    try:
+        command(options, run)
+    except FileNotFoundError as error:
+        raise SystemExit(f"{options.command}: {error}") from None
+    run.log(f"done in {run.metrics.get('seconds', 0):.0f} s; results in {run.out}")
+    return 0
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

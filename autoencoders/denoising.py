@@ -1,0 +1,65 @@
+"""The denoising autoencoder: reconstruct the clean x from a corrupted copy x̃.
+
+    x̃ ~ C(x̃ | x),    x̂ = g(f(x̃)),    L = ℓ(x, x̂)
+
+The loss compares the reconstruction of the *corrupted* input with the *clean*
+input (summed over features, averaged over the batch).  Corruption C is applied
+in training only (in :meth:`loss` and :meth:`fit`); ``encode``/``reconstruct``
+see the input as given.
+
+* ``noise="gaussian"``: x̃ = x + noise_level · ε, ε ~ N(0, I), clipped to [0, 1]
+  (``clip=None`` clips when ``loss="bce"``, whose inputs live in [0, 1]);
+* ``noise="masking"``: each feature is set to 0 with probability noise_level;
+* ``noise="salt_and_pepper"``: each feature, with probability noise_level, is
+  set to 0 or 1 (even odds).
+"""
+from __future__ import annotations
+
+import numpy
+
+from .base import Autoencoder, _check_rng
+
+__all__ = ["DenoisingAutoencoder"]
+
+_NOISES = ("gaussian", "masking", "salt_and_pepper")
+
+
+class DenoisingAutoencoder(Autoencoder):
+    """Reconstruction of the clean input from a corrupted one."""
+
+    flavor = "denoising"
+    default_latent_activation = None
+
+    def __init__(self, sizes=None, *, noise="masking", noise_level=0.3, clip=None,
+                 **options):
+        super().__init__(sizes, hyper=dict(noise=noise, noise_level=noise_level, clip=clip),
+                         **options)
+
+    def _check_hyper(self):
+        if self.noise not in _NOISES:
+            raise ValueError(f"DenoisingAutoencoder: noise={self.noise!r}; expected one of "
+                             f"{_NOISES}")
+        limit = numpy.inf if self.noise == "gaussian" else 1
+        if not 0 <= self.noise_level <= limit:
+            raise ValueError(f"DenoisingAutoencoder: noise_level={self.noise_level} must lie "
+                             f"in [0, {limit}] for noise={self.noise!r}")
+
+    def corrupt(self, x, rng=None):
+        """x̃ ~ C(x̃ | x) for a batch (Tensor or array); returns a Tensor, noise from ``rng``."""
+        rng = self._rng if rng is None else _check_rng(rng)
+        x = self._as_input(x, "corrupt").numpy()
+        if self.noise == "gaussian":
+            noisy = x + self.noise_level * rng.standard_normal(x.shape)
+            if self.clip or (self.clip is None and self.loss_name == "bce"):
+                noisy = numpy.clip(noisy, 0.0, 1.0)
+        elif self.noise == "masking":
+            noisy = x * (rng.random(x.shape) >= self.noise_level)
+        else:
+            hit = rng.random(x.shape) < self.noise_level
+            noisy = numpy.where(hit, rng.random(x.shape) < 0.5, x)
+        return self._tensor(noisy)
+
+    def _loss(self, x, rng):
+        x_tilde = self.corrupt(x, rng)
+        reconstruction = self.reconstruction_loss(self.decoder(self._encode(x_tilde)), x)
+        return reconstruction, {"reconstruction": reconstruction}

@@ -1,0 +1,361 @@
+"""The article's experiments: one function per command of ``python -m autoencoders``.
+
+Each takes the parsed options (see :mod:`autoencoders.cli`) and a :class:`Run`,
+which owns the output directory: the full config, the model, ``metrics.json``
+and the figures land there, every file written atomically.
+
+* :func:`manifold` -- a VAE with a 2-D latent space on synthetic block images;
+  the latent plane decoded on a grid, held-out ELBO, IoU and how well block
+  height and width can be read back from the code.
+* :func:`retrieve` -- similar-image retrieval on Fashion-MNIST by cosine distance
+  of 128-d codes, against raw pixels and PCA with as many components.
+* :func:`features` -- codes as features for logistic regression with few and
+  many labels, against raw pixels and PCA.
+* :func:`denoise` -- a denoising autoencoder against a vanilla one on corrupted
+  test images (PSNR).
+"""
+from __future__ import annotations
+
+import json
+import os
+import platform
+import sys
+import tempfile
+import time
+
+import numpy as np
+
+import minigrad
+
+from . import datasets, figures, metrics
+from . import FLAVORS
+from .base import Autoencoder
+
+__all__ = ["Run", "manifold", "retrieve", "features", "denoise", "FASHION_CLASSES"]
+
+FASHION_CLASSES = ("T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt",
+                   "Sneaker", "Bag", "Ankle boot")
+
+
+def write_json_atomic(path, obj):
+    directory = os.path.dirname(os.path.abspath(path))
+    fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".json", dir=directory)
+    try:
+        with os.fdopen(fd, "w") as f:
+            json.dump(obj, f, indent=2, sort_keys=True, default=_jsonable)
+            f.write("\n")
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+
+
+def _jsonable(value):
+    if isinstance(value, np.generic):
+        return value.item()
+    if isinstance(value, np.ndarray):
+        return value.tolist()
+    raise TypeError(f"not JSON serialisable: {type(value).__name__}")
+
+
+class Run:
+    """The output directory of one command: config, model, metrics, figures."""
+
+    def __init__(self, command, options):
+        self.command = command
+        self.options = options
+        self.out = os.path.abspath(options.out or os.path.join("runs", command))
+        os.makedirs(self.out, exist_ok=True)
+        self.started = time.perf_counter()
+        self.metrics = {"command": command}
+        config = {"command": command, "options": vars(options),
+                  "backend": minigrad.get_backend().name,
+                  "versions": {"python": platform.python_version(), "numpy": np.__version__,
+                               "minigrad": minigrad.__version__},
+                  "argv": sys.argv}
+        write_json_atomic(self.path("config.json"), config)
+
+    def path(self, name):
+        return os.path.join(self.out, name)
+
+    def log(self, message):
+        print(f"[{self.command}] {message}", flush=True)
+
+    def record(self, **values):
+        self.metrics.update(values)
+        self.save_metrics()
+
+    def save_metrics(self):
+        self.metrics["seconds"] = round(time.perf_counter() - self.started, 2)
+        write_json_atomic(self.path("metrics.json"), self.metrics)
+
+    def train(self, model, X, name="model", **fit_options):
+        """``model.fit`` with the run's options; Ctrl-C saves what was trained and stops."""
+        o = self.options
+        self.log(f"training {type(model).__name__} {getattr(model, 'sizes', '')} on "
+                 f"{len(X)} examples: {o.epochs} epochs, batch {o.batch_size}, lr {o.lr}")
+        started = time.perf_counter()
+        try:
+            history = model.fit(X, epochs=o.epochs, batch_size=o.batch_size, lr=o.lr,
+                                seed=o.seed, progress=o.progress, **fit_options)
+        except KeyboardInterrupt:
+            model.save(self.path(f"{name}.npz"))
+            done = len(next(iter(getattr(model, "history_", {}).values()), []))
+            self.record(interrupted=True, epochs_completed=done)
+            self.log(f"interrupted after {done} complete epochs; saved {name}.npz and stopped")
+            raise SystemExit(130)
+        seconds = time.perf_counter() - started
+        model.save(self.path(f"{name}.npz"))
+        self.metrics.setdefault("train_seconds", {})[name] = round(seconds, 2)
+        self.metrics.setdefault("history", {})[name] = history
+        self.save_metrics()
+        return history
+
+
+def _hidden(options):
+    return [int(h) for h in str(options.hidden).split(",") if h.strip()]
+
+
+def build_model(options, input_dim, flavor=None, **hyper):
+    flavor = flavor or options.flavor
+    cls = FLAVORS.get(flavor)
+    if cls is None:
+        raise SystemExit(f"--flavor {flavor!r} is not a flavor; expected one of "
+                         f"{sorted(FLAVORS)}")
+    sizes = [input_dim, *_hidden(options), options.latent]
+    return cls(sizes, seed=options.seed, **hyper)
+
+
+def _load_or_train(run, options, X, **hyper):
+    if getattr(options, "model", None):
+        run.log(f"loading {options.model}")
+        model = Autoencoder.load(options.model)
+        if model.input_dim != X.shape[1]:
+            raise SystemExit(f"--model {options.model}: it takes {model.input_dim} inputs, the "
+                             f"data has {X.shape[1]}")
+        return model
+    model = build_model(options, X.shape[1], **hyper)
+    run.train(model, X)
+    return model
+
+
+def _reconstruct(model, X):
+    return model.inverse_transform(model.transform(X))
+
+
+def _limit(X, y, n):
+    return (X, y) if not n else (X[:n], y[:n])
+
+
+def _fashion(options, split):
+    X, y = datasets.load_fashion_mnist(options.data_dir, split=split, flatten=True,
+                                       download=options.download)
+    limit = options.limit if split == "train" else (options.limit and max(options.limit // 5, 20))
+    return _limit(X, y, limit)
+
+
+# ----------------------------------------------------------------------------
+# manifold: the main job
+# ----------------------------------------------------------------------------
+
+def manifold(options, run):
+    """2-D VAE on block images; decoded latent grid, latent scatter, ELBO, IoU, R^2."""
+    if options.flavor != "variational":
+        raise SystemExit("manifold trains a variational autoencoder: use --flavor variational")
+    size = options.image_size
+    images, _, _ = datasets.blocks(options.n, size=size, seed=options.seed)
+    # held-out blocks from a generator seeded apart from the training set
+    test_images, heights, widths = datasets.blocks(options.n_test, size=size,
+                                                   seed=options.seed + 1_000_003)
+    X = images.reshape(len(images), -1)
+    X_test = test_images.reshape(len(test_images), -1)
+    run.log(f"{len(X)} training and {len(X_test)} held-out block images of {size}x{size}")
+
+    model = build_model(options, X.shape[1], beta=options.beta)
+    run.train(model, X)
+
+    codes = model.transform(X_test)
+    recon = model.inverse_transform(codes)
+    train_images, train_heights, train_widths = datasets.blocks(
+        min(options.n, 10_000), size=size, seed=options.seed)
+    train_codes = model.transform(train_images.reshape(len(train_images), -1))
+    k = min(10, len(train_codes))
+    elbo = float(np.mean(model.elbo(X_test, rng=np.random.default_rng(options.seed))))
+    results = {
+        "elbo_nats_per_image": elbo,
+        "iou_heldout": metrics.iou(recon, X_test),
+        "r2_height": metrics.knn_r2(train_codes, train_heights, codes, heights, k=k),
+        "r2_width": metrics.knn_r2(train_codes, train_widths, codes, widths, k=k),
+        "knn_k": k,
+        "n_train": len(X), "n_heldout": len(X_test), "latent_dim": model.latent_dim,
+    }
+    run.record(**results)
+    run.log(", ".join(f"{key} {value:.4f}" for key, value in results.items()
+                      if isinstance(value, float)))
+
+    if model.latent_dim == 2:
+        low, high = _grid_span(codes, options.span)
+        z1 = np.linspace(low[0], high[0], options.grid)
+        z2 = np.linspace(low[1], high[1], options.grid)
+        grid = np.stack(np.meshgrid(z1, z2), axis=-1).reshape(-1, 2)  # row i: z2[i]
+        decoded = model.inverse_transform(grid).reshape(options.grid, options.grid, size, size)
+        figures.manifold_figure(decoded, z1, z2, run.path("manifold.png"))
+        figures.latent_figure(codes, heights, widths, run.path("latent.png"))
+        run.record(grid=options.grid, grid_low=low.tolist(), grid_high=high.tolist())
+        run.log(f"wrote {run.path('manifold.png')} and {run.path('latent.png')}")
+    return run.metrics
+
+
+def _grid_span(codes, span):
+    """The square [-span, span]^2, or (span None) the 1st-99th percentile box of the codes."""
+    if span:
+        return np.array([-span, -span], float), np.array([span, span], float)
+    return np.percentile(codes, 1, axis=0), np.percentile(codes, 99, axis=0)
+
+
+# ----------------------------------------------------------------------------
+# retrieval
+# ----------------------------------------------------------------------------
+
+DEFAULT_QUERIES = (1, 6, 0, 7, 8)  # classes: trouser (jeans), shirt, T-shirt, sneaker, bag
+
+
+def retrieve(options, run):
+    """precision@k of codes vs raw pixels vs PCA under cosine distance; neighbors.png."""
+    X, y = _fashion(options, "train")
+    X_test, y_test = _fashion(options, "test")
+    model = _load_or_train(run, options, X)
+    codes, test_codes = model.transform(X), model.transform(X_test)
+    pca = metrics.PCA(min(model.latent_dim, X.shape[1])).fit(X)
+    ks = tuple(k for k in (1, 4, 10) if k <= len(X))
+    results = {}
+    for name, (items, queries) in {
+        "codes": (codes, test_codes),
+        "pixels": (X, X_test),
+        f"pca{pca.n_components}": (pca.transform(X), pca.transform(X_test)),
+    }.items():
+        started = time.perf_counter()
+        precision = metrics.precision_at_k(queries, y_test, items, y, ks=ks)
+        results[name] = {f"precision@{k}": v for k, v in precision.items()}
+        run.log(f"{name:>8}: " + ", ".join(f"p@{k} {v:.4f}" for k, v in precision.items())
+                + f"  ({time.perf_counter() - started:.1f} s)")
+    run.record(precision=results, n_queries=len(X_test), n_items=len(X),
+               latent_dim=model.latent_dim, metric="cosine")
+
+    queries = _query_indices(options.query, y_test)
+    neighbors = metrics.nearest_neighbors(test_codes[queries], codes, 4, metric="cosine")
+    side = int(round(np.sqrt(X.shape[1])))
+    figures.neighbors_figure(
+        X_test[queries].reshape(-1, side, side), X[neighbors].reshape(len(queries), 4, side, side),
+        run.path("neighbors.png"),
+        query_titles=[f"query: {FASHION_CLASSES[y_test[q]]}" for q in queries],
+        neighbor_titles=[[FASHION_CLASSES[y[j]] for j in row] for row in neighbors])
+    run.record(queries=[int(q) for q in queries])
+    run.log(f"wrote {run.path('neighbors.png')}")
+    return run.metrics
+
+
+def _query_indices(query, labels):
+    if query:
+        indices = [int(q) for q in str(query).split(",")]
+        bad = [q for q in indices if not 0 <= q < len(labels)]
+        if bad:
+            raise SystemExit(f"--query: indices {bad} are outside the {len(labels)} test images")
+        return np.array(indices)
+    chosen = [int(np.flatnonzero(labels == c)[0]) for c in DEFAULT_QUERIES if np.any(labels == c)]
+    return np.array(chosen)
+
+
+# ----------------------------------------------------------------------------
+# codes as classifier features
+# ----------------------------------------------------------------------------
+
+def features(options, run):
+    """Logistic regression on codes vs raw pixels vs PCA at 100, 1,000 and all labels."""
+    try:
+        from sklearn.linear_model import LogisticRegression
+        from sklearn.pipeline import make_pipeline
+        from sklearn.preprocessing import StandardScaler
+    except ImportError:
+        raise SystemExit("features needs scikit-learn: pip install "
+                         "'minigrad-autoencoders[features]'") from None
+    X, y = _fashion(options, "train")
+    X_test, y_test = _fashion(options, "test")
+    model = _load_or_train(run, options, X)
+    pca = metrics.PCA(min(model.latent_dim, X.shape[1])).fit(X)
+    inputs = {
+        "codes": (model.transform(X), model.transform(X_test)),
+        "pixels": (X, X_test),
+        f"pca{pca.n_components}": (pca.transform(X), pca.transform(X_test)),
+    }
+    budgets = sorted({min(b, len(X)) for b in options.labels})
+    rng = np.random.default_rng(options.seed)
+    subsets = {b: _balanced_subset(y, b, rng) for b in budgets}
+    results = {}
+    for name, (train_features, test_features) in inputs.items():
+        results[name] = {}
+        for budget, subset in subsets.items():
+            started = time.perf_counter()
+            classifier = make_pipeline(StandardScaler(),
+                                       LogisticRegression(max_iter=options.max_iter))
+            classifier.fit(train_features[subset], y[subset])
+            accuracy = float(classifier.score(test_features, y_test))
+            results[name][str(budget)] = accuracy
+            run.log(f"{name:>8} with {budget:>6} labels: test accuracy {accuracy:.4f} "
+                    f"({time.perf_counter() - started:.1f} s)")
+            run.record(accuracy=results)
+    run.record(accuracy=results, classifier="StandardScaler + LogisticRegression",
+               n_test=len(X_test), latent_dim=model.latent_dim)
+    return run.metrics
+
+
+def _balanced_subset(labels, n, rng):
+    """``n`` indices with the classes as equally represented as possible."""
+    if n >= len(labels):
+        return np.arange(len(labels))
+    classes = np.unique(labels)
+    per_class = [rng.permutation(np.flatnonzero(labels == c)) for c in classes]
+    take = []
+    i = 0
+    while len(take) < n:
+        for idx in per_class:
+            if i < len(idx) and len(take) < n:
+                take.append(idx[i])
+        i += 1
+    return np.sort(np.array(take))
+
+
+# ----------------------------------------------------------------------------
+# denoising
+# ----------------------------------------------------------------------------
+
+def denoise(options, run):
+    """PSNR of corrupted and denoised test images; denoising vs vanilla autoencoder."""
+    X, _ = _fashion(options, "train")
+    X_test, _ = _fashion(options, "test")
+    rng = np.random.default_rng(options.seed + 7)
+    corrupted = np.clip(X_test + options.noise_level * rng.standard_normal(X_test.shape),
+                        0, 1).astype(X_test.dtype)
+    dae = build_model(options, X.shape[1], flavor="denoising", noise="gaussian",
+                      noise_level=options.noise_level)
+    run.train(dae, X, name="denoising")
+    vanilla = build_model(options, X.shape[1], flavor="vanilla")
+    run.train(vanilla, X, name="vanilla")
+    denoised, plain = _reconstruct(dae, corrupted), _reconstruct(vanilla, corrupted)
+    results = {
+        "noise": "gaussian", "noise_level": options.noise_level,
+        "psnr_corrupted": metrics.psnr(corrupted, X_test),
+        "psnr_denoising": metrics.psnr(denoised, X_test),
+        "psnr_vanilla": metrics.psnr(plain, X_test),
+        "psnr_denoising_clean_input": metrics.psnr(_reconstruct(dae, X_test), X_test),
+    }
+    results["gain_db"] = results["psnr_denoising"] - results["psnr_corrupted"]
+    run.record(**results)
+    run.log(", ".join(f"{k} {v:.2f}" for k, v in results.items() if isinstance(v, float)))
+    side = int(round(np.sqrt(X.shape[1])))
+    n = min(10, len(X_test))
+    rows = [a[:n].reshape(n, side, side) for a in (X_test, corrupted, denoised, plain)]
+    figures.denoise_figure(rows, ["clean", f"corrupted\n(σ={options.noise_level})",
+                                  "denoising AE", "vanilla AE"], run.path("denoise.png"))
+    run.log(f"wrote {run.path('denoise.png')}")
+    return run.metrics
