@@ -159,3 +159,20 @@ def _numpy_backend():
 
 
 register_backend("numpy", _numpy_backend)
+
+
+def require_cupy():
+    """The ``cupy`` module, or an ImportError/RuntimeError that says what is missing."""
+    try:
+        import cupy
+    except ImportError as error:
+        raise ImportError(f"the GPU needs CuPy, which is not installed ({error}); install the "
+                          f"'gpu' extra: pip install 'minigrad-autoencoders[gpu]' (or "
+                          f"cupy-cuda12x / cupy-cuda13x to match your CUDA)") from None
+    try:
+        count = cupy.cuda.runtime.getDeviceCount()
+    except Exception as error:  # CUDA driver missing or broken
+        raise RuntimeError(f"CuPy is installed but no CUDA device is usable: {error}") from None
+    if count == 0:
+        raise RuntimeError("CuPy is installed but this machine has no CUDA device")
+    return cupy

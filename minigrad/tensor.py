@@ -274,6 +274,16 @@ class Tensor:
     def zero_grad(self):
         self.grad = None
 
+    def to(self, device):
+        """This tensor on ``device`` ("cpu" or "cuda"); itself if already there.
+
+        Differentiable: the gradient travels back to the original device.
+        """
+        device = _check_device(device)
+        if device == self.device:
+            return self
+        return ToDevice.apply(self, device=device)
+
     def __len__(self):
         if self.ndim == 0:
             raise TypeError("len() of a 0-d tensor")
@@ -346,6 +356,34 @@ class Tensor:
                 tensor._node = None
                 tensor._released = True
         return None
+
+
+def _check_device(device):
+    device = str(device).lower()
+    if device.startswith("cuda"):
+        return "cuda"
+    if device == "cpu":
+        return "cpu"
+    raise ValueError(f"to: unknown device {device!r}; expected 'cpu' or 'cuda'")
+
+
+def _move(array, device):
+    """``array`` copied to ``device``."""
+    if device == "cpu":
+        return array.get() if device_of(array) == "cuda" else array
+    from .backend import require_cupy
+    return require_cupy().asarray(array)
+
+
+class ToDevice(Function):
+    """y = x on another device.   backward: g moved back to x's device"""
+
+    def forward(self, x, device):
+        self.source = device_of(x)
+        return _move(x, device)
+
+    def backward(self, g):
+        return _move(g, self.source)
 
 
 def _accumulate_leaf(tensor, g):
