@@ -1,0 +1,276 @@
+"""Data sets: the synthetic block images, and MNIST / Fashion-MNIST from IDX files.
+
+* :func:`blocks` -- the article's "block image dataset": one white rectangle of
+  random height and width, centred on a black square;
+* :func:`load_idx` / :func:`write_idx` -- the IDX format, plain or gzip'd;
+* :func:`load_fashion_mnist` / :func:`load_mnist` -- the four standard files from
+  a directory (argument or ``$AUTOENCODERS_DATA``), optionally downloaded from the
+  official sources and checked against their published MD5 sums.
+
+The IDX format (big-endian): two zero bytes, a dtype code (0x08 uint8, 0x09 int8,
+0x0B int16, 0x0C int32, 0x0D float32, 0x0E float64), the number of dimensions,
+one uint32 per dimension, then the data in row-major order.
+"""
+from __future__ import annotations
+
+import gzip
+import hashlib
+import os
+import shutil
+import struct
+import tempfile
+import urllib.request
+import zlib
+
+import numpy as np
+
+__all__ = ["blocks", "load_idx", "write_idx", "load_fashion_mnist", "load_mnist",
+           "IDXFormatError", "MIRRORS", "CHECKSUMS"]
+
+
+# ----------------------------------------------------------------------------
+# block images
+# ----------------------------------------------------------------------------
+
+def blocks(n, size=28, seed=0):
+    """``n`` images of one white rectangle, centred on black: ``(images, heights, widths)``.
+
+    Height and width are independent, uniform on 1..size.  A rectangle of height
+    h starts at row ``(size - h) // 2`` (so with an odd leftover the extra black
+    row is at the bottom); columns likewise.  ``images`` is float32 of shape
+    (n, size, size) with values 0 and 1; heights and widths are int64.
+    Deterministic for a seed.
+    """
+    for name, value in (("n", n), ("size", size)):
+        if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value <= 0:
+            raise ValueError(f"blocks: {name} must be a positive integer, got {value!r}")
+    rng = np.random.default_rng(seed)
+    heights = rng.integers(1, size + 1, n, dtype=np.int64)
+    widths = rng.integers(1, size + 1, n, dtype=np.int64)
+    top, left = (size - heights) // 2, (size - widths) // 2
+    pixels = np.arange(size)
+    rows = (pixels >= top[:, None]) & (pixels < (top + heights)[:, None])   # (n, size)
+    cols = (pixels >= left[:, None]) & (pixels < (left + widths)[:, None])  # (n, size)
+    images = (rows[:, :, None] & cols[:, None, :]).astype(np.float32)
+    return images, heights, widths
+
+
+# ----------------------------------------------------------------------------
+# IDX files
+# ----------------------------------------------------------------------------
+
+class IDXFormatError(ValueError):
+    """A file that is not a well-formed IDX file (the message names the file)."""
+
+
+_IDX_DTYPES = {0x08: np.dtype(np.uint8), 0x09: np.dtype(np.int8), 0x0B: np.dtype(">i2"),
+               0x0C: np.dtype(">i4"), 0x0D: np.dtype(">f4"), 0x0E: np.dtype(">f8")}
+_IDX_CODES = {np.dtype(v).newbyteorder("=").str: k for k, v in _IDX_DTYPES.items()}
+
+
+def _read_bytes(path):
+    with open(path, "rb") as f:
+        raw = f.read()
+    if raw[:2] == b"\x1f\x8b":  # gzip magic, whatever the file is called
+        try:
+            return gzip.decompress(raw)
+        except (OSError, EOFError, zlib.error) as error:
+            raise IDXFormatError(f"{path}: broken gzip stream ({error})") from None
+    return raw
+
+
+def load_idx(path):
+    """The array stored in IDX file ``path`` (plain or gzip), native byte order."""
+    path = os.fspath(path)
+    raw = _read_bytes(path)
+    if len(raw) < 4:
+        raise IDXFormatError(f"{path}: truncated header ({len(raw)} bytes; an IDX file "
+                             f"starts with 4 magic bytes)")
+    zero, code, ndim = struct.unpack(">HBB", raw[:4])
+    if zero != 0:
+        raise IDXFormatError(f"{path}: bad magic number 0x{raw[:4].hex()}: the first two "
+                             f"bytes of an IDX file are zero")
+    if code not in _IDX_DTYPES:
+        raise IDXFormatError(f"{path}: unknown dtype code 0x{code:02x}; expected one of "
+                             f"{', '.join(f'0x{c:02x}' for c in _IDX_DTYPES)}")
+    if ndim == 0:
+        raise IDXFormatError(f"{path}: the header declares 0 dimensions")
+    header = 4 + 4 * ndim
+    if len(raw) < header:
+        raise IDXFormatError(f"{path}: truncated header: {ndim} dimensions need {header} "
+                             f"bytes, the file holds {len(raw)}")
+    dims = struct.unpack(f">{ndim}I", raw[4:header])
+    dtype = _IDX_DTYPES[code]
+    expected = int(np.prod(dims, dtype=np.int64)) * dtype.itemsize
+    got = len(raw) - header
+    shape = "x".join(map(str, dims))
+    if got != expected:
+        what = "truncated" if got < expected else "trailing bytes"
+        raise IDXFormatError(f"{path}: {what}: header says {shape} {dtype.name} = {expected} "
+                             f"bytes of data, file holds {got}")
+    data = np.frombuffer(raw, dtype=dtype, offset=header).reshape(dims)
+    return data.astype(dtype.newbyteorder("="), copy=True)
+
+
+def write_idx(path, array):
+    """Write ``array`` as an IDX file (gzip'd if ``path`` ends in .gz), atomically."""
+    path = os.fspath(path)
+    array = np.asarray(array)
+    key = array.dtype.newbyteorder("=").str
+    if key not in _IDX_CODES:
+        raise ValueError(f"write_idx: dtype {array.dtype} has no IDX code; use uint8, int8, "
+                         f"int16, int32, float32 or float64")
+    if array.ndim == 0 or array.ndim > 255:
+        raise ValueError(f"write_idx: array must have 1..255 dimensions, got {array.ndim}")
+    code = _IDX_CODES[key]
+    payload = (struct.pack(">HBB", 0, code, array.ndim)
+               + struct.pack(f">{array.ndim}I", *array.shape)
+               + np.ascontiguousarray(array, dtype=_IDX_DTYPES[code]).tobytes())
+    if path.endswith(".gz"):
+        payload = gzip.compress(payload, mtime=0)
+    _write_atomic(path, payload)
+    return path
+
+
+def _write_atomic(path, payload):
+    directory = os.path.dirname(os.path.abspath(path))
+    fd, tmp = tempfile.mkstemp(prefix=".tmp-", dir=directory)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(payload)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+
+
+# ----------------------------------------------------------------------------
+# MNIST and Fashion-MNIST
+# ----------------------------------------------------------------------------
+
+_FILES = {"train": ("train-images-idx3-ubyte.gz", "train-labels-idx1-ubyte.gz"),
+          "test": ("t10k-images-idx3-ubyte.gz", "t10k-labels-idx1-ubyte.gz")}
+
+#: Where ``download=True`` fetches from (tests point these at a local server).
+MIRRORS = {
+    "fashion-mnist": ["http://fashion-mnist.s3-website.eu-central-1.amazonaws.com/"],
+    "mnist": ["https://ossci-datasets.s3.amazonaws.com/mnist/"],
+}
+
+#: The published MD5 sums of the official files.
+CHECKSUMS = {
+    "fashion-mnist": {
+        "train-images-idx3-ubyte.gz": "8d4fb7e6c68d591d4c3dfef9ec88bf0d",
+        "train-labels-idx1-ubyte.gz": "25c81989df183df01b3e8a0aad5dffbe",
+        "t10k-images-idx3-ubyte.gz": "bef4ecab320f06d8554ea6380940ec79",
+        "t10k-labels-idx1-ubyte.gz": "bb300cfdad3c16e7a12a480ee83cd310",
+    },
+    "mnist": {
+        "train-images-idx3-ubyte.gz": "f68b3c2dcbeaaa9fbdd348bbdeb94873",
+        "train-labels-idx1-ubyte.gz": "d53e105ee54ea40749a09fcbcd1e9432",
+        "t10k-images-idx3-ubyte.gz": "9fb629c4189551a2d022fa330f9573f3",
+        "t10k-labels-idx1-ubyte.gz": "ec29112dd5afa0611ce80d1b7f02629c",
+    },
+}
+
+
+def load_fashion_mnist(root=None, split="train", flatten=False, download=False):
+    """Fashion-MNIST ``(images, labels)``: float32 in [0, 1], shape (n, 28, 28) or
+    (n, 784) with ``flatten``; int64 labels 0..9.  See :func:`load_mnist`."""
+    return _load("fashion-mnist", root, split, flatten, download)
+
+
+def load_mnist(root=None, split="train", flatten=False, download=False):
+    """MNIST ``(images, labels)`` from ``root`` (default ``$AUTOENCODERS_DATA``): the
+    directory holding the four standard files, or its parent holding ``mnist/``.
+    ``download=True`` fetches missing files and checks their MD5 sums."""
+    return _load("mnist", root, split, flatten, download)
+
+
+def _directory(name, root):
+    if root is None:
+        root = os.environ.get("AUTOENCODERS_DATA")
+        if not root:
+            raise FileNotFoundError(
+                f"no data directory for {name}: pass root= (--data-dir on the command line) "
+                f"or set AUTOENCODERS_DATA to the directory holding the IDX files, or use "
+                f"download=True (--download)")
+    root = os.fspath(root)
+    nested = os.path.join(root, name)
+    return nested if os.path.isdir(nested) else root
+
+
+def _find(directory, filename):
+    """The file, gzip'd or not, or None."""
+    for candidate in (filename, filename[:-3]):
+        path = os.path.join(directory, candidate)
+        if os.path.exists(path):
+            return path
+    return None
+
+
+def _load(name, root, split, flatten, download):
+    if split not in _FILES:
+        raise ValueError(f"load {name}: split={split!r}; expected 'train' or 'test'")
+    if root is None and download and not os.environ.get("AUTOENCODERS_DATA"):
+        root = os.path.join(os.path.expanduser("~"), ".cache", "autoencoders")
+    directory = _directory(name, root)
+    paths = []
+    for filename in _FILES[split]:
+        path = _find(directory, filename)
+        if path is None:
+            if not download:
+                raise FileNotFoundError(
+                    f"{name}: {filename} is missing from {directory}; pass the directory "
+                    f"that holds it (root= / --data-dir), set AUTOENCODERS_DATA, or use "
+                    f"download=True (--download)")
+            os.makedirs(directory, exist_ok=True)
+            path = _download(name, filename, directory)
+        paths.append(path)
+    images, labels = load_idx(paths[0]), load_idx(paths[1])
+    if images.ndim != 3 or images.shape[1:] != (28, 28) or images.dtype != np.uint8:
+        raise IDXFormatError(f"{paths[0]}: expected uint8 images of 28x28, got "
+                             f"{images.dtype} of shape {images.shape}")
+    if labels.ndim != 1 or len(labels) != len(images):
+        raise IDXFormatError(f"{paths[1]}: {labels.shape} labels for {len(images)} images "
+                             f"in {paths[0]}")
+    if labels.size and (labels.min() < 0 or labels.max() > 9):
+        raise IDXFormatError(f"{paths[1]}: labels must lie in 0..9, found "
+                             f"{labels.min()}..{labels.max()}")
+    images = images.astype(np.float32) / np.float32(255)
+    if flatten:
+        images = images.reshape(len(images), -1)
+    return images, labels.astype(np.int64)
+
+
+def _md5(path):
+    digest = hashlib.md5()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def _download(name, filename, directory):
+    """Fetch ``filename``, check its MD5, and move it into place atomically."""
+    expected = CHECKSUMS[name][filename]
+    errors = []
+    for base in MIRRORS[name]:
+        url = base.rstrip("/") + "/" + filename
+        fd, tmp = tempfile.mkstemp(prefix=".download-", dir=directory)
+        try:
+            with os.fdopen(fd, "wb") as out, urllib.request.urlopen(url, timeout=60) as response:
+                shutil.copyfileobj(response, out)
+            got = _md5(tmp)
+            if got != expected:
+                raise IOError(f"{filename} from {url}: MD5 {got} does not match the "
+                              f"published {expected}; the file was not kept")
+            target = os.path.join(directory, filename)
+            os.replace(tmp, target)
+            return target
+        except IOError as error:  # URLError is an OSError too
+            errors.append(str(error))
+        finally:
+            if os.path.exists(tmp):
+                os.remove(tmp)
+    raise IOError(f"{name}: could not download {filename}: " + "; ".join(errors))
