@@ -1,0 +1,134 @@
+"""Every command of ``python -m autoencoders`` end to end, on a small scale."""
+import json
+import math
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+pytest.importorskip("matplotlib", reason="the figures need matplotlib (the 'viz' extra)")
+
+from autoencoders import cli, datasets  # noqa: E402
+
+SMALL = ["--epochs", "1", "--hidden", "32", "--batch-size", "64", "--no-progress",
+         "--backend", "numpy"]
+
+
+def finite_numbers(tree):
+    if isinstance(tree, dict):
+        for value in tree.values():
+            yield from finite_numbers(value)
+    elif isinstance(tree, list):
+        for value in tree:
+            yield from finite_numbers(value)
+    elif isinstance(tree, float):
+        yield tree
+
+
+def read_metrics(out):
+    with open(out / "metrics.json") as f:
+        return json.load(f)
+
+
+@pytest.fixture(scope="module")
+def fashion_dir(tmp_path_factory):
+    """Four small IDX files in the Fashion-MNIST layout: 300 train, 60 test images."""
+    root = tmp_path_factory.mktemp("fashion")
+    rng = np.random.default_rng(0)
+    for split, n in (("train", 300), ("t10k", 60)):
+        labels = np.arange(n) % 10
+        # class-dependent blobs, so codes carry some label information
+        images = np.zeros((n, 28, 28), np.float64)
+        for i, label in enumerate(labels):
+            r = 3 + 2 * label
+            images[i, r:r + 6, 4:24] = 1.0
+        images = np.clip(images * 200 + rng.integers(0, 55, images.shape), 0, 255)
+        datasets.write_idx(root / f"{split}-images-idx3-ubyte.gz", images.astype(np.uint8))
+        datasets.write_idx(root / f"{split}-labels-idx1-ubyte.gz", labels.astype(np.uint8))
+    return root
+
+
+def test_manifold_small_run_writes_figures_and_finite_metrics(tmp_path):
+    out = tmp_path / "manifold"
+    args = ["manifold", "--n", "400", "--n-test", "100", "--grid", "6", "--out", str(out)] + SMALL
+    assert cli.main(args) == 0
+    for name in ("manifold.png", "latent.png", "metrics.json", "config.json", "model.npz"):
+        assert (out / name).stat().st_size > 0, name
+    m = read_metrics(out)
+    for key in ("elbo_nats_per_image", "iou_heldout", "r2_height", "r2_width"):
+        assert math.isfinite(m[key]), key
+    assert 0 <= m["iou_heldout"] <= 1
+    assert all(math.isfinite(v) for v in finite_numbers(m))
+    config = json.load(open(out / "config.json"))
+    assert config["options"]["n"] == 400 and config["backend"] == "numpy"
+
+    # the same seed gives the same numbers
+    again = tmp_path / "again"
+    cli.main(args[:-len(SMALL) - 2] + ["--out", str(again)] + SMALL)
+    m2 = read_metrics(again)
+    for key in ("elbo_nats_per_image", "iou_heldout", "r2_height", "r2_width"):
+        assert m2[key] == m[key], key
+
+
+def test_manifold_rejects_another_flavor(tmp_path):
+    with pytest.raises(SystemExit, match="variational"):
+        cli.main(["manifold", "--flavor", "vanilla", "--out", str(tmp_path)] + SMALL)
+
+
+def test_retrieve_small_run(tmp_path, fashion_dir):
+    out = tmp_path / "retrieve"
+    assert cli.main(["retrieve", "--data-dir", str(fashion_dir), "--latent", "8",
+                     "--out", str(out)] + SMALL) == 0
+    m = read_metrics(out)
+    assert set(m["precision"]) == {"codes", "pixels", "pca8"}
+    for scores in m["precision"].values():
+        assert set(scores) == {"precision@1", "precision@4", "precision@10"}
+        assert all(0 <= v <= 1 for v in scores.values())
+    assert m["n_queries"] == 60
+    assert (out / "neighbors.png").stat().st_size > 0
+
+    # --model reuses the trained model and gives the same codes' precision
+    again = tmp_path / "again"
+    cli.main(["retrieve", "--data-dir", str(fashion_dir), "--model", str(out / "model.npz"),
+              "--query", "0,5", "--out", str(again)] + SMALL)
+    m2 = read_metrics(again)
+    assert m2["precision"]["codes"] == m["precision"]["codes"]
+    assert m2["queries"] == [0, 5]
+
+
+def test_features_small_run(tmp_path, fashion_dir):
+    pytest.importorskip("sklearn", reason="features needs scikit-learn (the 'features' extra)")
+    out = tmp_path / "features"
+    assert cli.main(["features", "--data-dir", str(fashion_dir), "--latent", "8",
+                     "--labels", "20,300", "--out", str(out)] + SMALL) == 0
+    m = read_metrics(out)
+    for name in ("codes", "pixels", "pca8"):
+        assert set(m["accuracy"][name]) == {"20", "300"}
+        assert all(0 <= v <= 1 for v in m["accuracy"][name].values())
+
+
+def test_denoise_small_run(tmp_path, fashion_dir):
+    out = tmp_path / "denoise"
+    assert cli.main(["denoise", "--data-dir", str(fashion_dir), "--latent", "16",
+                     "--out", str(out)] + SMALL) == 0
+    m = read_metrics(out)
+    for key in ("psnr_corrupted", "psnr_denoising", "psnr_vanilla"):
+        assert math.isfinite(m[key]) and m[key] > 0
+    assert (out / "denoise.png").stat().st_size > 0
+    assert (out / "denoising.npz").exists() and (out / "vanilla.npz").exists()
+
+
+def test_missing_data_gives_a_clear_message(tmp_path):
+    with pytest.raises(SystemExit, match="retrieve:.*(not found|missing|No such)"):
+        cli.main(["retrieve", "--data-dir", str(tmp_path / "nowhere"), "--out",
+                  str(tmp_path / "o")] + SMALL)
+
+
+def test_module_entry_point_help():
+    out = subprocess.run([sys.executable, "-m", "autoencoders", "--help"], capture_output=True,
+                         text=True, env=dict(os.environ, MINIGRAD_BACKEND="numpy"))
+    assert out.returncode == 0
+    for command in ("manifold", "retrieve", "features", "denoise"):
+        assert command in out.stdout
