@@ -248,8 +248,15 @@ class Autoencoder(nn.Module):
         return per_pixel.sum(axis=-1)
 
     def reconstruction_loss(self, pre, x):
-        """The reconstruction term: per-example sum over features, mean over the batch."""
-        return self.reconstruction_terms(pre, x).mean()
+        """The reconstruction term: per-example sum over features, mean over the batch.
+
+        Written as (sum over everything) / batch size -- the same number -- so the
+        fused loss kernels of the Numba and CuPy backends apply.
+        """
+        n = x.shape[0]
+        if self.loss_name == "bce":
+            return losses.binary_cross_entropy_with_logits(pre, x, reduction="sum") * (1.0 / n)
+        return losses.mse(self._output(pre), x, reduction="sum") * (1.0 / n)
 
     # -- the loss --------------------------------------------------------------------
     def _loss(self, x, rng):  # pragma: no cover - abstract

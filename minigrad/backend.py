@@ -34,11 +34,14 @@ __all__ = ["Backend", "get_backend", "set_backend", "register_backend",
 class Backend:
     """An array namespace plus a table of named kernels."""
 
-    def __init__(self, name, xp, device, kernels):
+    def __init__(self, name, xp, device, kernels, fused):
         self.name = name
         self.xp = xp
         self.device = device
         self.kernels = kernels
+        # Layers and losses take their fused kernel paths only where this is set;
+        # on the NumPy reference backend they are built from the primitives.
+        self.fused = fused
 
     def kernel(self, name):
         """The implementation of kernel ``name`` on this backend."""
@@ -155,10 +158,20 @@ def device_of(array):
 
 def _numpy_backend():
     from . import kernels
-    return Backend("numpy", numpy, "cpu", kernels.table("numpy"))
+    return Backend("numpy", numpy, "cpu", kernels.table("numpy"), fused=False)
+
+
+def _numba_backend():
+    try:
+        import numba  # noqa: F401  (the kernels compile on first call, not here)
+    except ImportError:
+        raise ImportError("the 'numba' backend needs Numba: pip install numba") from None
+    from . import kernels
+    return Backend("numba", numpy, "cpu", kernels.table("numba"), fused=True)
 
 
 register_backend("numpy", _numpy_backend)
+register_backend("numba", _numba_backend)
 
 
 def require_cupy():

@@ -574,11 +574,12 @@ class MatMul(Function):
         # give g back the row / column axis that a 1-D operand dropped from y
         g2 = g.reshape(g.shape[:-1] + (1,) + g.shape[-1:]) if a.ndim == 1 else g
         g2 = g2[..., None] if b.ndim == 1 else g2
-        ga = xp.matmul(g2, xp.swapaxes(b2, -1, -2))
-        gb = xp.matmul(xp.swapaxes(a2, -1, -2), g2)
-        if a.ndim == 1:
+        need_a, need_b = self.needs_input_grad
+        ga = xp.matmul(g2, xp.swapaxes(b2, -1, -2)) if need_a else None
+        gb = xp.matmul(xp.swapaxes(a2, -1, -2), g2) if need_b else None
+        if a.ndim == 1 and need_a:
             ga = ga[..., 0, :]
-        if b.ndim == 1:
+        if b.ndim == 1 and need_b:
             gb = gb[..., 0]
         return ga, gb
 

@@ -17,7 +17,8 @@ from __future__ import annotations
 import math
 
 from . import functions as F
-from .tensor import as_tensor
+from .backend import get_backend
+from .tensor import Function, as_tensor
 
 __all__ = ["mse", "binary_cross_entropy", "binary_cross_entropy_with_logits",
            "kl_divergence", "gaussian_kl", "l1", "bernoulli_kl"]
@@ -43,9 +44,50 @@ def _same_shape(op, a, b, names=("input", "target")):
     return a, b
 
 
+class _FusedSumLoss(Function):
+    """scale * sum of a per-element loss, forward and backward each one kernel pass.
+
+    ``name`` picks the kernel pair: "bce_with_logits" (x, t) -> softplus(x) - t x,
+    whose derivative is sigmoid(x) - t; "mse" (p, t) -> (p - t)^2, derivative
+    2 (p - t).  d/dt: -x and -2 (p - t).
+    """
+
+    def forward(self, pred, target, name, scale, kernels):
+        self.loss_name, self.scale, self.kernels = name, scale, kernels
+        self.save_for_backward(pred, target)
+        total = kernels[name + "_forward"](pred, target) * scale
+        return self.xp.asarray(total, dtype=pred.dtype)
+
+    def backward(self, g):
+        pred, target = self.saved
+        grad_pred = self.kernels[self.loss_name + "_backward"](pred, target,
+                                                               self.scale * float(g))
+        grad_target = (_target_grad(self.loss_name, pred, target, self.scale * float(g))
+                       if self.needs_input_grad[1] else None)
+        return grad_pred, grad_target
+
+
+def _target_grad(name, pred, target, scale):
+    if name == "mse":
+        return (target - pred) * (2 * scale)
+    return -pred * scale
+
+
+def _fused(name, pred, target, reduction):
+    """The fused kernel node, where the backend has one and the reduction allows."""
+    backend = get_backend()
+    if not backend.fused or reduction not in ("mean", "sum") or pred.dtype != target.dtype:
+        return None
+    scale = 1.0 / pred.size if reduction == "mean" else 1.0
+    return _FusedSumLoss.apply(pred, target, name=name, scale=scale, kernels=backend.kernels)
+
+
 def mse(pred, target, reduction="mean"):
     """(pred - target)^2 per element."""
     pred, target = _same_shape("mse", pred, target)
+    fused = _fused("mse", pred, target, reduction)
+    if fused is not None:
+        return fused
     diff = pred - target
     return _reduce("mse", diff * diff, reduction)
 
@@ -67,6 +109,9 @@ def binary_cross_entropy_with_logits(logits, target, reduction="mean"):
     """BCE of sigmoid(x) against t, as softplus(x) - t x: finite for any logit x."""
     logits, target = _same_shape("binary_cross_entropy_with_logits", logits, target,
                                  ("logits", "target"))
+    fused = _fused("bce_with_logits", logits, target, reduction)
+    if fused is not None:
+        return fused
     return _reduce("binary_cross_entropy_with_logits",
                    F.softplus(logits) - target * logits, reduction)
 

@@ -12,9 +12,9 @@ import numpy
 
 from . import functions as F
 from .backend import get_backend
-from .tensor import Tensor
+from .tensor import Function, Tensor
 
-__all__ = ["Parameter", "Module", "Dense", "Sequential", "ReLU", "LeakyReLU", "Sigmoid",
+__all__ = ["Parameter", "Module", "Dense", "DenseFunction", "Sequential", "ReLU", "LeakyReLU", "Sigmoid",
            "Tanh", "Softplus", "Identity", "activation_module"]
 
 
@@ -196,6 +196,27 @@ def activation_module(activation, negative_slope=0.01):
 # Dense and Sequential
 # ----------------------------------------------------------------------------
 
+class DenseFunction(Function):
+    """y = act(x @ W + b) as one node: the product on the BLAS, then bias and
+    activation in one fused kernel pass over the result (in place).
+
+    backward: gz = g * act'(y) and gb = sum over rows of gz (one fused pass);
+              gW = x^T gz;  gx = gz W^T (skipped when x needs no gradient).
+    """
+
+    def forward(self, x, weight, bias, activation, slope, kernels):
+        self.activation, self.slope, self.kernels = activation, slope, kernels
+        y = kernels["dense_forward"](self.xp.matmul(x, weight), bias, activation, slope)
+        self.save_for_backward(x, weight, y)
+        return y
+
+    def backward(self, g):
+        x, weight, y = self.saved
+        gz, gb = self.kernels["dense_backward"](g, y, self.activation, self.slope)
+        gx = gz @ weight.T if self.needs_input_grad[0] else None
+        return gx, x.T @ gz, gb
+
+
 class Dense(Module):
     """y = act(x @ W + b), with W of shape (in_features, out_features).
 
@@ -231,6 +252,11 @@ class Dense(Module):
         if x.ndim == 0 or x.shape[-1] != self.in_features:
             raise ValueError(f"Dense({self.in_features}, {self.out_features}): input has shape "
                              f"{x.shape}; expected (..., {self.in_features})")
+        backend = get_backend()
+        if backend.fused and x.ndim == 2 and x.dtype == self.weight.dtype:
+            return DenseFunction.apply(x, self.weight, self.bias, activation=self.activation,
+                                       slope=self.negative_slope, kernels=backend.kernels)
+        # the reference: the same layer built from primitives
         z = F.matmul(x, self.weight) + self.bias
         return _ACTIVATIONS[self.activation](z, self.negative_slope)
 

@@ -1,11 +1,16 @@
 """Optimizers: SGD (momentum, Nesterov, weight decay), Adam and AdamW.
 
 Each updates its parameters' data in place from their ``.grad``; parameters
-without a gradient are skipped.
+without a gradient are skipped.  The update of one parameter is one kernel of
+the active backend (``sgd_update`` / ``adam_update`` in
+:mod:`minigrad.kernels.optim`, where the equations are written out and the
+NumPy reference sits beside the fused versions).
 """
 from __future__ import annotations
 
 import numpy
+
+from .backend import get_backend
 
 __all__ = ["Optimizer", "SGD", "Adam", "AdamW"]
 
@@ -75,20 +80,14 @@ class SGD(Optimizer):
 
     def step(self):
         self.step_count += 1
+        update = get_backend().kernel("sgd_update")
         for i, p in enumerate(self.params):
             if p.grad is None:
                 continue
-            g = p.grad
-            if self.weight_decay:
-                g = g + self.weight_decay * p.data
-            if self.momentum:
-                if self.velocity[i] is None:
-                    self.velocity[i] = p.xp.zeros_like(p.data)
-                v = self.velocity[i]
-                v *= self.momentum
-                v += g
-                g = g + self.momentum * v if self.nesterov else v
-            p.data -= self.lr * g
+            if self.momentum and self.velocity[i] is None:
+                self.velocity[i] = p.xp.zeros_like(p.data)
+            update(p.data, p.grad, self.velocity[i], self.lr, self.momentum,
+                   self.weight_decay, self.nesterov)
 
 
 class Adam(Optimizer):
@@ -118,22 +117,12 @@ class Adam(Optimizer):
 
     def step(self):
         self.step_count += 1
-        t = self.step_count
-        correction1 = 1 - self.beta1 ** t
-        correction2 = 1 - self.beta2 ** t
+        update = get_backend().kernel("adam_update")
         for p, m, v in zip(self.params, self.m, self.v):
             if p.grad is None:
                 continue
-            g = p.grad
-            if self.weight_decay and not self.decoupled:
-                g = g + self.weight_decay * p.data
-            m *= self.beta1
-            m += (1 - self.beta1) * g
-            v *= self.beta2
-            v += (1 - self.beta2) * g * g
-            if self.weight_decay and self.decoupled:
-                p.data -= self.lr * self.weight_decay * p.data
-            p.data -= self.lr * (m / correction1) / (p.xp.sqrt(v / correction2) + self.eps)
+            update(p.data, p.grad, m, v, self.lr, self.beta1, self.beta2, self.eps,
+                   self.weight_decay, self.step_count, self.decoupled)
 
 
 class AdamW(Adam):

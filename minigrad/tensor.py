@@ -77,6 +77,7 @@ class Function:
         self.xp = xp
         self.parents = ()
         self.saved = ()
+        self.needs_input_grad = ()
 
     def save_for_backward(self, *arrays):
         self.saved = arrays
@@ -98,6 +99,8 @@ class Function:
         result = Tensor._wrap(out, requires_grad)
         if requires_grad:
             node.parents = tuple(tensors)
+            # lets a backward skip work nobody needs (e.g. dL/dx of the input layer)
+            node.needs_input_grad = tuple(t.requires_grad for t in tensors)
             result._node = node
         return result
 

@@ -16,12 +16,21 @@ __all__ = ["register", "table", "names", "KERNEL_MODULES"]
 _REGISTRY: dict[str, dict[str, object]] = {}
 
 # Modules that register kernels when imported.
-KERNEL_MODULES: list[str] = []
+KERNEL_MODULES: list[str] = ["minigrad.kernels.dense", "minigrad.kernels.losses",
+                              "minigrad.kernels.optim"]
 
 
-def register(name, numpy, numba=None, cupy=None):
-    """Register kernel ``name`` with its reference and optional twins."""
-    _REGISTRY[name] = {"numpy": numpy, "numba": numba, "cupy": cupy}
+def register(name, **implementations):
+    """Register kernel ``name``: ``numpy=reference``, ``numba=...``, ``cupy=...``.
+
+    Calls for the same name add to each other, so a backend's versions may be
+    registered by another module.
+    """
+    entry = _REGISTRY.setdefault(name, {"numpy": None, "numba": None, "cupy": None})
+    for backend, fn in implementations.items():
+        if backend not in entry:
+            raise ValueError(f"register: unknown backend {backend!r} for kernel {name!r}")
+        entry[backend] = fn
 
 
 def _load_all():
