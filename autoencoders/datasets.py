@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import gzip
 import hashlib
+import math
 import os
 import shutil
 import struct
@@ -38,8 +39,9 @@ def blocks(n, size=28, seed=0):
     Height and width are independent, uniform on 1..size.  A rectangle of height
     h starts at row ``(size - h) // 2`` (so with an odd leftover the extra black
     row is at the bottom); columns likewise.  ``images`` is float32 of shape
-    (n, size, size) with values 0 and 1; heights and widths are int64.
-    Deterministic for a seed.
+    (n, size, size) with values exactly 0.0 and 1.0; heights and widths are int64
+    arrays of shape (n,).  Deterministic for a seed (``numpy.random.default_rng``).
+    Raises ValueError unless ``n`` and ``size`` are positive integers.
     """
     for name, value in (("n", n), ("size", size)):
         if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value <= 0:
@@ -49,9 +51,11 @@ def blocks(n, size=28, seed=0):
     widths = rng.integers(1, size + 1, n, dtype=np.int64)
     top, left = (size - heights) // 2, (size - widths) // 2
     pixels = np.arange(size)
-    rows = (pixels >= top[:, None]) & (pixels < (top + heights)[:, None])   # (n, size)
-    cols = (pixels >= left[:, None]) & (pixels < (left + widths)[:, None])  # (n, size)
-    images = (rows[:, :, None] & cols[:, None, :]).astype(np.float32)
+    rows = ((pixels >= top[:, None]) & (pixels < (top + heights)[:, None])).astype(np.float32)
+    cols = ((pixels >= left[:, None]) & (pixels < (left + widths)[:, None])).astype(np.float32)
+    # The outer product of the masks, straight into float32: no (n, size, size)
+    # boolean intermediate, so 80,000 images cost one 250 MB allocation, not two.
+    images = rows[:, :, None] * cols[:, None, :]
     return images, heights, widths
 
 
@@ -80,7 +84,13 @@ def _read_bytes(path):
 
 
 def load_idx(path):
-    """The array stored in IDX file ``path`` (plain or gzip), native byte order."""
+    """The array stored in IDX file ``path``, of the declared shape, in native byte order.
+
+    The file may be plain or gzip'd (told by its first two bytes, 1f 8b, not by its
+    name).  Raises :class:`IDXFormatError`, naming the file and the problem, when
+    the magic is wrong, the dtype code unknown, the header or data truncated, or
+    there are bytes after the data.
+    """
     path = os.fspath(path)
     raw = _read_bytes(path)
     if len(raw) < 4:
@@ -101,7 +111,9 @@ def load_idx(path):
                              f"bytes, the file holds {len(raw)}")
     dims = struct.unpack(f">{ndim}I", raw[4:header])
     dtype = _IDX_DTYPES[code]
-    expected = int(np.prod(dims, dtype=np.int64)) * dtype.itemsize
+    # math.prod, not np.prod: a corrupt header can declare dims whose product
+    # overflows int64 and would wrap to a small (even matching) number.
+    expected = math.prod(dims) * dtype.itemsize
     got = len(raw) - header
     shape = "x".join(map(str, dims))
     if got != expected:
@@ -113,7 +125,12 @@ def load_idx(path):
 
 
 def write_idx(path, array):
-    """Write ``array`` as an IDX file (gzip'd if ``path`` ends in .gz), atomically."""
+    """Write ``array`` as an IDX file (gzip'd if ``path`` ends in .gz); returns the path.
+
+    Atomic: the bytes go to a temporary file in the same directory, which then
+    replaces ``path``, so a reader never sees half a file.  The dtype must be one
+    IDX knows (uint8, int8, int16, int32, float32, float64; either byte order).
+    """
     path = os.fspath(path)
     array = np.asarray(array)
     key = array.dtype.newbyteorder("=").str
@@ -122,6 +139,9 @@ def write_idx(path, array):
                          f"int16, int32, float32 or float64")
     if array.ndim == 0 or array.ndim > 255:
         raise ValueError(f"write_idx: array must have 1..255 dimensions, got {array.ndim}")
+    if max(array.shape) > 0xFFFFFFFF:
+        raise ValueError(f"write_idx: IDX stores each dimension as uint32; shape {array.shape} "
+                         f"does not fit")
     code = _IDX_CODES[key]
     payload = (struct.pack(">HBB", 0, code, array.ndim)
                + struct.pack(f">{array.ndim}I", *array.shape)
@@ -132,12 +152,20 @@ def write_idx(path, array):
     return path
 
 
+def _umask_mode():
+    # mkstemp makes files 0600; a data file should get the usual umask-based mode.
+    mask = os.umask(0)
+    os.umask(mask)
+    return 0o666 & ~mask
+
+
 def _write_atomic(path, payload):
     directory = os.path.dirname(os.path.abspath(path))
     fd, tmp = tempfile.mkstemp(prefix=".tmp-", dir=directory)
     try:
         with os.fdopen(fd, "wb") as f:
             f.write(payload)
+        os.chmod(tmp, _umask_mode())
         os.replace(tmp, path)
     finally:
         if os.path.exists(tmp):
@@ -176,20 +204,33 @@ CHECKSUMS = {
 
 def load_fashion_mnist(root=None, split="train", flatten=False, download=False):
     """Fashion-MNIST ``(images, labels)``: float32 in [0, 1], shape (n, 28, 28) or
-    (n, 784) with ``flatten``; int64 labels 0..9.  See :func:`load_mnist`."""
+    (n, 784) with ``flatten``; int64 labels 0..9.  Arguments as for :func:`load_mnist`,
+    with ``fashion-mnist/`` as the subfolder name."""
     return _load("fashion-mnist", root, split, flatten, download)
 
 
 def load_mnist(root=None, split="train", flatten=False, download=False):
-    """MNIST ``(images, labels)`` from ``root`` (default ``$AUTOENCODERS_DATA``): the
-    directory holding the four standard files, or its parent holding ``mnist/``.
-    ``download=True`` fetches missing files and checks their MD5 sums."""
+    """MNIST ``(images, labels)``: float32 in [0, 1] (the uint8 pixels / 255), shape
+    (n, 28, 28) or (n, 784) with ``flatten``; int64 labels 0..9.
+
+    ``root`` (default ``$AUTOENCODERS_DATA``) is the directory holding the standard
+    files (``train-*`` for ``split="train"``, ``t10k-*`` for ``"test"``; gzip'd or
+    not), or its parent holding them in ``mnist/``.  A missing file raises
+    FileNotFoundError saying how to fix it; with ``download=True`` it is fetched
+    from :data:`MIRRORS` instead, checked against :data:`CHECKSUMS` and moved
+    into place atomically.  Without a root or ``$AUTOENCODERS_DATA``, downloads
+    go to ``~/.cache/autoencoders/mnist``.  Malformed files raise IDXFormatError.
+    """
     return _load("mnist", root, split, flatten, download)
 
 
-def _directory(name, root):
+def _directory(name, root, download):
+    """The directory that holds (or, downloading, will hold) the files of ``name``."""
+    explicit = root is not None
     if root is None:
         root = os.environ.get("AUTOENCODERS_DATA")
+        if not root and download:
+            root = os.path.join(os.path.expanduser("~"), ".cache", "autoencoders")
         if not root:
             raise FileNotFoundError(
                 f"no data directory for {name}: pass root= (--data-dir on the command line) "
@@ -197,7 +238,18 @@ def _directory(name, root):
                 f"download=True (--download)")
     root = os.fspath(root)
     nested = os.path.join(root, name)
-    return nested if os.path.isdir(nested) else root
+    if os.path.isdir(nested):
+        return nested
+    if download and not explicit and not _holds_any(root):
+        # MNIST and Fashion-MNIST share file names: downloading both straight into
+        # one shared folder would let the second loader silently read the first's.
+        return nested
+    return root
+
+
+def _holds_any(directory):
+    names = [f for pair in _FILES.values() for f in pair]
+    return any(_find(directory, f) is not None for f in names)
 
 
 def _find(directory, filename):
@@ -212,9 +264,7 @@ def _find(directory, filename):
 def _load(name, root, split, flatten, download):
     if split not in _FILES:
         raise ValueError(f"load {name}: split={split!r}; expected 'train' or 'test'")
-    if root is None and download and not os.environ.get("AUTOENCODERS_DATA"):
-        root = os.path.join(os.path.expanduser("~"), ".cache", "autoencoders")
-    directory = _directory(name, root)
+    directory = _directory(name, root, download)
     paths = []
     for filename in _FILES[split]:
         path = _find(directory, filename)
@@ -231,13 +281,16 @@ def _load(name, root, split, flatten, download):
     if images.ndim != 3 or images.shape[1:] != (28, 28) or images.dtype != np.uint8:
         raise IDXFormatError(f"{paths[0]}: expected uint8 images of 28x28, got "
                              f"{images.dtype} of shape {images.shape}")
+    if labels.dtype.kind not in "iu":
+        raise IDXFormatError(f"{paths[1]}: labels must be integers, got {labels.dtype}")
     if labels.ndim != 1 or len(labels) != len(images):
         raise IDXFormatError(f"{paths[1]}: {labels.shape} labels for {len(images)} images "
                              f"in {paths[0]}")
     if labels.size and (labels.min() < 0 or labels.max() > 9):
         raise IDXFormatError(f"{paths[1]}: labels must lie in 0..9, found "
                              f"{labels.min()}..{labels.max()}")
-    images = images.astype(np.float32) / np.float32(255)
+    images = images.astype(np.float32)
+    images /= np.float32(255)  # in place: the 60,000-image split is 188 MB as float32
     if flatten:
         images = images.reshape(len(images), -1)
     return images, labels.astype(np.int64)
@@ -252,25 +305,33 @@ def _md5(path):
 
 
 def _download(name, filename, directory):
-    """Fetch ``filename``, check its MD5, and move it into place atomically."""
+    """Fetch ``filename`` into ``directory`` from the first mirror that has a copy with
+    the published MD5; returns its path.  Raises OSError naming every URL tried."""
     expected = CHECKSUMS[name][filename]
     errors = []
     for base in MIRRORS[name]:
         url = base.rstrip("/") + "/" + filename
+        # same directory as the target, so os.replace is an atomic rename
         fd, tmp = tempfile.mkstemp(prefix=".download-", dir=directory)
         try:
-            with os.fdopen(fd, "wb") as out, urllib.request.urlopen(url, timeout=60) as response:
-                shutil.copyfileobj(response, out)
+            try:
+                with os.fdopen(fd, "wb") as out, \
+                        urllib.request.urlopen(url, timeout=60) as response:
+                    shutil.copyfileobj(response, out)
+            except OSError as error:  # URLError, HTTPError and timeouts are all OSErrors
+                errors.append(f"{url}: {error}")
+                continue
             got = _md5(tmp)
             if got != expected:
-                raise IOError(f"{filename} from {url}: MD5 {got} does not match the "
+                # a bad copy on one mirror should not stop the next one being tried
+                errors.append(f"{filename} from {url}: MD5 {got} does not match the "
                               f"published {expected}; the file was not kept")
+                continue
+            os.chmod(tmp, _umask_mode())
             target = os.path.join(directory, filename)
             os.replace(tmp, target)
             return target
-        except IOError as error:  # URLError is an OSError too
-            errors.append(str(error))
         finally:
-            if os.path.exists(tmp):
+            if os.path.exists(tmp):  # gone after a successful os.replace
                 os.remove(tmp)
-    raise IOError(f"{name}: could not download {filename}: " + "; ".join(errors))
+    raise OSError(f"{name}: could not download {filename}: " + "; ".join(errors))

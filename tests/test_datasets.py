@@ -36,11 +36,25 @@ def test_each_block_image_is_one_centred_rectangle_of_the_stated_size():
 def test_block_sizes_cover_the_range_and_are_deterministic():
     _, heights, widths = datasets.blocks(5000, size=10, seed=0)
     assert set(heights) == set(range(1, 11)) and set(widths) == set(range(1, 11))
+    _, heights, widths = datasets.blocks(20_000, seed=1)  # the default size, 28
+    assert heights.min() == widths.min() == 1 and heights.max() == widths.max() == 28
     a = datasets.blocks(50, seed=7)
     b = datasets.blocks(50, seed=7)
     c = datasets.blocks(50, seed=8)
     assert all(np.array_equal(x, y) for x, y in zip(a, b))
     assert not np.array_equal(a[1], c[1])
+
+
+def test_odd_leftover_puts_the_extra_black_row_at_the_bottom():
+    images, heights, widths = datasets.blocks(2000, size=5, seed=0)
+    i = np.flatnonzero((heights == 2) & (widths == 4))[0]
+    np.testing.assert_array_equal(images[i], [[0, 0, 0, 0, 0],
+                                              [1, 1, 1, 1, 0],
+                                              [1, 1, 1, 1, 0],
+                                              [0, 0, 0, 0, 0],
+                                              [0, 0, 0, 0, 0]])
+    full = np.flatnonzero((heights == 5) & (widths == 5))[0]
+    assert images[full].min() == 1.0
 
 
 def test_80000_blocks_are_fast():
@@ -64,15 +78,46 @@ def test_blocks_rejects_bad_arguments(bad):
 
 @pytest.mark.parametrize("dtype", [np.uint8, np.int8, np.int16, np.int32, np.float32, np.float64])
 @pytest.mark.parametrize("suffix", ["", ".gz"])
-def test_idx_round_trip(tmp_path, dtype, suffix):
-    array = (np.arange(2 * 3 * 4) - 5).astype(dtype).reshape(2, 3, 4)
-    if dtype == np.uint8:
-        array = np.arange(24, dtype=dtype).reshape(2, 3, 4)
+@pytest.mark.parametrize("shape", [(7,), (3, 5), (2, 3, 4), (2, 1, 3, 2), (0, 28, 28)])
+def test_idx_round_trip(tmp_path, dtype, suffix, shape):
+    values = np.arange(int(np.prod(shape))).reshape(shape)
+    array = (values if dtype == np.uint8 else values - 5).astype(dtype)
+    if np.dtype(dtype).kind == "f":
+        array = array / 3  # fractions survive the round trip bit for bit
     path = datasets.write_idx(tmp_path / f"a.idx{suffix}", array)
     back = datasets.load_idx(path)
-    assert back.dtype == np.dtype(dtype) and back.shape == array.shape
+    assert back.dtype == np.dtype(dtype) and back.dtype.isnative and back.shape == shape
     np.testing.assert_array_equal(back, array)
     assert not [p for p in os.listdir(tmp_path) if p.startswith(".tmp")]  # no temp left
+
+
+def test_idx_is_big_endian_and_gzip_is_told_by_content(tmp_path):
+    array = np.array([[1, -2], [300, 40000]], dtype=">i4")  # a big-endian input too
+    plain = datasets.write_idx(tmp_path / "plain", array)
+    assert Path(plain).read_bytes() == (
+        b"\x00\x00\x0c\x02" + struct.pack(">II", 2, 2) + struct.pack(">4i", 1, -2, 300, 40000))
+    gz = datasets.write_idx(tmp_path / "z.gz", array)
+    renamed = tmp_path / "no-extension"
+    os.replace(gz, renamed)
+    np.testing.assert_array_equal(datasets.load_idx(renamed), array)
+    assert datasets.load_idx(renamed).flags.writeable
+
+
+def test_write_idx_rejects_what_idx_cannot_hold(tmp_path):
+    with pytest.raises(ValueError, match="no IDX code"):
+        datasets.write_idx(tmp_path / "b", np.zeros(3, dtype=bool))
+    with pytest.raises(ValueError, match="1..255 dimensions"):
+        datasets.write_idx(tmp_path / "s", np.float32(1.0))
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_write_idx_gives_files_the_umask_mode(tmp_path):
+    old = os.umask(0o022)
+    try:
+        path = datasets.write_idx(tmp_path / "a", np.zeros(2, np.uint8))
+    finally:
+        os.umask(old)
+    assert os.stat(path).st_mode & 0o777 == 0o644
 
 
 def _header(code, dims):
@@ -82,10 +127,15 @@ def _header(code, dims):
 @pytest.mark.parametrize("payload, message", [
     (b"\x01\x00\x08\x01" + struct.pack(">I", 1) + b"\x00", "bad magic number"),
     (_header(0x07, [2]) + b"\x00\x00", "unknown dtype code 0x07"),
-    (_header(0x08, [10]) + b"\x00" * 7, "truncated: header says 10 uint8 = 10 bytes of data, file holds 7"),
+    (_header(0x08, [10]) + b"\x00" * 7,
+     "truncated: header says 10 uint8 = 10 bytes of data, file holds 7"),
     (_header(0x08, [2]) + b"\x00" * 5, "trailing bytes"),
     (_header(0x08, [2, 3])[:9], "truncated header"),
     (b"\x00\x00", "truncated header"),
+    (b"", "truncated header"),
+    (b"\x00\x00\x08\x00", "0 dimensions"),
+    # 2**64 elements: a product that wraps to 0 in int64 must not pass for an empty file
+    (_header(0x08, [65536] * 4), "truncated: header says 65536x65536x65536x65536 uint8"),
     (b"\x1f\x8b" + b"garbage", "broken gzip stream"),
 ])
 def test_corrupt_idx_files_name_the_file_and_the_problem(tmp_path, payload, message):
@@ -96,11 +146,21 @@ def test_corrupt_idx_files_name_the_file_and_the_problem(tmp_path, payload, mess
     assert str(path) in str(info.value)
 
 
-def test_truncated_gzip_file(tmp_path):
+@pytest.mark.parametrize("cut", [lambda g: g[: len(g) // 2], lambda g: g[:-1],
+                                 lambda g: g + b"junk"])
+def test_damaged_gzip_file(tmp_path, cut):
     good = gzip.compress(_header(0x08, [1000]) + bytes(1000))
     path = tmp_path / "cut.gz"
-    path.write_bytes(good[: len(good) // 2])
-    with pytest.raises(IDXFormatError, match="cut.gz"):
+    path.write_bytes(cut(good))
+    with pytest.raises(IDXFormatError, match="cut.gz: broken gzip stream"):
+        datasets.load_idx(path)
+
+
+def test_gzip_holding_a_truncated_idx_file(tmp_path):
+    path = tmp_path / "train-images-idx3-ubyte.gz"
+    path.write_bytes(gzip.compress(_header(0x08, [3, 28, 28]) + bytes(100)))
+    with pytest.raises(IDXFormatError, match=r"train-images-idx3-ubyte.gz: truncated: header says "
+                                             r"3x28x28 uint8 = 2352 bytes of data, file holds 100"):
         datasets.load_idx(path)
 
 
@@ -144,14 +204,50 @@ def test_loader_errors(tmp_path, monkeypatch):
     monkeypatch.delenv("AUTOENCODERS_DATA", raising=False)
     with pytest.raises(ValueError, match="split='valid'"):
         datasets.load_mnist(tmp_path, split="valid")
-    with pytest.raises(FileNotFoundError, match="train-images-idx3-ubyte.gz is missing from .*download=True"):
+    with pytest.raises(FileNotFoundError) as info:
         datasets.load_mnist(tmp_path)
+    message = str(info.value)
+    for part in ("train-images-idx3-ubyte.gz is missing", str(tmp_path), "root=",
+                 "AUTOENCODERS_DATA", "download=True"):
+        assert part in message
     with pytest.raises(FileNotFoundError, match="AUTOENCODERS_DATA"):
         datasets.load_mnist()
     root = write_fake_set(tmp_path / "bad")
     datasets.write_idx(root / "train-labels-idx1-ubyte.gz", np.arange(11, dtype=np.uint8))
-    with pytest.raises(IDXFormatError, match=r"\(11,\) labels for 12 images"):
+    with pytest.raises(IDXFormatError,
+                       match=r"train-labels-idx1-ubyte.gz: \(11,\) labels for 12 images"):
         datasets.load_mnist(root)
+
+
+GOOD_IMAGES, GOOD_LABELS = np.zeros((3, 28, 28), np.uint8), np.zeros(3, np.uint8)
+BAD_IMAGES = "images-idx3-ubyte.gz: expected uint8 images of 28x28"
+BAD_LABELS = "labels-idx1-ubyte.gz: labels must lie in 0..9"
+
+
+@pytest.mark.parametrize("images, labels, message", [
+    (np.zeros((3, 28, 27), np.uint8), GOOD_LABELS, BAD_IMAGES),
+    (np.zeros((3, 784), np.uint8), GOOD_LABELS, BAD_IMAGES),
+    (np.zeros((3, 28, 28), np.float32), GOOD_LABELS, BAD_IMAGES),
+    (GOOD_IMAGES, np.array([0, 10, 2], np.uint8), BAD_LABELS),
+    (GOOD_IMAGES, np.array([0, -1, 2], np.int8), BAD_LABELS),
+    (GOOD_IMAGES, np.zeros(3, np.float32), "labels-idx1-ubyte.gz: labels must be integers"),
+    (GOOD_IMAGES, np.zeros((3, 1), np.uint8), "labels-idx1-ubyte.gz: .*labels for 3 images"),
+])
+def test_loader_checks_what_the_files_hold(tmp_path, images, labels, message):
+    datasets.write_idx(tmp_path / "t10k-images-idx3-ubyte.gz", images)
+    datasets.write_idx(tmp_path / "t10k-labels-idx1-ubyte.gz", labels)
+    with pytest.raises(IDXFormatError, match=message):
+        datasets.load_fashion_mnist(tmp_path, split="test")
+
+
+def test_loader_pixels_are_scaled_exactly(tmp_path):
+    pixels = np.resize(np.arange(256, dtype=np.uint8), (2, 28, 28))  # every value, 0..255
+    datasets.write_idx(tmp_path / "t10k-images-idx3-ubyte", pixels)  # un-gzipped names too
+    datasets.write_idx(tmp_path / "t10k-labels-idx1-ubyte", np.array([3, 9], np.uint8))
+    images, labels = datasets.load_mnist(tmp_path, split="test", flatten=True)
+    expected = pixels.reshape(2, 784).astype(np.float32) / np.float32(255)
+    np.testing.assert_array_equal(images, expected)
+    assert images.min() == 0.0 and images.max() == 1.0 and list(labels) == [3, 9]
 
 
 # ----------------------------------------------------------------------------
@@ -170,10 +266,19 @@ def local_server(tmp_path):
         def log_message(self, *args):
             pass
 
+    requested = []
+
+    class Handler(Handler):
+        def do_GET(self):
+            requested.append(self.path)
+            super().do_GET()
+
     server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    # a short poll interval: shutdown() otherwise waits up to 0.5 s per test
+    thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.02},
+                              daemon=True)
     thread.start()
-    yield served, f"http://127.0.0.1:{server.server_address[1]}/"
+    yield served, f"http://127.0.0.1:{server.server_address[1]}/", requested
     server.shutdown()
     server.server_close()
 
@@ -183,7 +288,7 @@ def _md5(path):
 
 
 def test_download_fetches_checks_and_places_files(tmp_path, local_server, monkeypatch):
-    served, url = local_server
+    served, url, _ = local_server
     monkeypatch.setitem(datasets.MIRRORS, "mnist", [url])
     monkeypatch.setitem(datasets.CHECKSUMS, "mnist",
                         {p.name: _md5(p) for p in served.iterdir()})
@@ -195,7 +300,7 @@ def test_download_fetches_checks_and_places_files(tmp_path, local_server, monkey
 
 
 def test_download_with_a_wrong_checksum_keeps_nothing(tmp_path, local_server, monkeypatch):
-    served, url = local_server
+    served, url, _ = local_server
     monkeypatch.setitem(datasets.MIRRORS, "mnist", [url])
     sums = {p.name: _md5(p) for p in served.iterdir()}
     sums["train-images-idx3-ubyte.gz"] = "0" * 32
@@ -205,6 +310,57 @@ def test_download_with_a_wrong_checksum_keeps_nothing(tmp_path, local_server, mo
     with pytest.raises(IOError, match="does not match the published 0000"):
         datasets.load_mnist(target, download=True)
     assert list(target.iterdir()) == []
+
+
+def _serve_as(monkeypatch, name, served, mirrors):
+    monkeypatch.setitem(datasets.MIRRORS, name, mirrors)
+    monkeypatch.setitem(datasets.CHECKSUMS, name, {p.name: _md5(p) for p in served.iterdir()})
+
+
+def test_download_fetches_only_missing_files_and_falls_back_to_the_next_mirror(
+        tmp_path, local_server, monkeypatch):
+    served, url, requested = local_server
+    _serve_as(monkeypatch, "fashion-mnist", served, [url + "nowhere/", url])  # first one 404s
+    target = tmp_path / "data"
+    write_fake_set(target, n_test=3)
+    (target / "t10k-labels-idx1-ubyte.gz").unlink()
+    (target / "t10k-labels-idx1-ubyte.gz").with_suffix("").unlink(missing_ok=True)
+    datasets.write_idx(target / "t10k-labels-idx1-ubyte.gz", np.arange(3, dtype=np.uint8))
+    (target / "t10k-images-idx3-ubyte.gz").unlink()
+    # images come from the server (5 of them) but labels stay local (3): a mismatch,
+    # which shows the local labels file was not fetched again
+    with pytest.raises(IDXFormatError, match=r"\(3,\) labels for 5 images"):
+        datasets.load_fashion_mnist(target, split="test", download=True)
+    assert requested == ["/nowhere/t10k-images-idx3-ubyte.gz", "/t10k-images-idx3-ubyte.gz"]
+    assert not [p for p in os.listdir(target) if p.startswith(".")]
+
+
+def test_download_failure_names_the_file_and_every_mirror(tmp_path, local_server, monkeypatch):
+    served, url, _ = local_server
+    _serve_as(monkeypatch, "mnist", served, [url + "a/", url + "b/"])
+    with pytest.raises(OSError, match=r"could not download train-images-idx3-ubyte.gz.*/a/.*404"
+                                      r".*/b/.*404") as info:
+        datasets.load_mnist(tmp_path / "data", download=True)
+    assert not isinstance(info.value, FileNotFoundError)
+    assert list((tmp_path / "data").iterdir()) == []
+
+
+def test_download_goes_to_a_folder_per_data_set_when_no_root_is_given(
+        tmp_path, local_server, monkeypatch):
+    served, url, _ = local_server
+    _serve_as(monkeypatch, "mnist", served, [url])
+    _serve_as(monkeypatch, "fashion-mnist", served, [url])
+    monkeypatch.delenv("AUTOENCODERS_DATA", raising=False)
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    datasets.load_mnist(split="test", download=True)
+    cache = tmp_path / "home" / ".cache" / "autoencoders"
+    assert sorted(p.name for p in (cache / "mnist").iterdir()) == [
+        "t10k-images-idx3-ubyte.gz", "t10k-labels-idx1-ubyte.gz"]
+    # the same file names for Fashion-MNIST must land apart, not be taken from mnist/
+    monkeypatch.setenv("AUTOENCODERS_DATA", str(tmp_path / "shared"))
+    datasets.load_fashion_mnist(split="test", download=True)
+    assert (tmp_path / "shared" / "fashion-mnist" / "t10k-images-idx3-ubyte.gz").is_file()
+    assert sorted(p.name for p in cache.iterdir()) == ["mnist"]
 
 
 def test_published_checksums_are_the_official_ones():
@@ -218,11 +374,11 @@ def test_published_checksums_are_the_official_ones():
 # the real files, where this checkout has them
 # ----------------------------------------------------------------------------
 
-@pytest.mark.skipif(not (SHARED / "fashion-mnist").is_dir(),
-                    reason=f"real data not present at {SHARED} (a fresh checkout has none)")
 @pytest.mark.parametrize("name", ["fashion-mnist", "mnist"])
 def test_real_files(name):
     directory = SHARED / name
+    if not directory.is_dir():
+        pytest.skip(f"real {name} data not present at {directory} (a fresh checkout has none)")
     for filename, md5 in datasets.CHECKSUMS[name].items():
         assert _md5(directory / filename) == md5, filename
     loader = datasets.load_fashion_mnist if name == "fashion-mnist" else datasets.load_mnist

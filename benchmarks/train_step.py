@@ -1,0 +1,388 @@
+"""Training-step benchmark: minigrad (NumPy, Numba or CuPy backend) against PyTorch
+eager (default and flush-to-zero), JAX jit and the matrix-product floor.
+
+The model: a dense autoencoder 784-512-128-512-784, ReLU hidden layers, sigmoid
+output with binary cross-entropy (on logits), Adam lr 1e-3, float32.  Every
+framework starts from the same weights and sees the same batches (Fashion-MNIST
+from ../shared/datasets when present, else synthetic block images).
+
+Each framework runs in its own subprocess, one after the other in this run, so
+thread settings do not leak between them and the peak memory (max RSS) is its
+own.  Reported per batch size: median [min-max] ms per step over many steps
+after warm-up; the ratios minigrad / PyTorch and minigrad / floor, where the
+floor is the time of the step's matrix products alone (NumPy on the CPU, CuPy on
+the GPU); then one epoch of 60,000 samples at batch 128 in samples/s, run for
+several epochs so that a slowdown from subnormal numbers would show as a last
+epoch slower than the first.  A check in the same run: 20 steps from identical
+weights and batches give losses equal to PyTorch's within 1e-4 relative.
+
+    python benchmarks/train_step.py                    # CPU: numpy, numba, torch, jax
+    python benchmarks/train_step.py --backend cupy     # GPU: cupy vs torch CUDA
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import resource
+import statistics
+import subprocess
+import sys
+import time
+
+import numpy as np
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+SIZES = [784, 512, 128, 512, 784]
+LR = 1e-3
+
+
+# ----------------------------------------------------------------------------
+# shared set-up: weights, data
+# ----------------------------------------------------------------------------
+
+def initial_weights(seed=0):
+    """He-normal weights (in, out) and zero biases for each layer, float32."""
+    rng = np.random.default_rng(seed)
+    layers = []
+    for n_in, n_out in zip(SIZES[:-1], SIZES[1:]):
+        w = (rng.standard_normal((n_in, n_out)) * np.sqrt(2.0 / n_in)).astype(np.float32)
+        layers.append((w, np.zeros(n_out, np.float32)))
+    return layers
+
+
+def load_data(n=60_000):
+    sys.path.insert(0, ROOT)
+    from autoencoders import datasets
+    shared = os.path.join(os.path.dirname(ROOT), "shared", "datasets")
+    try:
+        images, _ = datasets.load_fashion_mnist(shared, flatten=True)
+        return images[:n], "fashion-mnist"
+    except (FileNotFoundError, OSError):
+        images, _, _ = datasets.blocks(n, seed=0)
+        return images.reshape(n, -1), "blocks"
+
+
+def batches(X, batch, steps, seed=1):
+    rng = np.random.default_rng(seed)
+    for _ in range(steps):
+        yield X[rng.integers(0, len(X), batch)]
+
+
+def summarize(times_s):
+    ms = sorted(t * 1e3 for t in times_s)
+    return {"median_ms": statistics.median(ms), "min_ms": ms[0], "max_ms": ms[-1],
+            "steps": len(ms)}
+
+
+def peak_rss_mb():
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+# ----------------------------------------------------------------------------
+# the frameworks: each returns step(x) -> loss (a float), plus a sync function
+# ----------------------------------------------------------------------------
+
+def make_minigrad(backend):
+    sys.path.insert(0, ROOT)
+    import minigrad as mg
+    from minigrad import losses, nn, optim
+    mg.set_backend(backend)
+    xp = mg.get_backend().xp
+    layers = []
+    for i, (w, b) in enumerate(initial_weights()):
+        dense = nn.Dense(w.shape[0], w.shape[1],
+                         activation="relu" if i < len(SIZES) - 2 else None)
+        dense.weight.data[...] = xp.asarray(w)
+        dense.bias.data[...] = xp.asarray(b)
+        layers.append(dense)
+    model = nn.Sequential(*layers)
+    opt = optim.Adam(model.parameters(), lr=LR)
+
+    def step(x):
+        x = mg.Tensor(xp.asarray(x))
+        opt.zero_grad()
+        loss = losses.binary_cross_entropy_with_logits(model(x), x)
+        loss.backward()
+        opt.step()
+        return loss
+
+    def sync():
+        if backend == "cupy":
+            xp.cuda.Device().synchronize()
+
+    return step, sync, lambda loss: float(loss.item())
+
+
+def make_torch(device="cpu", flush_denormal=False, fused_adam=False):
+    import torch
+    torch.set_flush_denormal(flush_denormal)
+    mods = []
+    for i, (w, b) in enumerate(initial_weights()):
+        linear = torch.nn.Linear(w.shape[0], w.shape[1])
+        with torch.no_grad():
+            linear.weight.copy_(torch.from_numpy(w.T.copy()))
+            linear.bias.copy_(torch.from_numpy(b))
+        mods.append(linear)
+        if i < len(SIZES) - 2:
+            mods.append(torch.nn.ReLU())
+    model = torch.nn.Sequential(*mods).to(device)
+    opt = torch.optim.Adam(model.parameters(), lr=LR, fused=fused_adam or None)
+
+    def step(x):
+        x = torch.from_numpy(x).to(device)
+        opt.zero_grad(set_to_none=True)
+        loss = torch.nn.functional.binary_cross_entropy_with_logits(model(x), x)
+        loss.backward()
+        opt.step()
+        return loss
+
+    def sync():
+        if device != "cpu":
+            torch.cuda.synchronize()
+
+    return step, sync, lambda loss: float(loss.item())
+
+
+def make_jax():
+    import jax
+    import jax.numpy as jnp
+    params = [(jnp.asarray(w), jnp.asarray(b)) for w, b in initial_weights()]
+    m = jax.tree_util.tree_map(jnp.zeros_like, params)
+    v = jax.tree_util.tree_map(jnp.zeros_like, params)
+    state = {"params": params, "m": m, "v": v, "t": 0}
+
+    def loss_fn(params, x):
+        h = x
+        for i, (w, b) in enumerate(params):
+            h = h @ w + b
+            if i < len(params) - 1:
+                h = jax.nn.relu(h)
+        return jnp.mean(jnp.maximum(h, 0) - h * x + jnp.log1p(jnp.exp(-jnp.abs(h))))
+
+    @jax.jit
+    def update(params, m, v, t, x):
+        loss, grads = jax.value_and_grad(loss_fn)(params, x)
+        m = jax.tree_util.tree_map(lambda a, g: 0.9 * a + 0.1 * g, m, grads)
+        v = jax.tree_util.tree_map(lambda a, g: 0.999 * a + 0.001 * g * g, v, grads)
+        c1, c2 = 1 - 0.9 ** t, 1 - 0.999 ** t
+        params = jax.tree_util.tree_map(
+            lambda p, a, b: p - LR * (a / c1) / (jnp.sqrt(b / c2) + 1e-8), params, m, v)
+        return params, m, v, loss
+
+    def step(x):
+        state["t"] += 1
+        state["params"], state["m"], state["v"], loss = update(
+            state["params"], state["m"], state["v"], state["t"], x)
+        return loss
+
+    def sync():
+        jax.block_until_ready(state["params"])
+
+    return step, sync, lambda loss: float(loss)
+
+
+def make_gemm_floor(backend):
+    """Only the step's matrix products: 4 forward, 4 weight-gradient and 3 input-gradient
+    products (the input layer needs no input gradient)."""
+    if backend == "cupy":
+        import cupy as xp
+    else:
+        xp = np
+    weights = [xp.asarray(w) for w, _ in initial_weights()]
+
+    def step(x):
+        h = [xp.asarray(x)]
+        for w in weights:
+            h.append(h[-1] @ w)
+        g = h[-1]
+        for i in reversed(range(len(weights))):
+            h[i].T @ g
+            if i:
+                g = g @ weights[i].T
+        return 0.0
+
+    def sync():
+        if backend == "cupy":
+            xp.cuda.Device().synchronize()
+
+    return step, sync, float
+
+
+FRAMEWORKS = {
+    "minigrad-numpy": lambda: make_minigrad("numpy"),
+    "minigrad-numba": lambda: make_minigrad("numba"),
+    "minigrad-cupy": lambda: make_minigrad("cupy"),
+    "torch": lambda: make_torch("cpu"),
+    "torch-ftz": lambda: make_torch("cpu", flush_denormal=True),
+    "torch-cuda": lambda: make_torch("cuda"),
+    "jax": make_jax,
+    "floor": lambda: make_gemm_floor("numpy"),
+    "floor-cupy": lambda: make_gemm_floor("cupy"),
+}
+
+
+# ----------------------------------------------------------------------------
+# worker: one framework, in its own process
+# ----------------------------------------------------------------------------
+
+def worker(name, batch_sizes, min_seconds, epochs, check_steps):
+    X, data_name = load_data()
+    started = time.perf_counter()
+    step, sync, to_float = FRAMEWORKS[name]()
+    result = {"framework": name, "data": data_name, "setup_s": time.perf_counter() - started}
+
+    # the first step includes compilation (Numba kernels, JAX tracing)
+    x0 = next(batches(X, batch_sizes[0], 1, seed=99))
+    started = time.perf_counter()
+    to_float(step(x0))
+    sync()
+    result["first_step_s"] = time.perf_counter() - started
+
+    result["step"] = {}
+    for batch in batch_sizes:
+        stream = batches(X, batch, 10 ** 9, seed=batch)
+        for _ in range(10):  # warm-up
+            step(next(stream))
+        sync()
+        times, spent = [], 0.0
+        while spent < min_seconds or len(times) < 30:
+            x = next(stream)
+            t0 = time.perf_counter()
+            step(x)
+            sync()
+            dt = time.perf_counter() - t0
+            times.append(dt)
+            spent += dt
+            if len(times) >= 2000:
+                break
+        result["step"][str(batch)] = summarize(times)
+
+    if epochs and not name.startswith("floor"):
+        result["epochs_s"] = []
+        order_rng = np.random.default_rng(5)
+        for _ in range(epochs):
+            order = order_rng.permutation(len(X))
+            t0 = time.perf_counter()
+            for i in range(0, len(X), 128):
+                step(X[order[i:i + 128]])
+            sync()
+            result["epochs_s"].append(time.perf_counter() - t0)
+        result["samples_per_s"] = [len(X) / s for s in result["epochs_s"]]
+
+    if check_steps and not name.startswith("floor"):
+        # fresh model, identical weights and batches for every framework
+        step, sync, to_float = FRAMEWORKS[name]()
+        result["check_losses"] = [to_float(step(x))
+                                  for x in batches(X, 64, check_steps, seed=123)]
+    result["peak_rss_mb"] = peak_rss_mb()
+    print("RESULT " + json.dumps(result), flush=True)
+
+
+# ----------------------------------------------------------------------------
+# the parent: run the workers, print the table, write JSON
+# ----------------------------------------------------------------------------
+
+def run_worker(name, args):
+    cmd = [sys.executable, os.path.abspath(__file__), "--worker", name,
+           "--batch", ",".join(map(str, args.batch)), "--seconds", str(args.seconds),
+           "--epochs", str(args.epochs), "--check-steps", str(args.check_steps)]
+    print(f"  running {name} ...", flush=True, file=sys.stderr)
+    proc = subprocess.run(cmd, capture_output=True, text=True)
+    for line in proc.stdout.splitlines():
+        if line.startswith("RESULT "):
+            return json.loads(line[len("RESULT "):])
+    tail = (proc.stderr or proc.stdout).strip().splitlines()[-3:]
+    print(f"  {name}: skipped ({' | '.join(tail)})", file=sys.stderr)
+    return None
+
+
+def fmt_step(s):
+    return f"{s['median_ms']:.2f} [{s['min_ms']:.2f}-{s['max_ms']:.2f}]"
+
+
+def report(results, args):
+    names = [n for n in results if results[n]]
+    lines = [f"Training step, dense AE {'-'.join(map(str, SIZES))}, ReLU, BCE, Adam, float32 "
+             f"({platform.machine()}, {os.cpu_count()} cores, data: "
+             f"{next(iter(results.values()))['data'] if names else '?'})", "",
+             "median [min-max] ms per step:"]
+    header = f"{'framework':<16}" + "".join(f"{'batch ' + str(b):>26}" for b in args.batch)
+    lines += [header, "-" * len(header)]
+    for n in names:
+        lines.append(f"{n:<16}" + "".join(f"{fmt_step(results[n]['step'][str(b)]):>26}"
+                                          for b in args.batch))
+    mine = [n for n in names if n.startswith("minigrad")]
+    refs = [n for n in names if n.startswith("torch") or n == "jax" or n.startswith("floor")]
+    if mine and refs:
+        lines += ["", "ratios of medians (lower is faster for minigrad):"]
+        for m in mine:
+            for r in refs:
+                ratios = [results[m]["step"][str(b)]["median_ms"] /
+                          results[r]["step"][str(b)]["median_ms"] for b in args.batch]
+                lines.append(f"  {m} / {r:<12}" + "".join(f"{x:>10.2f}" for x in ratios))
+    epoch_names = [n for n in names if "samples_per_s" in results[n]]
+    if epoch_names:
+        lines += ["", f"epoch of 60,000 samples at batch 128 ({args.epochs} epochs), "
+                      "samples/s per epoch (first ... last):"]
+        for n in epoch_names:
+            sps = results[n]["samples_per_s"]
+            lines.append(f"  {n:<16}" + "  ".join(f"{v:>8.0f}" for v in sps)
+                         + f"   last/first time {results[n]['epochs_s'][-1] / results[n]['epochs_s'][0]:.2f}")
+    lines += ["", "first step (compile / trace included) and peak memory:"]
+    for n in names:
+        lines.append(f"  {n:<16} first step {results[n]['first_step_s'] * 1e3:9.1f} ms   "
+                     f"peak RSS {results[n]['peak_rss_mb']:7.0f} MB")
+    ref = next((n for n in ("torch", "torch-cuda") if results.get(n)), None)
+    if ref and args.check_steps:
+        lines += ["", f"loss check, {args.check_steps} steps from identical weights and batches "
+                      f"(max relative difference to {ref}):"]
+        for n in names:
+            if n == ref or "check_losses" not in results[n]:
+                continue
+            a, b = np.array(results[n]["check_losses"]), np.array(results[ref]["check_losses"])
+            rel = float(np.max(np.abs(a - b) / np.abs(b)))
+            lines.append(f"  {n:<16} {rel:.2e}  {'OK' if rel <= 1e-4 else 'MISMATCH'} (<= 1e-4)")
+            results[n]["check_max_rel_diff"] = rel
+    return "\n".join(lines)
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--backend", choices=["cpu", "cupy"], default="cpu",
+                        help="cpu: numpy, numba, torch, jax on this CPU; cupy: the GPU")
+    parser.add_argument("--frameworks", default=None,
+                        help="comma-separated subset of " + ",".join(FRAMEWORKS))
+    parser.add_argument("--batch", type=lambda s: [int(v) for v in s.split(",")], default=None)
+    parser.add_argument("--seconds", type=float, default=2.0,
+                        help="measure each batch size for at least this long")
+    parser.add_argument("--epochs", type=int, default=3)
+    parser.add_argument("--check-steps", type=int, default=20)
+    parser.add_argument("--out", default=os.path.join(ROOT, "benchmarks", "results",
+                                                      "train_step.json"))
+    parser.add_argument("--worker", default=None, help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    if args.batch is None:
+        args.batch = [64, 256, 1024] if args.backend == "cpu" else [256, 1024, 4096]
+    if args.worker:
+        return worker(args.worker, args.batch, args.seconds, args.epochs, args.check_steps)
+    if args.frameworks:
+        names = args.frameworks.split(",")
+    elif args.backend == "cpu":
+        names = ["minigrad-numpy", "minigrad-numba", "torch", "torch-ftz", "jax", "floor"]
+    else:
+        names = ["minigrad-cupy", "torch-cuda", "floor-cupy"]
+    results = {n: run_worker(n, args) for n in names}
+    text = report(results, args)
+    print(text)
+    os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
+    tmp = args.out + ".tmp"
+    with open(tmp, "w") as f:
+        json.dump({"argv": sys.argv, "results": results, "report": text}, f, indent=1)
+    os.replace(tmp, args.out)
+    print(f"\nwrote {args.out}")
+
+
+if __name__ == "__main__":
+    main()
