@@ -18,6 +18,15 @@ Numba nor CuPy and compiles nothing.  Choose one with::
 
 or the environment variable ``MINIGRAD_BACKEND``.  The default is ``"numba"``
 when Numba can be imported, else ``"numpy"``.
+
+``"cupy"`` runs on the GPU: its ``xp`` is CuPy, its kernels the CUDA ones of
+:mod:`minigrad.kernels` (compiled by CuPy on first use), its GEMMs cuBLAS through
+``cupy.matmul``.  Selecting it without CuPy, or on a machine without a usable
+CUDA device, raises an error that says which is missing.  Under it, tensors made
+from Python data or NumPy arrays are created on the GPU, and new layers put their
+parameters there; a model made before the switch moves with ``model.to("cuda")``.
+Kernels follow the active backend, not the data: a CPU backend's kernels refuse
+device arrays, and the CuPy kernels refuse host arrays, each naming both sides.
 """
 from __future__ import annotations
 
@@ -170,8 +179,15 @@ def _numba_backend():
     return Backend("numba", numpy, "cpu", kernels.table("numba"), fused=True)
 
 
+def _cupy_backend():
+    cupy = require_cupy()  # a clear ImportError / RuntimeError without CuPy or a GPU
+    from . import kernels
+    return Backend("cupy", cupy, "cuda", kernels.table("cupy"), fused=True)
+
+
 register_backend("numpy", _numpy_backend)
 register_backend("numba", _numba_backend)
+register_backend("cupy", _cupy_backend)
 
 
 def require_cupy():

@@ -16,6 +16,8 @@ from __future__ import annotations
 
 import math
 
+import numpy
+
 from . import functions as F
 from .backend import get_backend
 from .tensor import Function, as_tensor
@@ -99,8 +101,9 @@ def binary_cross_entropy(prob, target, reduction="mean"):
     gives a finite loss and gradient.
     """
     prob, target = _same_shape("binary_cross_entropy", prob, target, ("prob", "target"))
-    log_p = F.maximum(F.log(prob), -100.0)
-    log_1mp = F.maximum(F.log(1.0 - prob), -100.0)
+    with numpy.errstate(divide="ignore"):  # ln 0 = -inf is expected here, and clamped
+        log_p = F.maximum(F.log(prob), -100.0)
+        log_1mp = F.maximum(F.log(1.0 - prob), -100.0)
     return _reduce("binary_cross_entropy", -(target * log_p + (1.0 - target) * log_1mp),
                    reduction)
 

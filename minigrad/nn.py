@@ -23,6 +23,9 @@ class Parameter(Tensor):
 
     def __init__(self, data, dtype=None):
         super().__init__(data, requires_grad=True, dtype=dtype)
+        # optimizers update parameters in place through flat views
+        if not self.data.flags.c_contiguous:
+            self.data = self.xp.ascontiguousarray(self.data)
 
     def __repr__(self):
         return "Parameter" + super().__repr__()[len("Tensor"):]

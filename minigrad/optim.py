@@ -1,59 +1,107 @@
 """Optimizers: SGD (momentum, Nesterov, weight decay), Adam and AdamW.
 
 Each updates its parameters' data in place from their ``.grad``; parameters
-without a gradient are skipped.  The update of one parameter is one kernel of
-the active backend (``sgd_update`` / ``adam_update`` in
-:mod:`minigrad.kernels.optim`, where the equations are written out and the
-NumPy reference sits beside the fused versions).
+without a gradient are skipped (and, for Adam, do not advance their own step
+count, so their bias correction starts when they first receive a gradient, as
+in PyTorch).  The update of one parameter is one kernel of the active backend
+(``sgd_update`` / ``adam_update`` in :mod:`minigrad.kernels.optim`, where the
+equations are written out and the NumPy reference sits beside the fused
+versions).  The update kernels flush moments that fall below the smallest
+normal number to 0, so a long run never slows down on subnormal arithmetic.
 """
 from __future__ import annotations
 
 import numpy
 
 from .backend import get_backend
+from .tensor import Tensor
 
 __all__ = ["Optimizer", "SGD", "Adam", "AdamW"]
 
 
 class Optimizer:
+    """Base class: holds the parameters, ``lr``, the step count and per-parameter
+    buffers (listed in ``_buffer_names``, one entry per parameter)."""
+
+    _buffer_names = ()
+    _count_buffers = ()  # buffers of one integer per parameter rather than an array
+
     def __init__(self, params, lr):
         self.params = list(params)
+        name = type(self).__name__
         if not self.params:
-            raise ValueError(f"{type(self).__name__}: got an empty parameter list")
-        if not lr > 0:
-            raise ValueError(f"{type(self).__name__}: lr must be positive, got {lr!r}")
+            raise ValueError(f"{name}: got an empty parameter list")
+        for i, p in enumerate(self.params):
+            if not isinstance(p, Tensor):
+                raise TypeError(f"{name}: parameter {i} is a {type(p).__name__}, not a Tensor")
+            if not p.requires_grad:
+                raise ValueError(f"{name}: parameter {i} (shape {p.shape}) does not require "
+                                 f"a gradient")
+        if len({id(p) for p in self.params}) != len(self.params):
+            raise ValueError(f"{name}: a parameter appears more than once in the list")
+        _check(name, "lr", lr, lambda v: v > 0, "must be positive")
         self.lr = float(lr)
         self.step_count = 0
 
     def zero_grad(self):
+        """Drop every parameter's gradient (the next backward starts from nothing)."""
         for p in self.params:
             p.grad = None
 
     def step(self):  # pragma: no cover - abstract
         raise NotImplementedError
 
+    def _hyper(self):  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    # -- state -----------------------------------------------------------------
     def state_dict(self):
-        """Hyper-parameters, the step count and per-parameter buffers (host copies)."""
-        buffers = {}
-        for name in self._buffer_names:
-            buffers[name] = [None if b is None else _host(b) for b in getattr(self, name)]
+        """``{"hyper": {...}, "step_count": n, "buffers": {name: [array or None, ...]}}``
+        with host NumPy copies of the buffers, one entry per parameter."""
+        buffers = {name: [_host(b) if hasattr(b, "shape") else b for b in getattr(self, name)]
+                   for name in self._buffer_names}
         return {"hyper": self._hyper(), "step_count": self.step_count, "buffers": buffers}
 
     def load_state_dict(self, state):
-        for name, values in state["buffers"].items():
-            own = getattr(self, name)
-            if len(values) != len(own):
-                raise ValueError(f"{type(self).__name__}.load_state_dict: {name} has "
-                                 f"{len(values)} entries, expected {len(own)}")
+        """Restore a :meth:`state_dict` of the same optimizer type over parameters of
+        the same shapes; checks everything before changing anything."""
+        name = type(self).__name__
+        buffers = state["buffers"]
+        if set(buffers) != set(self._buffer_names):
+            raise ValueError(f"{name}.load_state_dict: the state has buffers "
+                             f"{sorted(buffers)}, expected {sorted(self._buffer_names)} "
+                             f"(a state of another optimizer?)")
+        unknown = sorted(set(state["hyper"]) - set(self._hyper()))
+        if unknown:
+            raise ValueError(f"{name}.load_state_dict: unknown hyper-parameters {unknown}")
+        for key, values in buffers.items():
+            if len(values) != len(self.params):
+                raise ValueError(f"{name}.load_state_dict: {key} has {len(values)} entries, "
+                                 f"expected {len(self.params)} (one per parameter)")
             for i, (p, v) in enumerate(zip(self.params, values)):
-                if v is not None and tuple(v.shape) != p.shape:
-                    raise ValueError(f"{type(self).__name__}.load_state_dict: {name}[{i}] "
-                                     f"has shape {tuple(v.shape)}, expected {p.shape}")
-            setattr(self, name, [None if v is None else p.xp.array(v, dtype=p.dtype)
-                                 for p, v in zip(self.params, values)])
+                if v is None or key in self._count_buffers:
+                    continue
+                if tuple(numpy.shape(v)) != p.shape:
+                    raise ValueError(f"{name}.load_state_dict: {key}[{i}] has shape "
+                                     f"{tuple(numpy.shape(v))}, expected {p.shape}")
+        for key, values in buffers.items():
+            setattr(self, key, [self._load_buffer(key, p, v) for p, v in zip(self.params, values)])
         self.step_count = int(state["step_count"])
         for key, value in state["hyper"].items():
             setattr(self, key, value)
+        return self
+
+    def _load_buffer(self, key, p, value):
+        if key in self._count_buffers:
+            return int(value)
+        if value is None:
+            return None
+        return p.xp.array(value, dtype=p.dtype, order="C")
+
+
+def _check(owner, what, value, ok, message):
+    if not ok(value):
+        raise ValueError(f"{owner}: {what} {message}, got {value!r}")
 
 
 def _host(a):
@@ -61,12 +109,22 @@ def _host(a):
 
 
 class SGD(Optimizer):
-    """g <- g + wd p;  v <- mu v + g;  p <- p - lr (g + mu v if nesterov else v)."""
+    """Stochastic gradient descent, per parameter p with gradient g:
+
+        g <- g + wd p                                  (weight decay, if wd > 0)
+        v <- mu v + g                                  (momentum buffer, if mu > 0)
+        p <- p - lr (g + mu v  if nesterov  else  v)   (p <- p - lr g  without momentum)
+
+    The same convention as PyTorch (no dampening; v starts at 0, so v = g after
+    the first step).
+    """
 
     _buffer_names = ("velocity",)
 
     def __init__(self, params, lr=1e-2, momentum=0.0, nesterov=False, weight_decay=0.0):
         super().__init__(params, lr)
+        _check("SGD", "momentum", momentum, lambda v: 0 <= v < 1, "must lie in [0, 1)")
+        _check("SGD", "weight_decay", weight_decay, lambda v: v >= 0, "must be >= 0")
         if nesterov and momentum <= 0:
             raise ValueError("SGD: nesterov=True needs momentum > 0")
         self.momentum = float(momentum)
@@ -79,6 +137,7 @@ class SGD(Optimizer):
                 "weight_decay": self.weight_decay}
 
     def step(self):
+        """One update of every parameter that has a gradient."""
         self.step_count += 1
         update = get_backend().kernel("sgd_update")
         for i, p in enumerate(self.params):
@@ -91,42 +150,51 @@ class SGD(Optimizer):
 
 
 class Adam(Optimizer):
-    """Adam with bias correction (Kingma & Ba):
+    """Adam with bias correction (Kingma & Ba), per parameter p with gradient g at
+    its t-th update:
 
-        g <- g + wd p                       (Adam: L2 penalty in the gradient)
-        m <- b1 m + (1 - b1) g;  v <- b2 v + (1 - b2) g^2
-        p <- p - lr * (m / (1 - b1^t)) / (sqrt(v / (1 - b2^t)) + eps)
+        g <- g + wd p                                 (L2 penalty, if wd > 0)
+        m <- b1 m + (1 - b1) g;   v <- b2 v + (1 - b2) g^2
+        p <- p - lr (m / (1 - b1^t)) / (sqrt(v / (1 - b2^t)) + eps)
     """
 
-    _buffer_names = ("m", "v")
+    _buffer_names = ("m", "v", "steps")
+    _count_buffers = ("steps",)
     decoupled = False
 
     def __init__(self, params, lr=1e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.0):
         super().__init__(params, lr)
+        name = type(self).__name__
+        _check(name, "betas", tuple(betas), lambda b: len(b) == 2 and all(0 <= x < 1 for x in b),
+               "must be two numbers in [0, 1)")
+        _check(name, "eps", eps, lambda v: v >= 0, "must be >= 0")
+        _check(name, "weight_decay", weight_decay, lambda v: v >= 0, "must be >= 0")
         self.beta1, self.beta2 = (float(b) for b in betas)
-        if not (0 <= self.beta1 < 1 and 0 <= self.beta2 < 1):
-            raise ValueError(f"{type(self).__name__}: betas must lie in [0, 1), got {betas}")
         self.eps = float(eps)
         self.weight_decay = float(weight_decay)
         self.m = [p.xp.zeros_like(p.data) for p in self.params]
         self.v = [p.xp.zeros_like(p.data) for p in self.params]
+        self.steps = [0] * len(self.params)  # t of each parameter's bias correction
 
     def _hyper(self):
         return {"lr": self.lr, "beta1": self.beta1, "beta2": self.beta2, "eps": self.eps,
                 "weight_decay": self.weight_decay}
 
     def step(self):
+        """One update of every parameter that has a gradient."""
         self.step_count += 1
         update = get_backend().kernel("adam_update")
-        for p, m, v in zip(self.params, self.m, self.v):
+        for i, p in enumerate(self.params):
             if p.grad is None:
                 continue
-            update(p.data, p.grad, m, v, self.lr, self.beta1, self.beta2, self.eps,
-                   self.weight_decay, self.step_count, self.decoupled)
+            self.steps[i] += 1
+            update(p.data, p.grad, self.m[i], self.v[i], self.lr, self.beta1, self.beta2,
+                   self.eps, self.weight_decay, self.steps[i], self.decoupled)
 
 
 class AdamW(Adam):
-    """Adam with decoupled weight decay (Loshchilov & Hutter): p <- p - lr wd p, then Adam."""
+    """Adam with decoupled weight decay (Loshchilov & Hutter): first
+    p <- p - lr wd p, then the Adam update above without the L2 term."""
 
     decoupled = True
 

@@ -334,6 +334,7 @@ class Tensor:
 
         order = _topological_order(self)
         grads = {id(self): grad}
+        handed_out = {id(grad)}  # arrays a leaf may not adopt (see _accumulate_leaf)
         for tensor in order:
             g = grads.pop(id(tensor), None)  # dropped here: freed once used
             node = tensor._node
@@ -342,7 +343,7 @@ class Tensor:
                     raise RuntimeError("backward: part of this graph was already released "
                                        "by an earlier backward(); pass retain_graph=True to it")
                 if g is not None:
-                    _accumulate_leaf(tensor, g)
+                    _accumulate_leaf(tensor, g, handed_out)
                 continue
             if g is not None:
                 parent_grads = node.backward(g)
@@ -389,11 +390,22 @@ class ToDevice(Function):
         return _move(g, self.source)
 
 
-def _accumulate_leaf(tensor, g):
-    if tensor.grad is None:
-        tensor.grad = tensor.xp.array(g, dtype=tensor.dtype, copy=True)
-    else:
+def _accumulate_leaf(tensor, g, handed_out):
+    """Add ``g`` to ``tensor.grad``.  A first gradient is adopted without a copy when
+    the leaf may own it: an array of its own memory, writable, of the leaf's dtype,
+    and not handed to anyone else in this pass (``Add`` passes one array to both
+    of its inputs; the seed belongs to the caller).  Otherwise it is copied, so a
+    later ``grad += ...`` can never write into another tensor's gradient."""
+    if tensor.grad is not None:
         tensor.grad += g
+        return
+    flags = g.flags
+    if (flags.owndata and getattr(flags, "writeable", True) and g.dtype == tensor.dtype
+            and id(g) not in handed_out):
+        tensor.grad = g
+    else:
+        tensor.grad = tensor.xp.array(g, dtype=tensor.dtype, copy=True)
+    handed_out.add(id(tensor.grad))
 
 
 def _topological_order(root):

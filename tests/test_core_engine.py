@@ -375,3 +375,16 @@ def test_import_compiles_nothing_and_env_variable_selects_backend():
     env["MINIGRAD_BACKEND"] = "bogus"
     out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True)
     assert "MINIGRAD_BACKEND='bogus' is not a backend" in out.stderr
+
+
+def test_leaves_never_share_a_gradient_array():
+    """Add hands one array to both inputs; each leaf must still own its gradient."""
+    a = mg.Tensor(np.ones(3), requires_grad=True)
+    b = mg.Tensor(np.ones(3), requires_grad=True)
+    seed = np.ones(3)
+    (a + b).backward(seed)
+    assert a.grad is not b.grad and a.grad is not seed
+    (a + b).backward(seed)
+    seed[:] = 100  # the caller's seed is not the leaf's gradient either
+    np.testing.assert_array_equal(a.grad, [2, 2, 2])
+    np.testing.assert_array_equal(b.grad, [2, 2, 2])

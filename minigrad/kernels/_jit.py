@@ -8,11 +8,15 @@ spreading the loop over threads pays for waking them.  Both are cached on disk.
 Threading: Numba's OpenMP layer spins while waiting and then fights OpenBLAS's
 threads for the two cores (a training step measured 83 ms instead of 4 ms).
 The ``workqueue`` layer does not spin, so it is chosen here unless the user set
-``NUMBA_THREADING_LAYER`` themselves.
+``NUMBA_THREADING_LAYER`` themselves.  That layer aborts the whole process when
+two Python threads launch parallel kernels at once, so parallel launches go
+through one process-wide lock; a thread that finds it taken runs the serial
+version instead of waiting (same result, no abort).
 """
 from __future__ import annotations
 
 import os
+import threading
 import types
 
 __all__ = ["kernel", "scalar", "PARALLEL_MIN_SIZE", "prange"]
@@ -25,6 +29,9 @@ PARALLEL_MIN_SIZE = 1 << 16
 prange = range
 
 _configured = False
+
+# Held while a parallel kernel runs: the workqueue pool serves one launch at a time.
+_parallel_lock = threading.Lock()
 
 
 def _numba():
@@ -81,13 +88,18 @@ class kernel:
     def _compile(self):
         numba = _numba()
         _bind_helpers(self.py_func.__globals__, numba)
-        self._serial = numba.njit(cache=True, nogil=True)(_renamed(self.py_func, "_serial"))
+        # _serial is assigned last: another thread that sees it set finds both ready
         self._parallel = numba.njit(cache=True, nogil=True, parallel=True)(
             _renamed(self.py_func, "_parallel"))
+        self._serial = numba.njit(cache=True, nogil=True)(_renamed(self.py_func, "_serial"))
 
     def __call__(self, *args, size=0):
         """Run the serial version, or the parallel one when ``size`` is large."""
         if self._serial is None:
             self._compile()
-        fn = self._parallel if size >= PARALLEL_MIN_SIZE else self._serial
-        return fn(*args)
+        if size >= PARALLEL_MIN_SIZE and _parallel_lock.acquire(blocking=False):
+            try:
+                return self._parallel(*args)
+            finally:
+                _parallel_lock.release()
+        return self._serial(*args)

@@ -8,7 +8,7 @@ pre-activation need not be kept for backward:
     leaky'     = 1 if y > 0 else slope      tanh'    = 1 - y^2
     identity'  = 1                          softplus' = sigmoid(x) = 1 - e^-y
 
-Kernels (NumPy reference first, Numba version below it):
+Kernels (NumPy reference first, then the Numba version, then the CuPy one):
 
 * ``dense_forward(z, bias, activation, slope) -> y``: y = act(z + bias); z is
   the (N, M) product x @ W and is overwritten with y.
@@ -25,8 +25,9 @@ import math
 
 import numpy as np
 
-from . import register
-from ._jit import PARALLEL_MIN_SIZE, kernel, prange, scalar
+from . import _cuda, register
+from . import _jit
+from ._jit import kernel, prange, scalar
 
 ACTIVATIONS = ("identity", "relu", "leaky_relu", "sigmoid", "tanh", "softplus")
 _CODE = {name: i for i, name in enumerate(ACTIVATIONS)}
@@ -181,7 +182,7 @@ def dense_backward_numba(grad_y, y, activation, slope=0.01):
     grad_y, y = _contiguous(grad_y), _contiguous(y)
     grad_z = np.empty_like(y)
     # one block of rows per thread for large inputs, a single block otherwise
-    blocks = 1 if y.size < PARALLEL_MIN_SIZE else _threads()
+    blocks = 1 if y.size < _jit.PARALLEL_MIN_SIZE else _threads()
     partial = np.empty((blocks, y.shape[1]), dtype=y.dtype)
     _dense_backward(grad_y, y, _code(activation), y.dtype.type(slope), grad_z, partial,
                     size=y.size)
@@ -213,3 +214,197 @@ register("dense_forward", numpy=dense_forward_numpy, numba=dense_forward_numba)
 register("dense_backward", numpy=dense_backward_numpy, numba=dense_backward_numba)
 register("activation_forward", numpy=activation_forward_numpy, numba=activation_forward_numba)
 register("activation_backward", numpy=activation_backward_numpy, numba=activation_backward_numba)
+
+
+# ----------------------------------------------------------------------------
+# CuPy
+# ----------------------------------------------------------------------------
+# The activations by code, as above: 0 identity, 1 relu, 2 leaky_relu, 3 sigmoid,
+# 4 tanh, 5 softplus; derivatives from the output y.  NaN goes through as in NumPy.
+
+ACTIVATION_CUDA = _cuda.MATH + r"""
+template <typename F>
+__device__ __forceinline__ F mg_act(F v, int code, F slope) {
+    const F zero = F(0), one = F(1);
+    if (code == 1) return (v > zero || v != v) ? v : zero;
+    if (code == 2) return v > zero ? v : v * slope;
+    if (code == 3) {  /* sigmoid from e^-|v| <= 1: no overflow */
+        const F e = mg_exp(-mg_fabs(v));
+        return v >= zero ? one / (one + e) : e / (one + e);
+    }
+    if (code == 4) return mg_tanh(v);
+    if (code == 5) return ((v > zero || v != v) ? v : zero) + mg_log1p(mg_exp(-mg_fabs(v)));
+    return v;
+}
+
+template <typename F>
+__device__ __forceinline__ F mg_deriv(F y, int code, F slope) {
+    const F zero = F(0), one = F(1);
+    if (code == 1) return y > zero ? one : zero;
+    if (code == 2) return y > zero ? one : slope;
+    if (code == 3) return y * (one - y);
+    if (code == 4) return one - y * y;
+    if (code == 5) return -mg_expm1(-y);
+    return one;
+}
+"""
+
+#: z <- act(z + bias[column]) in place; z is C-contiguous (n, m), i its flat index.
+DENSE_FORWARD_CUDA = _cuda.Elementwise(
+    "mg_dense_forward", "raw T bias, int32 m, int32 code, T slope", "T z",
+    "const int j = i <= 2147483647 ? (int)((unsigned int)i % (unsigned int)m)"
+    " : (int)(i % m);\n"
+    "z = mg_act<T>(z + bias[j], code, slope)",
+    preamble=ACTIVATION_CUDA, scalars=("m", "code", "slope"))
+
+ACTIVATION_FORWARD_CUDA = _cuda.Elementwise(
+    "mg_activation_forward", "T x, int32 code, T slope", "T y",
+    "y = mg_act<T>(x, code, slope)", preamble=ACTIVATION_CUDA, scalars=("code", "slope"))
+
+ACTIVATION_BACKWARD_CUDA = _cuda.Elementwise(
+    "mg_activation_backward", "T g, T y, int32 code, T slope", "T out",
+    "out = g * mg_deriv<T>(y, code, slope)", preamble=ACTIVATION_CUDA,
+    scalars=("code", "slope"))
+
+# One launch for grad_z and grad_bias.  Blocks of 32 x 8 threads; blockIdx.x picks
+# 32 columns (consecutive threads, consecutive addresses), blockIdx.y a chunk of
+# rows.  Each thread sums its column over every 8th row of the chunk in double, the
+# block adds its 8 rows of sums in a fixed order, and with several chunks the block
+# writes them to ``partial``; the last block of a column tile to finish (a counter
+# per tile, reset by that block) adds the chunks' sums in chunk order.  No float
+# atomics: the result does not depend on the order in which blocks run.
+DENSE_BACKWARD_CUDA = _cuda.Raw("mg_dense_backward", ACTIVATION_CUDA + r"""
+#define MG_DB_TX 32
+#define MG_DB_TY 8
+
+template <typename F>
+__device__ __forceinline__ void mg_dense_backward(
+        const F* __restrict__ grad_y, const F* __restrict__ y, F* __restrict__ grad_z,
+        F* __restrict__ grad_bias, double* __restrict__ partial, unsigned int* counters,
+        int n, int m, int code, F slope) {
+    __shared__ double sums[MG_DB_TY][MG_DB_TX];
+    __shared__ bool is_last;
+    const int tx = threadIdx.x, ty = threadIdx.y;
+    const int j = blockIdx.x * MG_DB_TX + tx;
+    const int chunk = (n + gridDim.y - 1) / gridDim.y;
+    const int r0 = blockIdx.y * chunk;
+    const int r1 = mg_imin(n, r0 + chunk);
+    double acc = 0.0;
+    if (j < m) {
+        for (int r = r0 + ty; r < r1; r += MG_DB_TY) {
+            const size_t k = (size_t)r * (size_t)m + (size_t)j;
+            const F g = grad_y[k] * mg_deriv<F>(y[k], code, slope);
+            grad_z[k] = g;
+            acc += (double)g;
+        }
+    }
+    sums[ty][tx] = acc;
+    __syncthreads();
+    double total = 0.0;
+    if (ty == 0) {
+        for (int t = 0; t < MG_DB_TY; ++t) total += sums[t][tx];
+    }
+    if (gridDim.y == 1) {
+        if (ty == 0 && j < m) grad_bias[j] = (F)total;
+        return;
+    }
+    if (ty == 0 && j < m) partial[(size_t)blockIdx.y * (size_t)m + (size_t)j] = total;
+    __threadfence();  /* the partial sums are visible before the block counts as done */
+    __syncthreads();
+    if (tx == 0 && ty == 0) is_last = atomicAdd(&counters[blockIdx.x], 1u) == gridDim.y - 1;
+    __syncthreads();
+    if (!is_last) return;
+    if (ty == 0 && j < m) {
+        const volatile double* p = partial;
+        double s = 0.0;
+        for (unsigned int b = 0; b < gridDim.y; ++b) s += p[(size_t)b * (size_t)m + (size_t)j];
+        grad_bias[j] = (F)s;
+    }
+    if (tx == 0 && ty == 0) counters[blockIdx.x] = 0;  /* ready for the next launch */
+}
+
+extern "C" __global__ void mg_dense_backward_f32(
+        const float* grad_y, const float* y, float* grad_z, float* grad_bias,
+        double* partial, unsigned int* counters, int n, int m, int code, float slope) {
+    mg_dense_backward<float>(grad_y, y, grad_z, grad_bias, partial, counters, n, m, code,
+                             slope);
+}
+
+extern "C" __global__ void mg_dense_backward_f64(
+        const double* grad_y, const double* y, double* grad_z, double* grad_bias,
+        double* partial, unsigned int* counters, int n, int m, int code, double slope) {
+    mg_dense_backward<double>(grad_y, y, grad_z, grad_bias, partial, counters, n, m, code,
+                              slope);
+}
+""")
+
+_DB_BLOCK = (32, 8)
+_BUFFERS = _cuda.DeviceBuffers()
+
+
+def dense_backward_grid(n, m, sm_count):
+    """``(column tiles, row chunks)`` of the dense_backward launch: about four blocks
+    per multiprocessor, each chunk at least 32 rows."""
+    tiles = (m + 31) // 32
+    chunks = max(1, min((4 * sm_count) // max(tiles, 1), (n + 31) // 32, 65535))
+    return tiles, chunks
+
+
+def _device_contiguous(cupy, a, dtype=None):
+    return cupy.ascontiguousarray(a) if dtype is None else cupy.ascontiguousarray(a, dtype=dtype)
+
+
+@_cuda.uses(DENSE_FORWARD_CUDA)
+def dense_forward_cupy(z, bias, activation, slope=0.01):
+    _cuda.check_device_arrays("dense_forward", z, bias)
+    cupy = _cuda.cupy_module()
+    code = _code(activation)
+    z = _device_contiguous(cupy, z)
+    _cuda.suffix(z.dtype)
+    bias = _device_contiguous(cupy, bias, z.dtype)
+    DENSE_FORWARD_CUDA(bias, np.int32(z.shape[-1]), np.int32(code), z.dtype.type(slope), z)
+    return z
+
+
+@_cuda.uses(DENSE_BACKWARD_CUDA)
+def dense_backward_cupy(grad_y, y, activation, slope=0.01):
+    _cuda.check_device_arrays("dense_backward", grad_y, y)
+    cupy = _cuda.cupy_module()
+    code = _code(activation)
+    y = _device_contiguous(cupy, y)
+    grad_y = _device_contiguous(cupy, grad_y, y.dtype)
+    n, m = y.shape
+    grad_z = cupy.empty((n, m), dtype=y.dtype)
+    if n == 0 or m == 0:
+        return grad_z, cupy.zeros(m, dtype=y.dtype)
+    grad_bias = cupy.empty(m, dtype=y.dtype)
+    tiles, chunks = dense_backward_grid(n, m, _cuda.sm_count())
+    partial = cupy.empty(chunks * m if chunks > 1 else 1, dtype=np.float64)
+    counters = _BUFFERS.counters(tiles)
+    DENSE_BACKWARD_CUDA.function(y.dtype)(
+        (tiles, chunks), _DB_BLOCK,
+        (grad_y, y, grad_z, grad_bias, partial, counters, np.int32(n), np.int32(m),
+         np.int32(code), y.dtype.type(slope)))
+    return grad_z, grad_bias
+
+
+@_cuda.uses(ACTIVATION_FORWARD_CUDA)
+def activation_forward_cupy(x, activation, slope=0.01):
+    _cuda.check_device_arrays("activation_forward", x)
+    _cuda.suffix(x.dtype)
+    return ACTIVATION_FORWARD_CUDA(x, np.int32(_code(activation)), x.dtype.type(slope))
+
+
+@_cuda.uses(ACTIVATION_BACKWARD_CUDA)
+def activation_backward_cupy(grad_y, y, activation, slope=0.01):
+    _cuda.check_device_arrays("activation_backward", grad_y, y)
+    _cuda.suffix(grad_y.dtype)
+    y = y.astype(grad_y.dtype, copy=False)
+    return ACTIVATION_BACKWARD_CUDA(grad_y, y, np.int32(_code(activation)),
+                                    grad_y.dtype.type(slope))
+
+
+register("dense_forward", cupy=dense_forward_cupy)
+register("dense_backward", cupy=dense_backward_cupy)
+register("activation_forward", cupy=activation_forward_cupy)
+register("activation_backward", cupy=activation_backward_cupy)

@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from . import register
+from . import _cuda, register
 from ._jit import kernel, prange
 
 
@@ -64,38 +64,36 @@ def adam_update_numpy(param, grad, m, v, lr, beta1, beta2, eps, weight_decay, st
 # Numba
 # ----------------------------------------------------------------------------
 
+# The scalars arrive already typed as the parameter's dtype (see the wrappers):
+# mixing in Python floats would promote float32 arithmetic to float64 and halve
+# the SIMD width of these memory-bound loops.
+
 @kernel
 def _sgd(p, g, vel, lr, momentum, wd, nesterov, has_velocity, tiny):
+    zero = p.dtype.type(0)
     for i in prange(p.size):
         gi = g[i] + wd * p[i]
         if has_velocity:
             vi = momentum * vel[i] + gi
-            if abs(vi) < tiny:
-                vi = 0.0
+            vi = zero if abs(vi) < tiny else vi
             vel[i] = vi
             gi = gi + momentum * vi if nesterov else vi
         p[i] -= lr * gi
 
 
 @kernel
-def _adam(p, g, m, v, lr, beta1, beta2, eps, wd, decoupled, step_size, root_correction,
-          tiny):
+def _adam(p, g, m, v, beta1, one_minus_beta1, beta2, one_minus_beta2, eps, l2, decay,
+          step_size, inv_root_correction, tiny):
+    zero = p.dtype.type(0)
     for i in prange(p.size):
-        gi = g[i]
-        if not decoupled:
-            gi += wd * p[i]
-        mi = beta1 * m[i] + (1 - beta1) * gi
-        vi = beta2 * v[i] + (1 - beta2) * gi * gi
-        if abs(mi) < tiny:
-            mi = 0.0
-        if vi < tiny:
-            vi = 0.0
+        gi = g[i] + l2 * p[i]
+        mi = beta1 * m[i] + one_minus_beta1 * gi
+        vi = beta2 * v[i] + one_minus_beta2 * (gi * gi)
+        mi = zero if abs(mi) < tiny else mi
+        vi = zero if vi < tiny else vi
         m[i] = mi
         v[i] = vi
-        pi = p[i]
-        if decoupled:
-            pi -= lr * wd * pi
-        p[i] = pi - step_size * mi / (np.sqrt(vi) / root_correction + eps)
+        p[i] = p[i] * decay - step_size * mi / (np.sqrt(vi) * inv_root_correction + eps)
 
 
 def _flat(a):
@@ -106,20 +104,117 @@ def _flat(a):
 
 
 def sgd_update_numba(param, grad, velocity, lr, momentum, weight_decay, nesterov):
+    t = param.dtype.type
     vel = velocity if velocity is not None else param
-    _sgd(_flat(param), np.ascontiguousarray(grad).reshape(-1), _flat(vel), float(lr),
-         float(momentum), float(weight_decay), bool(nesterov), velocity is not None,
-         float(np.finfo(param.dtype).tiny), size=param.size)
+    _sgd(_flat(param), np.ascontiguousarray(grad, dtype=param.dtype).reshape(-1), _flat(vel),
+         t(lr), t(momentum), t(weight_decay), bool(nesterov), velocity is not None,
+         t(np.finfo(param.dtype).tiny), size=param.size)
 
 
 def adam_update_numba(param, grad, m, v, lr, beta1, beta2, eps, weight_decay, step,
                       decoupled):
-    _adam(_flat(param), np.ascontiguousarray(grad).reshape(-1), _flat(m), _flat(v),
-          float(lr), float(beta1), float(beta2), float(eps), float(weight_decay),
-          bool(decoupled), float(lr / (1 - beta1 ** step)),
-          float(np.sqrt(1 - beta2 ** step)), float(np.finfo(param.dtype).tiny),
-          size=param.size)
+    t = param.dtype.type
+    l2 = 0.0 if decoupled else weight_decay          # Adam: wd p joins the gradient
+    decay = 1.0 - lr * weight_decay if decoupled else 1.0  # AdamW: p shrinks first
+    _adam(_flat(param), np.ascontiguousarray(grad, dtype=param.dtype).reshape(-1), _flat(m),
+          _flat(v), t(beta1), t(1 - beta1), t(beta2), t(1 - beta2), t(eps), t(l2), t(decay),
+          t(lr / (1 - beta1 ** step)), t(1 / np.sqrt(1 - beta2 ** step)),
+          t(np.finfo(param.dtype).tiny), size=param.size)
 
 
 register("sgd_update", numpy=sgd_update_numpy, numba=sgd_update_numba)
 register("adam_update", numpy=adam_update_numpy, numba=adam_update_numba)
+
+
+# ----------------------------------------------------------------------------
+# CuPy
+# ----------------------------------------------------------------------------
+# In place: the parameter and its buffers are the kernels' output arguments.  The
+# arithmetic follows the NumPy reference operation by operation, in the same
+# precisions (T is the parameter's dtype; in Adam the last division is in double,
+# as NumPy promotes it), and with --fmad=false it rounds the same way: on the GPU
+# these updates equal the reference bit for bit.
+
+OPTIM_CUDA = _cuda.MATH
+
+#: p <- p - lr (g + wd p)   (the weight-decay term only where ``decay``).
+SGD_CUDA = _cuda.Elementwise(
+    "mg_sgd_update", "T g, T wd, T lr, int32 decay", "T p",
+    "const T gi = decay ? g + wd * p : g;\n"
+    "p = p - lr * gi", preamble=OPTIM_CUDA, scalars=("wd", "lr", "decay"))
+
+#: v <- mu v + g (flushed below ``tiny``);  p <- p - lr (g + mu v if nesterov else v).
+SGD_MOMENTUM_CUDA = _cuda.Elementwise(
+    "mg_sgd_momentum_update", "T g, T wd, T lr, T mu, T tiny, int32 decay, int32 nesterov",
+    "T p, T v",
+    "const T gi = decay ? g + wd * p : g;\n"
+    "T vi = v * mu;\n"
+    "vi = vi + gi;\n"
+    "if (mg_fabs(vi) < tiny) vi = T(0);\n"
+    "v = vi;\n"
+    "p = p - lr * (nesterov ? gi + mu * vi : vi)", preamble=OPTIM_CUDA,
+    scalars=("wd", "lr", "mu", "tiny", "decay", "nesterov"))
+
+#: Adam (mode 1: L2 in the gradient) or AdamW (mode 2: p <- p - lr wd p); mode 0:
+#: no weight decay.  c1 = 1 - b1, c2 = 1 - b2, lrwd = lr wd,
+#: step_size = lr / (1 - b1^t), root_correction = sqrt(1 - b2^t).
+ADAM_CUDA = _cuda.Elementwise(
+    "mg_adam_update",
+    "T g, T wd, T b1, T c1, T b2, T c2, T lrwd, T step_size, float64 root_correction, "
+    "float64 eps, T tiny, int32 mode",
+    "T p, T m, T v",
+    "const T gi = mode == 1 ? g + wd * p : g;\n"
+    "T mi = m * b1;\n"
+    "mi = mi + c1 * gi;\n"
+    "T vi = v * b2;\n"
+    "vi = vi + c2 * (gi * gi);\n"
+    "if (mg_fabs(mi) < tiny) mi = T(0);\n"
+    "if (mg_fabs(vi) < tiny) vi = T(0);\n"
+    "m = mi;\n"
+    "v = vi;\n"
+    "T pi = p;\n"
+    "if (mode == 2) pi = pi - lrwd * pi;\n"
+    "const double denom = (double)mg_sqrt(vi) / root_correction + eps;\n"
+    "p = pi - (T)((double)(step_size * mi) / denom)", preamble=OPTIM_CUDA,
+    scalars=("wd", "b1", "c1", "b2", "c2", "lrwd", "step_size", "root_correction", "eps",
+             "tiny", "mode"))
+
+
+def _device_grad(op, param, grad, *buffers):
+    _cuda.check_device_arrays(op, param, grad, *buffers)
+    _cuda.suffix(param.dtype)
+    for b in buffers:
+        if b.shape != param.shape or b.dtype != param.dtype:
+            raise ValueError(f"{op}: a buffer of shape {b.shape} and dtype {b.dtype} for a "
+                             f"parameter of shape {param.shape} and dtype {param.dtype}")
+    return grad.astype(param.dtype, copy=False)
+
+
+@_cuda.uses(SGD_CUDA, SGD_MOMENTUM_CUDA)
+def sgd_update_cupy(param, grad, velocity, lr, momentum, weight_decay, nesterov):
+    t = param.dtype.type
+    decay = np.int32(bool(weight_decay))
+    if velocity is None:
+        grad = _device_grad("sgd_update", param, grad)
+        SGD_CUDA(grad, t(weight_decay), t(lr), decay, param)
+    else:
+        grad = _device_grad("sgd_update", param, grad, velocity)
+        SGD_MOMENTUM_CUDA(grad, t(weight_decay), t(lr), t(momentum),
+                          t(np.finfo(param.dtype).tiny), decay, np.int32(bool(nesterov)),
+                          param, velocity)
+
+
+@_cuda.uses(ADAM_CUDA)
+def adam_update_cupy(param, grad, m, v, lr, beta1, beta2, eps, weight_decay, step,
+                     decoupled):
+    grad = _device_grad("adam_update", param, grad, m, v)
+    t = param.dtype.type
+    mode = 0 if not weight_decay else (2 if decoupled else 1)
+    ADAM_CUDA(grad, t(weight_decay), t(beta1), t(1 - beta1), t(beta2), t(1 - beta2),
+              t(lr * weight_decay), t(lr / (1 - beta1 ** step)),
+              np.float64(np.sqrt(1 - beta2 ** step)), np.float64(eps),
+              t(np.finfo(param.dtype).tiny), np.int32(mode), param, m, v)
+
+
+register("sgd_update", cupy=sgd_update_cupy)
+register("adam_update", cupy=adam_update_cupy)
