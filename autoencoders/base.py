@@ -317,8 +317,16 @@ class Autoencoder(nn.Module):
         """Called by :meth:`fit` when it returns or raises."""
 
     def fit(self, X, epochs=10, batch_size=128, lr=1e-3, optimizer="adam",
-            validation_data=None, seed=0, callbacks=(), progress=True):
+            validation_data=None, seed=0, callbacks=(), progress=True, backend=None):
         """Train on the rows of ``X`` with minibatch gradient descent.
+
+        ``backend``: ``"numpy"``, ``"numba"`` or ``"cupy"`` to train under that
+        minigrad backend (the active one when None).  The backend is switched for
+        the duration of the call only, but the model's parameters (and the buffers
+        of an Optimizer passed in) are moved to its device and **stay there**: after
+        ``fit(X, backend="cupy")`` the model lives on the GPU -- its ``transform``
+        and friends still return NumPy arrays, and ``model.to("cpu")`` brings it
+        back.  The batches are copied to the device one at a time.
 
         ``optimizer``: ``"adam"``, ``"adamw"``, ``"sgd"`` or a ``minigrad.optim``
         Optimizer over ``model.parameters()`` (then ``lr`` is its own).  ``seed``
@@ -332,6 +340,18 @@ class Autoencoder(nn.Module):
         stops with a FloatingPointError naming the epoch and batch; the model then
         holds the weights of the last batch whose loss was finite.
         """
+        if backend is None:
+            return self._fit(X, epochs, batch_size, lr, optimizer, validation_data, seed,
+                             callbacks, progress)
+        with minigrad.set_backend(backend) as active:
+            self.to(active.device)
+            if isinstance(optimizer, optim.Optimizer):
+                _move_optimizer(optimizer, active.device)
+            return self._fit(X, epochs, batch_size, lr, optimizer, validation_data, seed,
+                             callbacks, progress)
+
+    def _fit(self, X, epochs, batch_size, lr, optimizer, validation_data, seed, callbacks,
+             progress):
         X = self._check_data(X, "X", bounded=True)
         X_val = (None if validation_data is None
                  else self._check_data(validation_data, "validation_data", bounded=True))
@@ -628,6 +648,14 @@ def _check_sizes(name, sizes, minimum):
             raise ValueError(f"{name}: sizes[{i}] = {n!r}; every size must be a positive "
                              f"integer (sizes = {sizes})")
     return [int(n) for n in sizes]
+
+
+def _move_optimizer(opt, device):
+    """Move an optimizer's per-parameter arrays to ``device`` (counts stay as they are)."""
+    from minigrad.tensor import _move
+    for name in opt._buffer_names:
+        setattr(opt, name, [_move(b, device) if hasattr(b, "shape") else b
+                            for b in getattr(opt, name)])
 
 
 def _positive_int(name, value):

@@ -55,11 +55,15 @@ def build_parser():
                    help="decode the square [-span, span]^2 (default: the 1st-99th percentile "
                         "box of the held-out codes)")
 
-    for name, help_text, epochs in (
-            ("retrieve", "Fashion-MNIST retrieval by cosine distance of 128-d codes", 20),
-            ("features", "codes as features for logistic regression", 20)):
+    # defaults from full runs on Fashion-MNIST: the metrics level off after ~5 epochs;
+    # masking-noise denoising codes (30% of pixels dropped) are the better classifier
+    # features (0.80 vs 0.77 test accuracy at 1,000 labels), plain codes the better
+    # retrieval keys (precision@4 0.851 vs 0.846)
+    for name, help_text, flavor in (
+            ("retrieve", "Fashion-MNIST retrieval by cosine distance of 128-d codes", "vanilla"),
+            ("features", "codes as features for logistic regression", "denoising")):
         p = sub.add_parser(name, help=help_text)
-        _common(p, flavor="vanilla", latent=128, hidden="512", epochs=epochs)
+        _common(p, flavor=flavor, latent=128, hidden="512", epochs=10)
         p.add_argument("--model", default=None, help="load this saved model instead of training")
         p.add_argument("--limit", type=int, default=None,
                        help="use only the first N training images (test: N/5)")
@@ -74,7 +78,7 @@ def build_parser():
                            help="LogisticRegression max_iter (default: %(default)s)")
 
     p = sub.add_parser("denoise", help="denoising vs vanilla autoencoder on corrupted images")
-    _common(p, flavor="denoising", latent=128, hidden="512", epochs=15)
+    _common(p, flavor="denoising", latent=128, hidden="512", epochs=10)
     p.add_argument("--noise-level", type=float, default=0.5,
                    help="std of the Gaussian noise (default: %(default)s)")
     p.add_argument("--limit", type=int, default=None,

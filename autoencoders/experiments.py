@@ -22,6 +22,7 @@ import platform
 import sys
 import tempfile
 import time
+import warnings
 
 import numpy as np
 
@@ -249,7 +250,8 @@ def retrieve(options, run):
         X_test[queries].reshape(-1, side, side), X[neighbors].reshape(len(queries), 4, side, side),
         run.path("neighbors.png"),
         query_titles=[f"query: {FASHION_CLASSES[y_test[q]]}" for q in queries],
-        neighbor_titles=[[FASHION_CLASSES[y[j]] for j in row] for row in neighbors])
+        neighbor_titles=[[FASHION_CLASSES[y[j]] for j in row] for row in neighbors],
+        neighbor_matches=y[neighbors] == y_test[queries][:, None])
     run.record(queries=[int(q) for q in queries])
     run.log(f"wrote {run.path('neighbors.png')}")
     return run.metrics
@@ -273,6 +275,7 @@ def _query_indices(query, labels):
 def features(options, run):
     """Logistic regression on codes vs raw pixels vs PCA at 100, 1,000 and all labels."""
     try:
+        from sklearn.exceptions import ConvergenceWarning
         from sklearn.linear_model import LogisticRegression
         from sklearn.pipeline import make_pipeline
         from sklearn.preprocessing import StandardScaler
@@ -291,20 +294,28 @@ def features(options, run):
     budgets = sorted({min(b, len(X)) for b in options.labels})
     rng = np.random.default_rng(options.seed)
     subsets = {b: _balanced_subset(y, b, rng) for b in budgets}
-    results = {}
+    results, iterations = {}, {}
     for name, (train_features, test_features) in inputs.items():
-        results[name] = {}
+        results[name], iterations[name] = {}, {}
         for budget, subset in subsets.items():
             started = time.perf_counter()
             classifier = make_pipeline(StandardScaler(),
                                        LogisticRegression(max_iter=options.max_iter))
-            classifier.fit(train_features[subset], y[subset])
+            with warnings.catch_warnings():
+                # reported below, in one line, instead of sklearn's multi-line warning
+                warnings.simplefilter("ignore", ConvergenceWarning)
+                classifier.fit(train_features[subset], y[subset])
+            n_iter = int(np.max(classifier[-1].n_iter_))
             accuracy = float(classifier.score(test_features, y_test))
             results[name][str(budget)] = accuracy
+            iterations[name][str(budget)] = n_iter
+            note = (f"; stopped at max_iter={options.max_iter} before converging"
+                    if n_iter >= options.max_iter else "")
             run.log(f"{name:>8} with {budget:>6} labels: test accuracy {accuracy:.4f} "
-                    f"({time.perf_counter() - started:.1f} s)")
-            run.record(accuracy=results)
-    run.record(accuracy=results, classifier="StandardScaler + LogisticRegression",
+                    f"({time.perf_counter() - started:.1f} s, {n_iter} iterations{note})")
+            run.record(accuracy=results, iterations=iterations)
+    run.record(accuracy=results, iterations=iterations, max_iter=options.max_iter,
+               classifier="StandardScaler + LogisticRegression",
                n_test=len(X_test), latent_dim=model.latent_dim)
     return run.metrics
 

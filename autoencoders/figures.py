@@ -62,7 +62,9 @@ def manifold_figure(images, z1, z2, path, title=None):
     plt = _pyplot()
     n2, n1, h, w = images.shape
     # row 0 of the canvas is the top of the figure: the largest z2
-    canvas = tile_grid(images[::-1].reshape(-1, h, w), n2, n1)
+    # grey gaps keep neighbouring tiles apart where both are all white
+    canvas = tile_grid(images[::-1].reshape(-1, h, w), n2, n1, pad=max(1, h // 14),
+                       pad_value=0.45)
     fig, ax = plt.subplots(figsize=(9, 9))
     dz1, dz2 = (z1[1] - z1[0]) / 2 if n1 > 1 else 0.5, (z2[1] - z2[0]) / 2 if n2 > 1 else 0.5
     ax.imshow(canvas, cmap="gray", vmin=0, vmax=1, interpolation="nearest",
@@ -88,8 +90,12 @@ def latent_figure(codes, heights, widths, path):
 
 
 def neighbors_figure(query_images, neighbor_images, path, query_titles=None,
-                     neighbor_titles=None):
-    """One row per query: the query, then its nearest training images."""
+                     neighbor_titles=None, neighbor_matches=None):
+    """One row per query: the query, then its nearest training images.
+
+    ``neighbor_matches`` (n, k) booleans, optional: titles of neighbours that share the
+    query's label are drawn in green, the others in red.
+    """
     plt = _pyplot()
     n, k = neighbor_images.shape[:2]
     fig, axes = plt.subplots(n, k + 1, figsize=(1.6 * (k + 1), 1.75 * n), squeeze=False)
@@ -107,9 +113,14 @@ def neighbors_figure(query_images, neighbor_images, path, query_titles=None,
                     spine.set_edgecolor("tab:blue")
                     spine.set_linewidth(2)
             elif neighbor_titles is not None:
-                ax.set_title(neighbor_titles[i][j - 1], fontsize=7)
+                color = ("black" if neighbor_matches is None
+                         else "tab:green" if neighbor_matches[i][j - 1] else "tab:red")
+                ax.set_title(neighbor_titles[i][j - 1], fontsize=7, color=color)
     fig.suptitle("Test queries (left) and their nearest training images by cosine distance "
-                 "of the codes", fontsize=9)
+                 "of the codes" + ("\n(green: same class as the query, red: another class)"
+                                   if neighbor_matches is not None else ""),
+                 fontsize=9)
+    fig.tight_layout(rect=(0, 0, 1, 0.97))
     return _save(fig, path)
 
 

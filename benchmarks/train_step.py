@@ -298,6 +298,27 @@ def run_worker(name, args):
     return None
 
 
+def cold_first_step():
+    """Seconds of the first minigrad-numba step in a fresh process whose Numba disk
+    cache is empty: the whole compile of the kernels a training step uses."""
+    import tempfile
+    code = ("import sys, time; sys.path.insert(0, sys.argv[1]); sys.path.insert(0, sys.argv[2])\n"
+            "import numpy as np, train_step as ts\n"
+            "step, sync, to_float = ts.make_minigrad('numba')\n"
+            "x = np.random.default_rng(0).random((64, 784), dtype=np.float32)\n"
+            "t0 = time.perf_counter(); to_float(step(x)); print(time.perf_counter() - t0)")
+    with tempfile.TemporaryDirectory() as cache:
+        env = dict(os.environ, NUMBA_CACHE_DIR=cache)
+        print("  running minigrad-numba with an empty kernel cache ...", file=sys.stderr)
+        proc = subprocess.run([sys.executable, "-c", code, ROOT, os.path.dirname(__file__)],
+                              capture_output=True, text=True, env=env)
+    try:
+        return float(proc.stdout.strip().splitlines()[-1])
+    except (ValueError, IndexError):
+        print(f"  cold compile: failed ({proc.stderr.strip()[-300:]})", file=sys.stderr)
+        return None
+
+
 def fmt_step(s):
     return f"{s['median_ms']:.2f} [{s['min_ms']:.2f}-{s['max_ms']:.2f}]"
 
@@ -315,10 +336,13 @@ def report(results, args):
                                           for b in args.batch))
     mine = [n for n in names if n.startswith("minigrad")]
     refs = [n for n in names if n.startswith("torch") or n == "jax" or n.startswith("floor")]
+    refs += [n for n in mine if n == "minigrad-numpy"]
     if mine and refs:
         lines += ["", "ratios of medians (lower is faster for minigrad):"]
         for m in mine:
             for r in refs:
+                if r == m:
+                    continue
                 ratios = [results[m]["step"][str(b)]["median_ms"] /
                           results[r]["step"][str(b)]["median_ms"] for b in args.batch]
                 lines.append(f"  {m} / {r:<12}" + "".join(f"{x:>10.2f}" for x in ratios))
@@ -330,10 +354,14 @@ def report(results, args):
             sps = results[n]["samples_per_s"]
             lines.append(f"  {n:<16}" + "  ".join(f"{v:>8.0f}" for v in sps)
                          + f"   last/first time {results[n]['epochs_s'][-1] / results[n]['epochs_s'][0]:.2f}")
-    lines += ["", "first step (compile / trace included) and peak memory:"]
+    lines += ["", "first step (compile / trace included; minigrad: kernels from Numba's disk "
+                  "cache) and peak memory:"]
     for n in names:
         lines.append(f"  {n:<16} first step {results[n]['first_step_s'] * 1e3:9.1f} ms   "
                      f"peak RSS {results[n]['peak_rss_mb']:7.0f} MB")
+        if results[n].get("cold_first_step_s") is not None:
+            lines.append(f"  {'':<16} first step with an empty kernel cache (full compile) "
+                         f"{results[n]['cold_first_step_s']:.1f} s")
     ref = next((n for n in ("torch", "torch-cuda") if results.get(n)), None)
     if ref and args.check_steps:
         lines += ["", f"loss check, {args.check_steps} steps from identical weights and batches "
@@ -345,7 +373,42 @@ def report(results, args):
             rel = float(np.max(np.abs(a - b) / np.abs(b)))
             lines.append(f"  {n:<16} {rel:.2e}  {'OK' if rel <= 1e-4 else 'MISMATCH'} (<= 1e-4)")
             results[n]["check_max_rel_diff"] = rel
+    lines += targets(results)
     return "\n".join(lines)
+
+
+def targets(results):
+    """The targets of issue 3, each with the measured ratio (medians, this run)."""
+    def median(name, batch):
+        r = results.get(name)
+        return r["step"].get(str(batch), {}).get("median_ms") if r else None
+
+    def epoch(name):
+        r = results.get(name)
+        return statistics.median(r["samples_per_s"]) if r and "samples_per_s" in r else None
+
+    rows = []
+
+    def check(text, a, b, limit, higher_is_better=False):
+        if a is None or b is None:
+            rows.append(f"  {text:<52} not measured")
+            return
+        ratio = a / b
+        ok = ratio >= limit if higher_is_better else ratio <= limit
+        sign = ">=" if higher_is_better else "<="
+        rows.append(f"  {text:<52} {ratio:6.2f}  {sign} {limit:<5} {'met' if ok else 'MISSED'}")
+
+    check("numba step / torch eager, batch 64", median("minigrad-numba", 64),
+          median("torch", 64), 0.8)
+    check("numba step / torch eager, batch 256", median("minigrad-numba", 256),
+          median("torch", 256), 0.9)
+    check("numba epoch samples/s / torch eager", epoch("minigrad-numba"), epoch("torch"),
+          1.2, higher_is_better=True)
+    check("numba step / matrix-product floor, batch 256", median("minigrad-numba", 256),
+          median("floor", 256), 1.25)
+    check("numpy step / numba step, batch 64", median("minigrad-numpy", 64),
+          median("minigrad-numba", 64), 1.5, higher_is_better=True)
+    return ["", "targets (ratios of medians in this run):"] + rows
 
 
 def main(argv=None):
@@ -361,6 +424,8 @@ def main(argv=None):
     parser.add_argument("--check-steps", type=int, default=20)
     parser.add_argument("--out", default=os.path.join(ROOT, "benchmarks", "results",
                                                       "train_step.json"))
+    parser.add_argument("--no-cold-compile", action="store_true",
+                        help="skip timing a full kernel compile (an empty Numba cache)")
     parser.add_argument("--worker", default=None, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.batch is None:
@@ -374,6 +439,8 @@ def main(argv=None):
     else:
         names = ["minigrad-cupy", "torch-cuda", "floor-cupy"]
     results = {n: run_worker(n, args) for n in names}
+    if results.get("minigrad-numba") and not args.no_cold_compile:
+        results["minigrad-numba"]["cold_first_step_s"] = cold_first_step()
     text = report(results, args)
     print(text)
     os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)

@@ -20,7 +20,7 @@ import numpy
 
 from . import functions as F
 from .backend import get_backend
-from .tensor import Function, as_tensor
+from .tensor import Function, as_tensor, is_grad_enabled
 
 __all__ = ["mse", "binary_cross_entropy", "binary_cross_entropy_with_logits",
            "kl_divergence", "gaussian_kl", "l1", "bernoulli_kl"]
@@ -47,24 +47,38 @@ def _same_shape(op, a, b, names=("input", "target")):
 
 
 class _FusedSumLoss(Function):
-    """scale * sum of a per-element loss, forward and backward each one kernel pass.
+    """scale * sum of a per-element loss as one node, on the backend's kernels.
 
-    ``name`` picks the kernel pair: "bce_with_logits" (x, t) -> softplus(x) - t x,
+    ``name`` picks the kernels: "bce_with_logits" (x, t) -> softplus(x) - t x,
     whose derivative is sigmoid(x) - t; "mse" (p, t) -> (p - t)^2, derivative
     2 (p - t).  d/dt: -x and -2 (p - t).
+
+    When a gradient will be wanted, the forward runs the ``*_forward_backward``
+    kernel: one pass gives the loss and d(loss)/d(pred) for a seed of 1, which
+    backward then only scales by the seed (the common seed, 1, costs nothing).
     """
 
-    def forward(self, pred, target, name, scale, kernels):
+    def forward(self, pred, target, name, scale, kernels, want_grad):
         self.loss_name, self.scale, self.kernels = name, scale, kernels
         self.save_for_backward(pred, target)
-        total = kernels[name + "_forward"](pred, target) * scale
-        return self.xp.asarray(total, dtype=pred.dtype)
+        self.grad_pred = None
+        if want_grad:
+            total, self.grad_pred = kernels[name + "_forward_backward"](pred, target, scale)
+        else:
+            total = kernels[name + "_forward"](pred, target)
+        return self.xp.asarray(total * scale, dtype=pred.dtype)
 
     def backward(self, g):
         pred, target = self.saved
-        grad_pred = self.kernels[self.loss_name + "_backward"](pred, target,
-                                                               self.scale * float(g))
-        grad_target = (_target_grad(self.loss_name, pred, target, self.scale * float(g))
+        # a NumPy seed as a number; a CuPy one stays on the device (no wait for it)
+        seed = float(g) if self.xp is numpy else g
+        grad_pred, self.grad_pred = self.grad_pred, None  # handed over once: the engine
+        if grad_pred is None:                             # may add into it in place
+            grad_pred = self.kernels[self.loss_name + "_backward"](pred, target,
+                                                                   self.scale * seed)
+        elif self.xp is not numpy or seed != 1.0:
+            grad_pred *= pred.dtype.type(seed) if self.xp is numpy else seed
+        grad_target = (_target_grad(self.loss_name, pred, target, self.scale * seed)
                        if self.needs_input_grad[1] else None)
         return grad_pred, grad_target
 
@@ -81,7 +95,9 @@ def _fused(name, pred, target, reduction):
     if not backend.fused or reduction not in ("mean", "sum") or pred.dtype != target.dtype:
         return None
     scale = 1.0 / pred.size if reduction == "mean" else 1.0
-    return _FusedSumLoss.apply(pred, target, name=name, scale=scale, kernels=backend.kernels)
+    want_grad = is_grad_enabled() and (pred.requires_grad or target.requires_grad)
+    return _FusedSumLoss.apply(pred, target, name=name, scale=scale, kernels=backend.kernels,
+                               want_grad=want_grad)
 
 
 def mse(pred, target, reduction="mean"):

@@ -77,6 +77,23 @@ class Module:
         for p in self.parameters():
             p.grad = None
 
+    def to(self, device):
+        """Move every parameter to ``device`` ("cpu" or "cuda") in place; returns self.
+
+        The Parameter objects stay the same (only their ``.data`` is replaced), so
+        references to them remain valid; a moved parameter's gradient is dropped
+        (it lived on the old device).  Optimizer buffers are not moved: build the
+        optimizer after the move.  Under the "cupy" backend the layers' fused
+        kernels need the model on "cuda"; under "numpy"/"numba" on "cpu".
+        """
+        from .tensor import _check_device, _move
+        device = _check_device(device)
+        for p in self.parameters():
+            if p.device != device:
+                p.data = _move(p.data, device)
+                p.grad = None
+        return self
+
     def train(self, mode=True):
         for _, module in self.named_modules():
             object.__setattr__(module, "training", bool(mode))
@@ -256,6 +273,11 @@ class Dense(Module):
             raise ValueError(f"Dense({self.in_features}, {self.out_features}): input has shape "
                              f"{x.shape}; expected (..., {self.in_features})")
         backend = get_backend()
+        if backend.fused and x.device != backend.device:
+            raise RuntimeError(f"Dense: the input is on {x.device} but the active backend "
+                               f"{backend.name!r} computes on {backend.device}; select the "
+                               f"backend of the data (minigrad.set_backend(...)) or move the "
+                               f"model and data with .to({backend.device!r})")
         if backend.fused and x.ndim == 2 and x.dtype == self.weight.dtype:
             return DenseFunction.apply(x, self.weight, self.bias, activation=self.activation,
                                        slope=self.negative_slope, kernels=backend.kernels)

@@ -110,13 +110,16 @@ class Function:
 
 
 def _to_tensors(op, inputs):
-    """Inputs as Tensors; Python numbers take the dtype of the tensor operands."""
+    """Inputs as Tensors; Python numbers take the dtype of the tensor operands.
+
+    Tensors must share a device.  Other operands join the tensors' device: numbers,
+    lists and NumPy arrays are copied there, but a CuPy array next to host tensors
+    is an error (no silent copy back from the GPU).  Errors name both devices.
+    """
     ref = next((x for x in inputs if isinstance(x, Tensor)), None)
     devices = {x.device for x in inputs if isinstance(x, Tensor)}
     if len(devices) > 1:
-        shapes = ", ".join(f"{x.device} {x.shape}" for x in inputs if isinstance(x, Tensor))
-        raise RuntimeError(f"{op.lower()}: tensors on different devices ({shapes}); "
-                           f"move them to one device with .to(...)")
+        _device_mismatch(op, inputs)
     out = []
     for x in inputs:
         if isinstance(x, Tensor):
@@ -124,10 +127,26 @@ def _to_tensors(op, inputs):
         elif isinstance(x, numbers.Number) and ref is not None and _is_float(ref.dtype):
             out.append(Tensor._wrap(ref.xp.asarray(x, dtype=ref.dtype), False))
         elif ref is not None:
+            if ref.device == "cpu" and device_of(x) == "cuda":
+                _device_mismatch(op, inputs)
             out.append(Tensor(ref.xp.asarray(x)))
         else:
             out.append(Tensor(x))
     return out
+
+
+def _device_mismatch(op, inputs):
+    """Raise the error for operands on different devices, naming each operand's."""
+    parts = []
+    for x in inputs:
+        if isinstance(x, Tensor):
+            parts.append(f"{x.device} tensor {x.shape}")
+        elif device_of(x) == "cuda":
+            parts.append(f"cuda array {tuple(x.shape)}")
+    devices = sorted({p.split()[0] for p in parts})
+    raise RuntimeError(f"{op.lower()}: operands on different devices ({', '.join(parts)}): "
+                       f"{' and '.join(devices)}; move them to one device with .to('cpu') "
+                       f"or .to('cuda')")
 
 
 def _is_float(dtype):
@@ -168,10 +187,16 @@ def unbroadcast(grad, shape, dtype):
 # ----------------------------------------------------------------------------
 
 def _as_array(data, dtype):
-    """The backend array for ``data``, with the dtype rules of :class:`Tensor`."""
+    """The backend array for ``data``, with the dtype rules of :class:`Tensor`.
+
+    Where it lives: a CuPy array stays on its device; everything else -- Python
+    numbers and lists, NumPy arrays and scalars -- goes where the active backend
+    computes, so under the "cupy" backend ``Tensor(numpy_array)`` is a GPU copy
+    (as with PyTorch's default device).  Under the CPU backends a NumPy array is
+    used as it is, without a copy.  ``.numpy()`` always gives a host array back.
+    """
     xp = array_namespace(data)
-    if xp is numpy and not isinstance(data, numpy.ndarray):
-        # Python numbers and lists: the active backend decides where they live.
+    if xp is numpy:
         xp = get_backend().xp
     if dtype is not None:
         return xp.asarray(data, dtype=dtype)

@@ -1,5 +1,9 @@
 """Every Numba kernel against its NumPy reference (Hypothesis: float32 and float64,
 odd shapes, non-contiguous inputs, both the serial and the parallel version)."""
+import os
+import subprocess
+import sys
+
 import numpy as np
 import pytest
 from hypothesis import HealthCheck, given, settings
@@ -12,27 +16,14 @@ from minigrad import kernels  # noqa: E402
 from minigrad.kernels import _jit  # noqa: E402
 from minigrad.kernels.dense import ACTIVATIONS  # noqa: E402
 
+from conftest import arrays, float_dtypes as dtypes, matrix_shapes, tolerance as tol  # noqa: E402
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 REF = kernels.table("numpy")
 NUMBA = kernels.table("numba")
 SETTINGS = settings(max_examples=15, deadline=None,
                     suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large,
                                            HealthCheck.function_scoped_fixture])
-
-dtypes = st.sampled_from([np.float32, np.float64])
-matrix_shapes = hnp.array_shapes(min_dims=2, max_dims=2, min_side=1, max_side=37)
-
-
-def tol(dtype):
-    return dict(rtol=2e-5, atol=2e-6) if dtype == np.float32 else dict(rtol=1e-12, atol=1e-12)
-
-
-@st.composite
-def arrays(draw, shape, dtype, low=-4.0, high=4.0, strided=None):
-    """An array of ``shape``; sometimes a non-contiguous view of a larger one."""
-    strided = draw(st.booleans()) if strided is None else strided
-    full = (shape[0] * 2,) + tuple(shape[1:]) if strided and len(shape) else shape
-    a = draw(hnp.arrays(dtype, full, elements=st.floats(low, high, width=32)))
-    return a[::2] if strided and len(shape) else a
 
 
 @pytest.fixture(params=["serial", "parallel"])
@@ -46,7 +37,8 @@ def test_every_kernel_has_a_numba_twin():
     assert set(NUMBA) == set(REF) == set(kernels.names())
     assert {"dense_forward", "dense_backward", "activation_forward", "activation_backward",
             "bce_with_logits_forward", "bce_with_logits_backward", "mse_forward",
-            "mse_backward", "sgd_update", "adam_update"} <= set(REF)
+            "mse_backward", "bce_with_logits_forward_backward", "mse_forward_backward",
+            "sgd_update", "adam_update"} <= set(REF)
 
 
 @pytest.mark.parametrize("activation", ACTIVATIONS)
@@ -88,17 +80,26 @@ def test_elementwise_activation(activation, data, variant):
 @given(data=st.data())
 def test_loss_kernels(name, data, variant):
     dtype = data.draw(dtypes)
-    shape = data.draw(hnp.array_shapes(min_dims=1, max_dims=3, min_side=1, max_side=40))
+    shape = data.draw(hnp.array_shapes(min_dims=0, max_dims=3, min_side=1, max_side=40))
     low, high = (-30.0, 30.0) if name == "bce_with_logits" else (-3.0, 3.0)
     pred = data.draw(arrays(shape, dtype, low, high))
     target = data.draw(arrays(shape, dtype, 0.0, 1.0))
     ref = REF[name + "_forward"](pred, target)
     got = NUMBA[name + "_forward"](pred, target)
     assert isinstance(got, float)
-    np.testing.assert_allclose(got, ref, rtol=1e-5 if dtype == np.float32 else 1e-12, atol=1e-6)
+    loss_tol = dict(rtol=1e-5 if dtype == np.float32 else 1e-12, atol=1e-6)
+    np.testing.assert_allclose(got, ref, **loss_tol)
     scale = data.draw(st.floats(0.01, 2.0))
-    np.testing.assert_allclose(NUMBA[name + "_backward"](pred, target, scale),
-                               REF[name + "_backward"](pred, target, scale), **tol(dtype))
+    grad_ref = REF[name + "_backward"](pred, target, scale)
+    grad = NUMBA[name + "_backward"](pred, target, scale)
+    np.testing.assert_allclose(grad, grad_ref, **tol(dtype))
+    assert grad.shape == np.shape(pred) and grad.dtype == dtype
+    # the fused pass gives both at once
+    both, grad_both = NUMBA[name + "_forward_backward"](pred, target, scale)
+    np.testing.assert_allclose(both, ref, **loss_tol)
+    np.testing.assert_allclose(grad_both, grad_ref, **tol(dtype))
+    ref_both, ref_grad = REF[name + "_forward_backward"](pred, target, scale)
+    assert ref_both == ref and np.array_equal(ref_grad, grad_ref)
 
 
 def test_bce_kernels_at_extreme_logits():
@@ -173,3 +174,104 @@ def test_optimizer_kernels_refuse_non_contiguous_parameters():
 def test_unknown_activation_is_named():
     with pytest.raises(ValueError, match="unknown activation 'swish'"):
         NUMBA["activation_forward"](np.ones(3), "swish", 0.0)
+
+
+def test_dense_backward_sums_the_bias_gradient_over_row_blocks(monkeypatch):
+    """The parallel reduction: one partial sum per block of rows, then added."""
+    monkeypatch.setattr(_jit, "PARALLEL_MIN_SIZE", 1)
+    rng = np.random.default_rng(0)
+    for n in (1, 2, 3, 101):
+        g = rng.standard_normal((n, 7))
+        y = rng.random((n, 7))
+        gz, gb = NUMBA["dense_backward"](g, y, "sigmoid", 0.0)
+        np.testing.assert_allclose(gb, (g * y * (1 - y)).sum(axis=0), rtol=1e-12, atol=1e-12)
+
+
+def _run(code, **env):
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         env=dict(os.environ, **env), timeout=120, cwd=ROOT)
+    assert out.returncode == 0, out.stderr[-2000:]
+    return out.stdout.strip()
+
+
+def test_numba_is_the_default_backend_and_compiles_nothing_until_used():
+    env = {k: v for k, v in os.environ.items() if k != "MINIGRAD_BACKEND"}
+    code = ("import sys, minigrad\n"
+            "from minigrad.kernels import dense\n"
+            "b = minigrad.get_backend()\n"
+            "assert dense._dense_forward._serial is None, 'compiled too early'\n"
+            "print(b.name, b.fused)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         env=env, timeout=120, cwd=ROOT)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert out.stdout.strip() == "numba True"
+    assert _run("import minigrad; print(minigrad.get_backend().name)",
+                MINIGRAD_BACKEND="numba") == "numba"
+
+
+def test_parallel_kernels_from_several_threads_do_not_abort():
+    """Numba's workqueue pool aborts the process on concurrent parallel launches;
+    the kernels take a lock (or run serially) instead."""
+    code = (
+        "import threading, numpy as np\n"
+        "from minigrad import kernels\n"
+        "K = kernels.table('numba')\n"
+        "x = np.random.default_rng(0).random((512, 256), dtype=np.float32)\n"
+        "b = np.zeros(256, np.float32)\n"
+        "def work():\n"
+        "    for _ in range(100):\n"
+        "        K['dense_forward'](x.copy(), b, 'relu', 0.0)\n"
+        "        K['dense_backward'](x, x, 'relu', 0.0)\n"
+        "        K['adam_update'](x.copy(), x, x.copy(), x.copy(), 1e-3, .9, .999, 1e-8, 0., 1, False)\n"
+        "threads = [threading.Thread(target=work) for _ in range(4)]\n"
+        "[t.start() for t in threads]\n"
+        "[t.join() for t in threads]\n"
+        "import numba\n"
+        "print(numba.threading_layer())")
+    env = {k: v for k, v in os.environ.items() if k != "NUMBA_THREADING_LAYER"}
+    env["MINIGRAD_PARALLEL_MIN_SIZE"] = "0"  # every launch parallel
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         env=env, timeout=120, cwd=ROOT)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert out.stdout.strip() == "workqueue"
+
+
+MATH_CASES = {
+    # name: (reference in float64, float32 test points)
+    "exp_neg": (lambda x: np.exp(-x), np.concatenate([np.linspace(0, 87, 20001),
+                                                      np.geomspace(1e-30, 1, 2001)])),
+    "log1p_unit": (np.log1p, np.concatenate([np.linspace(0, 1, 20001),    # normal inputs:
+                                             np.geomspace(1e-37, 1, 2001)])),  # from exp_neg
+    "tanh": (np.tanh, np.concatenate([np.linspace(-12, 12, 20001),
+                                      np.geomspace(1e-30, 1, 2001) * [[1], [-1]]], axis=None)),
+    "one_minus_exp_neg": (lambda y: -np.expm1(-y), np.concatenate([
+        np.linspace(0, 30, 20001), np.geomspace(1e-30, 1, 2001)])),
+}
+
+
+@pytest.mark.parametrize("name", sorted(MATH_CASES))
+def test_vectorizing_float32_math_is_accurate(name):
+    """The float32 exp / log1p / tanh of the kernels (see kernels._math) within a
+    few units in the last place; float64 goes to the C library, exactly."""
+    import numba
+    from minigrad.kernels import _math
+    _jit._numba()  # installs the Numba implementations
+    fn = getattr(_math, name)
+
+    @numba.njit(error_model="numpy")
+    def apply(x, out):
+        for i in range(x.size):
+            out[i] = fn(x[i])
+
+    reference, points = MATH_CASES[name]
+    x = points.astype(np.float32)
+    out = np.empty_like(x)
+    apply(x, out)
+    exact = reference(x.astype(np.float64))
+    ulps = np.abs(out - exact) / np.spacing(np.abs(exact).astype(np.float32))
+    assert np.max(ulps) <= 5, f"{name}: {np.max(ulps):.1f} ulp at x={x[np.argmax(ulps)]!r}"
+    x64 = points.astype(np.float64)
+    out64 = np.empty_like(x64)
+    apply(x64, out64)
+    np.testing.assert_allclose(out64, reference(x64), rtol=1e-15, atol=0)
+    assert not np.any((out != 0) & (np.abs(out) < np.finfo(np.float32).tiny)), "subnormal"

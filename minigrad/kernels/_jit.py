@@ -15,14 +15,23 @@ version instead of waiting (same result, no abort).
 """
 from __future__ import annotations
 
+import hashlib
 import os
 import threading
 import types
 
-__all__ = ["kernel", "scalar", "PARALLEL_MIN_SIZE", "prange"]
+__all__ = ["kernel", "scalar", "PARALLEL_MIN_SIZE", "prange", "threads"]
 
-#: Arrays with fewer elements than this run the serial version.
-PARALLEL_MIN_SIZE = 1 << 16
+#: Work below this runs the serial version.  The wrappers pass ``size`` as the
+#: number of elements times a rough cost per element (1 for a multiply-add, ~8 for
+#: an exp and a log).  Measured on the 2-core machine, steps interleaved in one
+#: process: the whole training step was fastest with every kernel serial at batch
+#: 64, 256 and 1024 (threads at 65k elements: +8% per step; at 262k: +5%) -- the
+#: kernels are vectorized and short (a ReLU pass over 200k floats: 30 us), and the
+#: second core is busy finishing, or spinning after, OpenBLAS's share of the
+#: matrix products.  So threads are kept for much larger work than one training
+#: step has.  ``MINIGRAD_PARALLEL_MIN_SIZE`` overrides it (0: always threads).
+PARALLEL_MIN_SIZE = int(os.environ.get("MINIGRAD_PARALLEL_MIN_SIZE", 1 << 21))
 
 # In plain Python (and before compilation) ``prange`` is ``range``; compiling
 # binds the module's ``prange`` to ``numba.prange``, which Numba parallelises.
@@ -40,13 +49,35 @@ def _numba():
     if not _configured:
         if "NUMBA_THREADING_LAYER" not in os.environ:
             numba.config.THREADING_LAYER = "workqueue"
+        from . import _math
+        _math.install(numba)  # the vectorizing float32 exp / log1p / tanh
         _configured = True
     return numba
 
 
+def _source_tag():
+    """A short hash of this module and of ``_math``: Numba's disk cache notices when
+    a kernel's own file changes, not when the compile options here or the inlined
+    math functions do, so their hash goes into every cached kernel's name."""
+    global _TAG
+    if _TAG is None:
+        digest = hashlib.sha1()
+        here = os.path.dirname(os.path.abspath(__file__))
+        for name in ("_jit.py", "_math.py"):
+            with open(os.path.join(here, name), "rb") as f:
+                digest.update(f.read())
+        _TAG = digest.hexdigest()[:8]
+    return _TAG
+
+
+_TAG = None
+
+
 def _renamed(fn, suffix):
-    """A copy of ``fn`` with its own qualified name, so the two variants get
-    separate entries in Numba's on-disk cache."""
+    """A copy of ``fn`` with its own qualified name, so the two variants (and
+    versions of the helpers, see :func:`_source_tag`) get separate entries in
+    Numba's on-disk cache."""
+    suffix = f"{suffix}_{_source_tag()}"
     copy = types.FunctionType(fn.__code__, fn.__globals__, fn.__name__ + suffix,
                               fn.__defaults__, fn.__closure__)
     copy.__qualname__ = fn.__qualname__ + suffix
@@ -72,7 +103,8 @@ def _bind_helpers(module_globals, numba):
     for name, value in list(module_globals.items()):
         if isinstance(value, scalar):
             if value.compiled is None:
-                value.compiled = numba.njit(inline="always", cache=True)(value.py_func)
+                value.compiled = numba.njit(inline="always", cache=True,
+                                            error_model="numpy")(value.py_func)
             module_globals[name] = value.compiled
 
 
@@ -89,9 +121,13 @@ class kernel:
         numba = _numba()
         _bind_helpers(self.py_func.__globals__, numba)
         # _serial is assigned last: another thread that sees it set finds both ready
-        self._parallel = numba.njit(cache=True, nogil=True, parallel=True)(
+        # error_model="numpy": x / 0 gives inf or nan as in NumPy instead of raising;
+        # the check that raising needs would keep LLVM from vectorizing every loop
+        # with a division (Adam's update ran 8x slower for it).
+        options = dict(cache=True, nogil=True, error_model="numpy")
+        self._parallel = numba.njit(parallel=True, **options)(
             _renamed(self.py_func, "_parallel"))
-        self._serial = numba.njit(cache=True, nogil=True)(_renamed(self.py_func, "_serial"))
+        self._serial = numba.njit(**options)(_renamed(self.py_func, "_serial"))
 
     def __call__(self, *args, size=0):
         """Run the serial version, or the parallel one when ``size`` is large."""
@@ -103,3 +139,8 @@ class kernel:
             finally:
                 _parallel_lock.release()
         return self._serial(*args)
+
+
+def threads():
+    """How many threads a parallel kernel runs on (Numba's setting)."""
+    return _numba().get_num_threads()

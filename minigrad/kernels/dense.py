@@ -28,6 +28,7 @@ import numpy as np
 from . import _cuda, register
 from . import _jit
 from ._jit import kernel, prange, scalar
+from ._math import exp_neg, log1p_unit, one_minus_exp_neg, tanh
 
 ACTIVATIONS = ("identity", "relu", "leaky_relu", "sigmoid", "tanh", "softplus")
 _CODE = {name: i for i, name in enumerate(ACTIVATIONS)}
@@ -94,70 +95,116 @@ def dense_backward_numpy(grad_y, y, activation, slope=0.01):
 # Numba
 # ----------------------------------------------------------------------------
 
+# Every constant is typed as the arrays' dtype (``zero``, ``one``, ``slope``): a
+# Python literal would widen float32 arithmetic to float64 and halve the SIMD
+# width.  Each row loop is compiled once per activation (``_by_code`` calls it
+# with the code as a constant), so the ``if code == ...`` chain disappears from
+# it and LLVM vectorizes it -- left to find that out itself, it did so for some
+# loops and not for others (the backward ran 20x slower).  exp, log1p and tanh
+# come from :mod:`._math`, whose float32 versions vectorize too.
+
 @scalar
-def _act(v, code, slope):
+def _act(v, code, slope, zero, one):
     if code == 1:
-        return v if v > 0 else v * 0
+        return zero if v <= zero else v            # NaN passes, as in NumPy
     if code == 2:
-        return v if v > 0 else v * slope
-    if code == 3:  # sigmoid from e^-|v| <= 1: no overflow
-        e = math.exp(-abs(v))
-        return 1 / (1 + e) if v >= 0 else e / (1 + e)
+        return v if v > zero else v * slope
+    if code == 3:                                   # from e^-|v| <= 1: no overflow
+        e = exp_neg(abs(v))
+        r = one / (one + e)
+        return r if v >= zero else e * r
     if code == 4:
-        return math.tanh(v)
+        return tanh(v)
     if code == 5:
-        return max(v, v * 0) + math.log1p(math.exp(-abs(v)))
+        return max(v, zero) + log1p_unit(exp_neg(abs(v)))
     return v
 
 
 @scalar
-def _deriv(y, code, slope):
+def _deriv(y, code, slope, zero, one):
     if code == 1:
-        return 1.0 if y > 0 else 0.0
+        return one if y > zero else zero
     if code == 2:
-        return 1.0 if y > 0 else slope
+        return one if y > zero else slope
     if code == 3:
-        return y * (1 - y)
+        return y * (one - y)
     if code == 4:
-        return 1 - y * y
+        return one - y * y
     if code == 5:
-        return -math.expm1(-y)
-    return 1.0
+        return one_minus_exp_neg(y)
+    return one
+
+
+@scalar
+def _forward_row(z, bias, code, slope):
+    """z = act(z + bias) over one row, in place (an ``out`` array that is z would
+    fail LLVM's run-time overlap check and send the loop down its scalar path)."""
+    zero, one = z.dtype.type(0), z.dtype.type(1)
+    for j in range(z.size):
+        z[j] = _act(z[j] + bias[j], code, slope, zero, one)
+
+
+@scalar
+def _backward_row(grad_y, y, out, acc, code, slope):
+    """out = grad_y * act'(y) over one row, and acc += out."""
+    zero, one = out.dtype.type(0), out.dtype.type(1)
+    for j in range(out.size):
+        out[j] = grad_y[j] * _deriv(y[j], code, slope, zero, one)
+    for j in range(out.size):  # a second pass over the row, still in L1: both vectorize
+        acc[j] += out[j]
+
+
+@scalar
+def _forward_by_code(z, bias, code, slope):
+    if code == 1:
+        _forward_row(z, bias, 1, slope)
+    elif code == 2:
+        _forward_row(z, bias, 2, slope)
+    elif code == 3:
+        _forward_row(z, bias, 3, slope)
+    elif code == 4:
+        _forward_row(z, bias, 4, slope)
+    elif code == 5:
+        _forward_row(z, bias, 5, slope)
+    else:
+        _forward_row(z, bias, 0, slope)
+
+
+@scalar
+def _backward_by_code(grad_y, y, out, acc, code, slope):
+    if code == 1:
+        _backward_row(grad_y, y, out, acc, 1, slope)
+    elif code == 2:
+        _backward_row(grad_y, y, out, acc, 2, slope)
+    elif code == 3:
+        _backward_row(grad_y, y, out, acc, 3, slope)
+    elif code == 4:
+        _backward_row(grad_y, y, out, acc, 4, slope)
+    elif code == 5:
+        _backward_row(grad_y, y, out, acc, 5, slope)
+    else:
+        _backward_row(grad_y, y, out, acc, 0, slope)
 
 
 @kernel
 def _dense_forward(z, bias, code, slope):
-    n, m = z.shape
-    for i in prange(n):
-        for j in range(m):
-            z[i, j] = _act(z[i, j] + bias[j], code, slope)
+    """z[i] = act(z[i] + bias) for every row i, in place."""
+    for i in prange(z.shape[0]):
+        _forward_by_code(z[i], bias, code, slope)
 
 
 @kernel
 def _dense_backward(grad_y, y, code, slope, grad_z, partial):
-    n, m = grad_y.shape
+    """grad_z = grad_y * act'(y); partial[b] = sum of grad_z over the b-th block of
+    rows (one block per thread; the caller adds the blocks)."""
+    n = grad_y.shape[0]
     blocks = partial.shape[0]
     rows = (n + blocks - 1) // blocks
     for b in prange(blocks):
         acc = partial[b]
         acc[:] = 0
         for i in range(b * rows, min(n, (b + 1) * rows)):
-            for j in range(m):
-                g = grad_y[i, j] * _deriv(y[i, j], code, slope)
-                grad_z[i, j] = g
-                acc[j] += g
-
-
-@kernel
-def _activation_forward(x, out, code, slope):
-    for i in prange(x.size):
-        out[i] = _act(x[i], code, slope)
-
-
-@kernel
-def _activation_backward(grad_y, y, out, code, slope):
-    for i in prange(y.size):
-        out[i] = grad_y[i] * _deriv(y[i], code, slope)
+            _backward_by_code(grad_y[i], y[i], grad_z[i], acc, code, slope)
 
 
 def _code(activation):
@@ -172,42 +219,52 @@ def _contiguous(a):
     return a if a.flags.c_contiguous else np.ascontiguousarray(a)
 
 
+def _rows(a):
+    """``a`` as a C-contiguous matrix of rows (a 1-D or 0-d array becomes one row)."""
+    a = _contiguous(a)
+    return a.reshape(-1, a.shape[-1]) if a.ndim >= 2 else a.reshape(1, -1)
+
+
+# Elementwise work per element relative to a multiply-add: what makes threads pay.
+_COST = {"identity": 1, "relu": 1, "leaky_relu": 1, "sigmoid": 4, "tanh": 5, "softplus": 6}
+
+
 def dense_forward_numba(z, bias, activation, slope=0.01):
     z = _contiguous(z)
-    _dense_forward(z, _contiguous(bias), _code(activation), z.dtype.type(slope), size=z.size)
+    code = _code(activation)
+    _dense_forward(z, _contiguous(bias).astype(z.dtype, copy=False), code,
+                   z.dtype.type(slope), size=z.size * _COST[activation])
     return z
 
 
 def dense_backward_numba(grad_y, y, activation, slope=0.01):
     grad_y, y = _contiguous(grad_y), _contiguous(y)
+    return _backward(grad_y, y, activation, slope)
+
+
+def _backward(grad_y, y, activation, slope):
     grad_z = np.empty_like(y)
-    # one block of rows per thread for large inputs, a single block otherwise
-    blocks = 1 if y.size < _jit.PARALLEL_MIN_SIZE else _threads()
+    size = y.size * _COST[activation]
+    # one block of rows per thread where the parallel version runs, else one block
+    blocks = _jit.threads() if size >= _jit.PARALLEL_MIN_SIZE and y.shape[0] > 1 else 1
     partial = np.empty((blocks, y.shape[1]), dtype=y.dtype)
     _dense_backward(grad_y, y, _code(activation), y.dtype.type(slope), grad_z, partial,
-                    size=y.size)
+                    size=size)
     return grad_z, (partial[0] if blocks == 1 else partial.sum(axis=0))
 
 
 def activation_forward_numba(x, activation, slope=0.01):
-    x = _contiguous(x)
-    out = np.empty_like(x)
-    _activation_forward(x.reshape(-1), out.reshape(-1), _code(activation),
-                        x.dtype.type(slope), size=x.size)
-    return out
+    out = np.array(_rows(x), order="C")  # a copy, then in place
+    _dense_forward(out, np.zeros(out.shape[1], out.dtype), _code(activation),
+                   out.dtype.type(slope), size=out.size * _COST[activation])
+    return out.reshape(np.shape(x))
 
 
 def activation_backward_numba(grad_y, y, activation, slope=0.01):
-    grad_y, y = _contiguous(grad_y), _contiguous(y)
-    out = np.empty_like(y)
-    _activation_backward(grad_y.reshape(-1), y.reshape(-1), out.reshape(-1),
-                         _code(activation), y.dtype.type(slope), size=y.size)
-    return out
-
-
-def _threads():
-    import numba
-    return numba.get_num_threads()
+    shape = np.shape(y)
+    _code(activation)
+    grad_x, _ = _backward(_rows(grad_y), _rows(y), activation, slope)
+    return grad_x.reshape(shape)
 
 
 register("dense_forward", numpy=dense_forward_numpy, numba=dense_forward_numba)

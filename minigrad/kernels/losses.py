@@ -6,19 +6,21 @@
 * ``bce_with_logits_backward(logits, target, scale) -> grad``:
   (sigmoid(x) - t) * scale, scale being d(loss)/d(sum), e.g. 1 / batch;
 * ``mse_forward(pred, target) -> float``: sum of (pred - target)^2;
-* ``mse_backward(pred, target, scale) -> grad``: 2 (pred - target) * scale.
+* ``mse_backward(pred, target, scale) -> grad``: 2 (pred - target) * scale;
+* ``bce_with_logits_forward_backward(logits, target, scale) -> (float, grad)`` and
+  ``mse_forward_backward(pred, target, scale) -> (float, grad)``: both of the
+  above in one pass (the NumPy version calls the two kernels).
 
 NumPy reference first, then the Numba version, then the CuPy one (whose forward
 sums stay on the GPU as 0-d float64 arrays; see there).
 """
 from __future__ import annotations
 
-import math
-
 import numpy as np
 
-from . import _cuda, register
-from ._jit import kernel, prange
+from . import _cuda, _jit, register
+from ._jit import kernel, prange, scalar
+from ._math import exp_neg, log1p_unit
 
 
 # ----------------------------------------------------------------------------
@@ -49,62 +51,152 @@ def mse_backward_numpy(pred, target, scale):
 # Numba
 # ----------------------------------------------------------------------------
 
-@kernel
-def _bce_forward(x, t):
-    total = 0.0
-    for i in prange(x.size):
-        v = float(x[i])
-        total += max(v, 0.0) - v * t[i] + math.log1p(math.exp(-abs(v)))
-    return total
+# One kernel per loss computes the loss sum, the gradient, or both in one pass
+# (``mode``): the fused loss node asks for both in its forward, so the
+# exponential that the BCE value and its gradient share is computed once.  The
+# input is taken as rows (the batch); each thread owns a block of rows and adds
+# every element's term to a float64 sum *per column* -- an elementwise add that
+# vectorizes, where one running scalar sum would not -- and the caller adds those.
+# As in the dense kernels, each row loop is compiled for one constant mode, and
+# every constant has the arrays' dtype.
+
+GRAD, LOSS, BOTH = 1, 2, 3
+
+
+@scalar
+def _bce_row(x, t, grad, acc, terms, scale, want_grad, want_loss):
+    zero, one = x.dtype.type(0), x.dtype.type(1)
+    for j in range(x.size):
+        v, tj = x[j], t[j]
+        e = exp_neg(abs(v))                        # e^-|x| <= 1: nothing overflows
+        if want_grad:
+            r = one / (one + e)
+            grad[j] = ((r if v >= zero else e * r) - tj) * scale
+        if want_loss:
+            terms[j] = max(v, zero) - v * tj + log1p_unit(e)
+    if want_loss:
+        _add_row(acc, terms)
+
+
+@scalar
+def _mse_row(p, t, grad, acc, terms, scale, want_grad, want_loss):
+    for j in range(p.size):
+        d = p[j] - t[j]
+        if want_grad:
+            grad[j] = d * scale
+        if want_loss:
+            terms[j] = d * d
+    if want_loss:
+        _add_row(acc, terms)
+
+
+@scalar
+def _add_row(acc, terms):
+    """acc += terms, float64 += the arrays' dtype.  A loop of its own: folded into
+    the loop above, the mixed widths kept LLVM from vectorizing that (1.7x slower)."""
+    for j in range(acc.size):
+        acc[j] += terms[j]
+
+
+@scalar
+def _bce_by_mode(x, t, grad, acc, terms, scale, mode):
+    if mode == GRAD:
+        _bce_row(x, t, grad, acc, terms, scale, True, False)
+    elif mode == LOSS:
+        _bce_row(x, t, grad, acc, terms, scale, False, True)
+    else:
+        _bce_row(x, t, grad, acc, terms, scale, True, True)
+
+
+@scalar
+def _mse_by_mode(p, t, grad, acc, terms, scale, mode):
+    if mode == GRAD:
+        _mse_row(p, t, grad, acc, terms, scale, True, False)
+    elif mode == LOSS:
+        _mse_row(p, t, grad, acc, terms, scale, False, True)
+    else:
+        _mse_row(p, t, grad, acc, terms, scale, True, True)
 
 
 @kernel
-def _bce_backward(x, t, scale, out):
-    for i in prange(x.size):
-        e = math.exp(-abs(x[i]))
-        s = 1 / (1 + e) if x[i] >= 0 else e / (1 + e)
-        out[i] = (s - t[i]) * scale
+def _bce(x, t, grad, partial, scale, mode):
+    n = x.shape[0]
+    blocks = partial.shape[0]
+    rows = (n + blocks - 1) // blocks
+    for b in prange(blocks):
+        acc = partial[b]
+        acc[:] = 0
+        terms = np.empty(x.shape[1], dtype=x.dtype)
+        for i in range(b * rows, min(n, (b + 1) * rows)):
+            _bce_by_mode(x[i], t[i], grad[i], acc, terms, scale, mode)
 
 
 @kernel
-def _mse_forward(p, t):
-    total = 0.0
-    for i in prange(p.size):
-        d = float(p[i]) - t[i]
-        total += d * d
-    return total
+def _mse(p, t, grad, partial, scale, mode):
+    n = p.shape[0]
+    blocks = partial.shape[0]
+    rows = (n + blocks - 1) // blocks
+    for b in prange(blocks):
+        acc = partial[b]
+        acc[:] = 0
+        terms = np.empty(p.shape[1], dtype=p.dtype)
+        for i in range(b * rows, min(n, (b + 1) * rows)):
+            _mse_by_mode(p[i], t[i], grad[i], acc, terms, scale, mode)
 
 
-@kernel
-def _mse_backward(p, t, scale, out):
-    for i in prange(p.size):
-        out[i] = (p[i] - t[i]) * scale
+def _rows(a, dtype=None):
+    """``a`` as a C-contiguous matrix of rows (a 1-D or 0-d array becomes one row)."""
+    a = np.ascontiguousarray(a, dtype=dtype)
+    return a.reshape(-1, a.shape[-1]) if a.ndim >= 2 else a.reshape(1, -1)
 
 
-def _flat(a):
-    return np.ascontiguousarray(a).reshape(-1)
+#: work per element relative to a multiply-add (what makes threads pay)
+_COST = {_bce: 8, _mse: 1}
+
+
+def _run(kernel_, pred, target, scale, mode):
+    """(loss sum or None, gradient or None) of ``pred`` against ``target``."""
+    x = _rows(pred)
+    t = _rows(target, x.dtype)
+    grad = np.empty_like(x) if mode != LOSS else x  # x: never written in LOSS mode
+    size = x.size * _COST[kernel_]
+    blocks = _jit.threads() if size >= _jit.PARALLEL_MIN_SIZE and x.shape[0] > 1 else 1
+    partial = np.empty((blocks, x.shape[1]), dtype=np.float64)
+    kernel_(x, t, grad, partial, x.dtype.type(scale), mode, size=size)
+    total = float(partial.sum()) if mode != GRAD else None
+    return total, (grad.reshape(np.shape(pred)) if mode != LOSS else None)
 
 
 def bce_with_logits_forward_numba(logits, target):
-    return float(_bce_forward(_flat(logits), _flat(target), size=logits.size))
+    return _run(_bce, logits, target, 0.0, LOSS)[0]
 
 
 def bce_with_logits_backward_numba(logits, target, scale):
-    out = np.empty(logits.shape, dtype=logits.dtype)
-    _bce_backward(_flat(logits), _flat(target), logits.dtype.type(scale), out.reshape(-1),
-                  size=logits.size)
-    return out
+    return _run(_bce, logits, target, scale, GRAD)[1]
+
+
+def bce_with_logits_forward_backward_numba(logits, target, scale):
+    return _run(_bce, logits, target, scale, BOTH)
 
 
 def mse_forward_numba(pred, target):
-    return float(_mse_forward(_flat(pred), _flat(target), size=pred.size))
+    return _run(_mse, pred, target, 0.0, LOSS)[0]
 
 
 def mse_backward_numba(pred, target, scale):
-    out = np.empty(pred.shape, dtype=pred.dtype)
-    _mse_backward(_flat(pred), _flat(target), pred.dtype.type(2 * scale), out.reshape(-1),
-                  size=pred.size)
-    return out
+    return _run(_mse, pred, target, 2 * scale, GRAD)[1]
+
+
+def mse_forward_backward_numba(pred, target, scale):
+    return _run(_mse, pred, target, 2 * scale, BOTH)
+
+
+def _forward_backward(forward, backward):
+    """The fused kernel's contract from the two separate kernels (NumPy, CuPy)."""
+    def forward_backward(pred, target, scale):
+        return forward(pred, target), backward(pred, target, scale)
+    forward_backward.__name__ = forward.__name__.replace("_forward", "_forward_backward")
+    return forward_backward
 
 
 register("bce_with_logits_forward", numpy=bce_with_logits_forward_numpy,
@@ -113,6 +205,12 @@ register("bce_with_logits_backward", numpy=bce_with_logits_backward_numpy,
          numba=bce_with_logits_backward_numba)
 register("mse_forward", numpy=mse_forward_numpy, numba=mse_forward_numba)
 register("mse_backward", numpy=mse_backward_numpy, numba=mse_backward_numba)
+register("bce_with_logits_forward_backward",
+         numpy=_forward_backward(bce_with_logits_forward_numpy, bce_with_logits_backward_numpy),
+         numba=bce_with_logits_forward_backward_numba)
+register("mse_forward_backward",
+         numpy=_forward_backward(mse_forward_numpy, mse_backward_numpy),
+         numba=mse_forward_backward_numba)
 
 
 # ----------------------------------------------------------------------------
@@ -145,21 +243,26 @@ __device__ __forceinline__ double mg_mse_term(double p, double t) {
 # 256 sums; with several blocks each writes its sum to ``partial`` and the last
 # block to finish (a counter, reset by that block) adds them in block order.  No
 # float atomics: the same launch gives the same bits whatever order blocks run in.
+# With GRAD the same pass also writes the gradient (in the arrays' dtype, exactly
+# as the elementwise backward kernels below compute it).
 _SUM_CUDA = r"""
 #define MG_SUM_THREADS 256
 
-template <typename F, int KIND>
+template <typename F, int KIND, bool GRAD>
 __device__ __forceinline__ void mg_loss_sum(
         const F* __restrict__ a, const F* __restrict__ b, long long n,
-        double* __restrict__ partial, unsigned int* counter, double* out) {
+        double* __restrict__ partial, unsigned int* counter, double* out,
+        F* __restrict__ grad, F scale) {
     __shared__ double s[MG_SUM_THREADS];
     __shared__ bool is_last;
     const unsigned int tid = threadIdx.x;
     double acc = 0.0;
     for (long long i = (long long)blockIdx.x * MG_SUM_THREADS + tid; i < n;
          i += (long long)gridDim.x * MG_SUM_THREADS) {
-        acc += KIND == 0 ? mg_bce_term((double)a[i], (double)b[i])
-                         : mg_mse_term((double)a[i], (double)b[i]);
+        const F x = a[i], t = b[i];
+        if (GRAD) grad[i] = KIND == 0 ? (mg_sigmoid<F>(x) - t) * scale : (x - t) * scale;
+        acc += KIND == 0 ? mg_bce_term((double)x, (double)t)
+                         : mg_mse_term((double)x, (double)t);
     }
     s[tid] = acc;
     __syncthreads();
@@ -194,23 +297,32 @@ __device__ __forceinline__ void mg_loss_sum(
 """
 
 
-def _sum_entry_points(name, kind):
+def _sum_entry_points(name, kind, grad):
+    extra = ", {ctype}* grad, {ctype} scale" if grad else ""
+    call = "grad, scale" if grad else "({ctype}*)0, {ctype}(0)"
     return "".join(
         f"""
 extern "C" __global__ void {name}_{suffix}(
         const {ctype}* a, const {ctype}* b, long long n, double* partial,
-        unsigned int* counter, double* out) {{
-    mg_loss_sum<{ctype}, {kind}>(a, b, n, partial, counter, out);
+        unsigned int* counter, double* out{extra.format(ctype=ctype)}) {{
+    mg_loss_sum<{ctype}, {kind}, {'true' if grad else 'false'}>(
+        a, b, n, partial, counter, out, {call.format(ctype=ctype)});
 }}
 """ for ctype, suffix in (("float", "f32"), ("double", "f64")))
 
 
+def _sum_spec(name, kind, grad):
+    return _cuda.Raw(name, LOSS_CUDA + _SUM_CUDA + _sum_entry_points(name, kind, grad))
+
+
 #: sum of max(x, 0) - x t + ln(1 + e^-|x|) in double.
-BCE_SUM_CUDA = _cuda.Raw("mg_bce_sum", LOSS_CUDA + _SUM_CUDA
-                         + _sum_entry_points("mg_bce_sum", 0))
+BCE_SUM_CUDA = _sum_spec("mg_bce_sum", 0, grad=False)
+#: ... and, in the same pass, grad = (sigmoid(x) - t) * scale.
+BCE_SUM_GRAD_CUDA = _sum_spec("mg_bce_sum_grad", 0, grad=True)
 #: sum of (p - t)^2 in double.
-MSE_SUM_CUDA = _cuda.Raw("mg_mse_sum", LOSS_CUDA + _SUM_CUDA
-                         + _sum_entry_points("mg_mse_sum", 1))
+MSE_SUM_CUDA = _sum_spec("mg_mse_sum", 1, grad=False)
+#: ... and, in the same pass, grad = (p - t) * scale2.
+MSE_SUM_GRAD_CUDA = _sum_spec("mg_mse_sum_grad", 1, grad=True)
 
 BCE_BACKWARD_CUDA = _cuda.Elementwise(
     "mg_bce_with_logits_backward", "T x, T t, T scale", "T out",
@@ -230,21 +342,26 @@ def loss_sum_blocks(n, sm_count):
     return max(1, min(2 * sm_count, -(-n // (4 * _SUM_THREADS))))
 
 
-def _sum_cupy(spec, op, a, b):
+def _sum_cupy(spec, op, a, b, scale=None):
+    """The loss sum (a 0-d float64 device array); with ``scale`` also the gradient."""
     _cuda.check_device_arrays(op, a, b)
     cupy = _cuda.cupy_module()
     _cuda.suffix(a.dtype)
+    shape = a.shape
     a = cupy.ascontiguousarray(a).reshape(-1)
     b = cupy.ascontiguousarray(b, dtype=a.dtype).reshape(-1)
     out = cupy.empty((), dtype=np.float64)
+    grad = None if scale is None else cupy.empty(shape, dtype=a.dtype)
     if a.size == 0:
         out.fill(0)
-        return out
+        return out if grad is None else (out, grad)
     blocks = loss_sum_blocks(a.size, _cuda.sm_count())
     partial = cupy.empty(blocks, dtype=np.float64)
-    spec.function(a.dtype)((blocks,), (_SUM_THREADS,),
-                           (a, b, np.int64(a.size), partial, _BUFFERS.counters(1), out))
-    return out
+    args = (a, b, np.int64(a.size), partial, _BUFFERS.counters(1), out)
+    if grad is not None:
+        args += (grad.reshape(-1), a.dtype.type(scale))
+    spec.function(a.dtype)((blocks,), (_SUM_THREADS,), args)
+    return out if grad is None else (out, grad)
 
 
 def _scale_arg(scale, dtype):
@@ -268,6 +385,12 @@ def bce_with_logits_backward_cupy(logits, target, scale):
                              _scale_arg(scale, logits.dtype))
 
 
+@_cuda.uses(BCE_SUM_GRAD_CUDA)
+def bce_with_logits_forward_backward_cupy(logits, target, scale):
+    return _sum_cupy(BCE_SUM_GRAD_CUDA, "bce_with_logits_forward_backward", logits, target,
+                     scale)
+
+
 @_cuda.uses(MSE_SUM_CUDA)
 def mse_forward_cupy(pred, target):
     return _sum_cupy(MSE_SUM_CUDA, "mse_forward", pred, target)
@@ -281,7 +404,14 @@ def mse_backward_cupy(pred, target, scale):
                              _scale_arg(2 * scale, pred.dtype))
 
 
+@_cuda.uses(MSE_SUM_GRAD_CUDA)
+def mse_forward_backward_cupy(pred, target, scale):
+    return _sum_cupy(MSE_SUM_GRAD_CUDA, "mse_forward_backward", pred, target, 2 * scale)
+
+
 register("bce_with_logits_forward", cupy=bce_with_logits_forward_cupy)
 register("bce_with_logits_backward", cupy=bce_with_logits_backward_cupy)
 register("mse_forward", cupy=mse_forward_cupy)
 register("mse_backward", cupy=mse_backward_cupy)
+register("bce_with_logits_forward_backward", cupy=bce_with_logits_forward_backward_cupy)
+register("mse_forward_backward", cupy=mse_forward_backward_cupy)
