@@ -92,7 +92,8 @@ def _target_grad(name, pred, target, scale):
 def _fused(name, pred, target, reduction):
     """The fused kernel node, where the backend has one and the reduction allows."""
     backend = get_backend()
-    if not backend.fused or reduction not in ("mean", "sum") or pred.dtype != target.dtype:
+    if (not backend.fused or reduction not in ("mean", "sum") or pred.dtype != target.dtype
+            or pred.size == 0):
         return None
     scale = 1.0 / pred.size if reduction == "mean" else 1.0
     want_grad = is_grad_enabled() and (pred.requires_grad or target.requires_grad)

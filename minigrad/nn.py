@@ -221,7 +221,7 @@ class DenseFunction(Function):
     activation in one fused kernel pass over the result (in place).
 
     backward: gz = g * act'(y) and gb = sum over rows of gz (one fused pass);
-              gW = x^T gz;  gx = gz W^T (skipped when x needs no gradient).
+              gW = x^T gz;  gx = gz W^T (each skipped when nobody needs it).
     """
 
     def forward(self, x, weight, bias, activation, slope, kernels):
@@ -233,8 +233,10 @@ class DenseFunction(Function):
     def backward(self, g):
         x, weight, y = self.saved
         gz, gb = self.kernels["dense_backward"](g, y, self.activation, self.slope)
-        gx = gz @ weight.T if self.needs_input_grad[0] else None
-        return gx, x.T @ gz, gb
+        need_x, need_w, need_b = self.needs_input_grad
+        gx = gz @ weight.T if need_x else None
+        gw = x.T @ gz if need_w else None  # a frozen weight costs no product
+        return gx, gw, (gb if need_b else None)
 
 
 class Dense(Module):

@@ -122,6 +122,15 @@ def test_dense_gradcheck_without_input_gradient(backend):
     mg.gradcheck(lambda w, b: layer(x), [layer.weight, layer.bias])
 
 
+def test_dense_with_a_frozen_weight(backend):
+    layer = dense(4, 3, "sigmoid")
+    layer.weight.requires_grad = False
+    x = leaf(np.random.default_rng(8).standard_normal((5, 4)))
+    layer(x).sum().backward()
+    assert layer.weight.grad is None and layer.bias.grad is not None
+    mg.gradcheck(lambda x, b: layer(x), [x, layer.bias])
+
+
 def test_dense_gradcheck_on_a_batch_of_matrices(backend):
     """A 3-D input takes the plain path on every backend."""
     layer = dense(3, 2, "sigmoid")

@@ -4,7 +4,42 @@ Each kernel is registered once with its NumPy reference and, where written, its
 Numba and CuPy twins, which live next to the reference in the same module so the
 three are easy to compare.  A backend's table maps each name to the version for
 that backend.  Kernel modules are imported when a table is first built, never by
-``import minigrad``.
+``import minigrad``, and the Numba versions compile on their first call (cached
+on disk; see :mod:`._jit`).
+
+The table (arrays in, arrays out; ``activation`` is one of "identity", "relu",
+"leaky_relu", "sigmoid", "tanh", "softplus", ``slope`` the leaky-ReLU slope;
+derivatives are taken from the *output* y, so no pre-activation is kept):
+
+====================================  ===============================================
+``dense_forward(z, bias, activation,  y = act(z + bias) for the (N, M) product z = x W,
+slope) -> y``                         written into z (the dense layer's epilogue)
+``dense_backward(grad_y, y,           grad_z = grad_y * act'(y) and grad_bias = grad_z
+activation, slope) -> (grad_z,        summed over rows, in one pass (row blocks per
+grad_bias)``                          thread, added at the end)
+``activation_forward(x, activation,   y = act(x), any shape
+slope) -> y``
+``activation_backward(grad_y, y,      grad_y * act'(y), any shape
+activation, slope) -> grad_x``
+``bce_with_logits_forward(logits,     sum of max(x, 0) - x t + log1p(e^-|x|) (float)
+target) -> float``
+``bce_with_logits_backward(logits,    (sigmoid(x) - t) * scale
+target, scale) -> grad``
+``bce_with_logits_forward_backward(   both in one pass (the loss node's forward uses it
+logits, target, scale)``              when a gradient will be wanted)
+``mse_forward(pred, target)``         sum of (pred - target)^2 (float)
+``mse_backward(pred, target, scale)``  2 (pred - target) * scale
+``mse_forward_backward(pred, target,  both in one pass
+scale)``
+``sgd_update(param, grad, velocity,   in place: weight decay, momentum, Nesterov;
+lr, momentum, weight_decay,           velocity None without momentum
+nesterov)``
+``adam_update(param, grad, m, v, lr,  in place, bias-corrected; decoupled=True is
+beta1, beta2, eps, weight_decay,      AdamW.  Moments below the smallest normal
+step, decoupled)``                    number are flushed to 0 (no subnormal slowdown)
+====================================  ===============================================
+
+Sums are accumulated in float64; everything else keeps the input dtype.
 """
 from __future__ import annotations
 

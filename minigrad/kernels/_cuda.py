@@ -175,8 +175,11 @@ def sm_count():
     device = cupy.cuda.runtime.getDevice()
     count = _sm_counts.get(device)
     if count is None:
-        count = _sm_counts[device] = int(
-            cupy.cuda.runtime.getDeviceProperties(device)["multiProcessorCount"])
+        try:
+            count = int(cupy.cuda.runtime.getDeviceProperties(device)["multiProcessorCount"])
+        except (KeyError, TypeError):  # older CuPy: the device attribute instead
+            count = int(cupy.cuda.Device(device).attributes["MultiProcessorCount"])
+        _sm_counts[device] = count
     return count
 
 

@@ -1,17 +1,29 @@
 """Lazy Numba compilation for the kernel modules.
 
 ``@kernel`` leaves a plain Python function in the module (so importing a kernel
-module imports no Numba) and compiles it on first call, twice over: a serial
-version for small arrays and a ``parallel=True`` one for large arrays, where
-spreading the loop over threads pays for waking them.  Both are cached on disk.
+module imports no Numba) and compiles it on first call: a serial version, and a
+``parallel=True`` one for work large enough to pay for waking threads (see
+:data:`PARALLEL_MIN_SIZE`).  ``@scalar`` marks the small helpers the kernels
+call, inlined into them.  Everything compiled is cached on disk (``cache=True``),
+under names that carry a hash of this module and of ``_math`` (see
+:func:`_source_tag`).  Compile options: ``error_model="numpy"`` (a division by
+zero gives inf, as in NumPy; Python's error model would need a check that keeps
+LLVM from vectorizing the loop) and ``nogil``.
 
-Threading: Numba's OpenMP layer spins while waiting and then fights OpenBLAS's
-threads for the two cores (a training step measured 83 ms instead of 4 ms).
-The ``workqueue`` layer does not spin, so it is chosen here unless the user set
-``NUMBA_THREADING_LAYER`` themselves.  That layer aborts the whole process when
-two Python threads launch parallel kernels at once, so parallel launches go
-through one process-wide lock; a thread that finds it taken runs the serial
-version instead of waiting (same result, no abort).
+Threading, as chosen here for a 2-core machine:
+
+* Numba's OpenMP layer spins while waiting and then fights OpenBLAS's threads
+  for the two cores (a training step measured 83 ms instead of 4 ms).  The
+  ``workqueue`` layer does not spin, so it is chosen here unless the user set
+  ``NUMBA_THREADING_LAYER`` themselves.
+* That layer aborts the whole process when two Python threads launch parallel
+  kernels at once, so parallel launches go through one process-wide lock; a
+  thread that finds it taken runs the serial version instead of waiting (same
+  result, no abort).
+* The kernels are vectorized and short next to the matrix products, which keep
+  both cores busy through OpenBLAS; measured, a training step was fastest with
+  every kernel of it serial, so the threshold for threads is well above what one
+  step of the benchmark model has (``MINIGRAD_PARALLEL_MIN_SIZE`` changes it).
 """
 from __future__ import annotations
 
@@ -73,13 +85,15 @@ def _source_tag():
 _TAG = None
 
 
-def _renamed(fn, suffix):
-    """A copy of ``fn`` with its own qualified name, so the two variants (and
-    versions of the helpers, see :func:`_source_tag`) get separate entries in
+def _renamed(fn, suffix, globals_=None, tag=True):
+    """A copy of ``fn`` (optionally with other globals) under its own qualified
+    name, so that each variant -- serial or parallel, each specialization, each
+    version of the helpers (see :func:`_source_tag`) -- gets its own entry in
     Numba's on-disk cache."""
-    suffix = f"{suffix}_{_source_tag()}"
-    copy = types.FunctionType(fn.__code__, fn.__globals__, fn.__name__ + suffix,
-                              fn.__defaults__, fn.__closure__)
+    if tag:
+        suffix = f"{suffix}_{_source_tag()}"
+    copy = types.FunctionType(fn.__code__, fn.__globals__ if globals_ is None else globals_,
+                              fn.__name__ + suffix, fn.__defaults__, fn.__closure__)
     copy.__qualname__ = fn.__qualname__ + suffix
     copy.__module__ = fn.__module__
     return copy
@@ -109,25 +123,44 @@ def _bind_helpers(module_globals, numba):
 
 
 class kernel:
-    """Decorator: ``fn`` compiled by Numba on first call (serial and parallel)."""
+    """Decorator: ``fn`` compiled by Numba on first call (serial and parallel).
 
-    def __init__(self, fn):
+    ``k.specialize(NAME=value, ...)`` is the same kernel with the module globals
+    ``NAME`` frozen to ``value`` (Numba compiles globals as constants): one
+    compiled version per activation or loss mode, so each version contains only
+    its own loop -- LLVM then vectorizes it for certain -- and only the versions a
+    program uses are compiled (one kernel holding all six activations took 9 s).
+    """
+
+    def __init__(self, fn, constants=None):
         self.py_func = fn
+        self.constants = dict(constants or {})
         self.__name__ = fn.__name__
         self.__doc__ = fn.__doc__
         self._serial = self._parallel = None
+        self._variants = {}
+
+    def specialize(self, **constants):
+        key = tuple(sorted(constants.items()))
+        variant = self._variants.get(key)
+        if variant is None:
+            variant = self._variants.setdefault(key, kernel(self.py_func, constants))
+        return variant
 
     def _compile(self):
         numba = _numba()
         _bind_helpers(self.py_func.__globals__, numba)
-        # _serial is assigned last: another thread that sees it set finds both ready
+        fn = self.py_func
+        if self.constants:
+            suffix = "".join(f"_{k}{v}" for k, v in sorted(self.constants.items()))
+            fn = _renamed(fn, suffix, dict(fn.__globals__, **self.constants), tag=False)
         # error_model="numpy": x / 0 gives inf or nan as in NumPy instead of raising;
         # the check that raising needs would keep LLVM from vectorizing every loop
         # with a division (Adam's update ran 8x slower for it).
         options = dict(cache=True, nogil=True, error_model="numpy")
-        self._parallel = numba.njit(parallel=True, **options)(
-            _renamed(self.py_func, "_parallel"))
-        self._serial = numba.njit(**options)(_renamed(self.py_func, "_serial"))
+        # _serial is assigned last: another thread that sees it set finds both ready
+        self._parallel = numba.njit(parallel=True, **options)(_renamed(fn, "_parallel"))
+        self._serial = numba.njit(**options)(_renamed(fn, "_serial"))
 
     def __call__(self, *args, size=0):
         """Run the serial version, or the parallel one when ``size`` is large."""

@@ -21,8 +21,6 @@ Kernels (NumPy reference first, then the Numba version, then the CuPy one):
 """
 from __future__ import annotations
 
-import math
-
 import numpy as np
 
 from . import _cuda, register
@@ -97,11 +95,14 @@ def dense_backward_numpy(grad_y, y, activation, slope=0.01):
 
 # Every constant is typed as the arrays' dtype (``zero``, ``one``, ``slope``): a
 # Python literal would widen float32 arithmetic to float64 and halve the SIMD
-# width.  Each row loop is compiled once per activation (``_by_code`` calls it
-# with the code as a constant), so the ``if code == ...`` chain disappears from
-# it and LLVM vectorizes it -- left to find that out itself, it did so for some
-# loops and not for others (the backward ran 20x slower).  exp, log1p and tanh
-# come from :mod:`._math`, whose float32 versions vectorize too.
+# width.  Each kernel is compiled once per activation (``ACTIVATION`` is frozen by
+# ``kernel.specialize``), so each compiled loop holds one activation's code and
+# LLVM vectorizes it -- left to hoist a run-time ``if code == ...`` out of the
+# loop itself, it did for some loops and not for others (20x slower).  exp,
+# log1p and tanh come from :mod:`._math`, whose float32 versions vectorize too.
+
+ACTIVATION = 0  # the activation code of a kernel specialization (see above)
+
 
 @scalar
 def _act(v, code, slope, zero, one):
@@ -135,76 +136,34 @@ def _deriv(y, code, slope, zero, one):
     return one
 
 
-@scalar
-def _forward_row(z, bias, code, slope):
-    """z = act(z + bias) over one row, in place (an ``out`` array that is z would
-    fail LLVM's run-time overlap check and send the loop down its scalar path)."""
+@kernel
+def _dense_forward(z, bias, slope):
+    """z[i] = act(z[i] + bias) for every row i, in place (an ``out`` array that is
+    z would fail LLVM's run-time overlap check and take its scalar path)."""
     zero, one = z.dtype.type(0), z.dtype.type(1)
-    for j in range(z.size):
-        z[j] = _act(z[j] + bias[j], code, slope, zero, one)
-
-
-@scalar
-def _backward_row(grad_y, y, out, acc, code, slope):
-    """out = grad_y * act'(y) over one row, and acc += out."""
-    zero, one = out.dtype.type(0), out.dtype.type(1)
-    for j in range(out.size):
-        out[j] = grad_y[j] * _deriv(y[j], code, slope, zero, one)
-    for j in range(out.size):  # a second pass over the row, still in L1: both vectorize
-        acc[j] += out[j]
-
-
-@scalar
-def _forward_by_code(z, bias, code, slope):
-    if code == 1:
-        _forward_row(z, bias, 1, slope)
-    elif code == 2:
-        _forward_row(z, bias, 2, slope)
-    elif code == 3:
-        _forward_row(z, bias, 3, slope)
-    elif code == 4:
-        _forward_row(z, bias, 4, slope)
-    elif code == 5:
-        _forward_row(z, bias, 5, slope)
-    else:
-        _forward_row(z, bias, 0, slope)
-
-
-@scalar
-def _backward_by_code(grad_y, y, out, acc, code, slope):
-    if code == 1:
-        _backward_row(grad_y, y, out, acc, 1, slope)
-    elif code == 2:
-        _backward_row(grad_y, y, out, acc, 2, slope)
-    elif code == 3:
-        _backward_row(grad_y, y, out, acc, 3, slope)
-    elif code == 4:
-        _backward_row(grad_y, y, out, acc, 4, slope)
-    elif code == 5:
-        _backward_row(grad_y, y, out, acc, 5, slope)
-    else:
-        _backward_row(grad_y, y, out, acc, 0, slope)
-
-
-@kernel
-def _dense_forward(z, bias, code, slope):
-    """z[i] = act(z[i] + bias) for every row i, in place."""
     for i in prange(z.shape[0]):
-        _forward_by_code(z[i], bias, code, slope)
+        row = z[i]
+        for j in range(row.size):
+            row[j] = _act(row[j] + bias[j], ACTIVATION, slope, zero, one)
 
 
 @kernel
-def _dense_backward(grad_y, y, code, slope, grad_z, partial):
+def _dense_backward(grad_y, y, slope, grad_z, partial):
     """grad_z = grad_y * act'(y); partial[b] = sum of grad_z over the b-th block of
     rows (one block per thread; the caller adds the blocks)."""
+    zero, one = y.dtype.type(0), y.dtype.type(1)
     n = grad_y.shape[0]
     blocks = partial.shape[0]
     rows = (n + blocks - 1) // blocks
     for b in prange(blocks):
         acc = partial[b]
-        acc[:] = 0
+        acc[:] = zero
         for i in range(b * rows, min(n, (b + 1) * rows)):
-            _backward_by_code(grad_y[i], y[i], grad_z[i], acc, code, slope)
+            g_row, y_row, out = grad_y[i], y[i], grad_z[i]
+            for j in range(out.size):
+                out[j] = g_row[j] * _deriv(y_row[j], ACTIVATION, slope, zero, one)
+            for j in range(out.size):  # a second pass, still in L1: both loops vectorize
+                acc[j] += out[j]
 
 
 def _code(activation):
@@ -231,9 +190,9 @@ _COST = {"identity": 1, "relu": 1, "leaky_relu": 1, "sigmoid": 4, "tanh": 5, "so
 
 def dense_forward_numba(z, bias, activation, slope=0.01):
     z = _contiguous(z)
-    code = _code(activation)
-    _dense_forward(z, _contiguous(bias).astype(z.dtype, copy=False), code,
-                   z.dtype.type(slope), size=z.size * _COST[activation])
+    _dense_forward.specialize(ACTIVATION=_code(activation))(
+        z, _contiguous(bias).astype(z.dtype, copy=False), z.dtype.type(slope),
+        size=z.size * _COST[activation])
     return z
 
 
@@ -248,15 +207,16 @@ def _backward(grad_y, y, activation, slope):
     # one block of rows per thread where the parallel version runs, else one block
     blocks = _jit.threads() if size >= _jit.PARALLEL_MIN_SIZE and y.shape[0] > 1 else 1
     partial = np.empty((blocks, y.shape[1]), dtype=y.dtype)
-    _dense_backward(grad_y, y, _code(activation), y.dtype.type(slope), grad_z, partial,
-                    size=size)
+    _dense_backward.specialize(ACTIVATION=_code(activation))(
+        grad_y, y, y.dtype.type(slope), grad_z, partial, size=size)
     return grad_z, (partial[0] if blocks == 1 else partial.sum(axis=0))
 
 
 def activation_forward_numba(x, activation, slope=0.01):
     out = np.array(_rows(x), order="C")  # a copy, then in place
-    _dense_forward(out, np.zeros(out.shape[1], out.dtype), _code(activation),
-                   out.dtype.type(slope), size=out.size * _COST[activation])
+    _dense_forward.specialize(ACTIVATION=_code(activation))(
+        out, np.zeros(out.shape[1], out.dtype), out.dtype.type(slope),
+        size=out.size * _COST[activation])
     return out.reshape(np.shape(x))
 
 

@@ -52,96 +52,69 @@ def mse_backward_numpy(pred, target, scale):
 # ----------------------------------------------------------------------------
 
 # One kernel per loss computes the loss sum, the gradient, or both in one pass
-# (``mode``): the fused loss node asks for both in its forward, so the
-# exponential that the BCE value and its gradient share is computed once.  The
-# input is taken as rows (the batch); each thread owns a block of rows and adds
-# every element's term to a float64 sum *per column* -- an elementwise add that
-# vectorizes, where one running scalar sum would not -- and the caller adds those.
-# As in the dense kernels, each row loop is compiled for one constant mode, and
-# every constant has the arrays' dtype.
+# (``MODE``): the fused loss node asks for both in its forward, so the exponential
+# that the BCE value and its gradient share is computed once.  The input is taken
+# as rows (the batch); each thread owns a block of rows and adds every element's
+# term to a float64 sum *per column* -- an elementwise add that vectorizes, where
+# one running scalar sum would not -- and the caller adds those up.  As in the
+# dense kernels, ``MODE`` is frozen per compiled version (``kernel.specialize``)
+# and every constant has the arrays' dtype.
 
 GRAD, LOSS, BOTH = 1, 2, 3
-
-
-@scalar
-def _bce_row(x, t, grad, acc, terms, scale, want_grad, want_loss):
-    zero, one = x.dtype.type(0), x.dtype.type(1)
-    for j in range(x.size):
-        v, tj = x[j], t[j]
-        e = exp_neg(abs(v))                        # e^-|x| <= 1: nothing overflows
-        if want_grad:
-            r = one / (one + e)
-            grad[j] = ((r if v >= zero else e * r) - tj) * scale
-        if want_loss:
-            terms[j] = max(v, zero) - v * tj + log1p_unit(e)
-    if want_loss:
-        _add_row(acc, terms)
-
-
-@scalar
-def _mse_row(p, t, grad, acc, terms, scale, want_grad, want_loss):
-    for j in range(p.size):
-        d = p[j] - t[j]
-        if want_grad:
-            grad[j] = d * scale
-        if want_loss:
-            terms[j] = d * d
-    if want_loss:
-        _add_row(acc, terms)
+MODE = BOTH  # the mode of a kernel specialization
 
 
 @scalar
 def _add_row(acc, terms):
     """acc += terms, float64 += the arrays' dtype.  A loop of its own: folded into
-    the loop above, the mixed widths kept LLVM from vectorizing that (1.7x slower)."""
+    the loop of the terms, the mixed widths kept LLVM from vectorizing that one."""
     for j in range(acc.size):
         acc[j] += terms[j]
 
 
-@scalar
-def _bce_by_mode(x, t, grad, acc, terms, scale, mode):
-    if mode == GRAD:
-        _bce_row(x, t, grad, acc, terms, scale, True, False)
-    elif mode == LOSS:
-        _bce_row(x, t, grad, acc, terms, scale, False, True)
-    else:
-        _bce_row(x, t, grad, acc, terms, scale, True, True)
-
-
-@scalar
-def _mse_by_mode(p, t, grad, acc, terms, scale, mode):
-    if mode == GRAD:
-        _mse_row(p, t, grad, acc, terms, scale, True, False)
-    elif mode == LOSS:
-        _mse_row(p, t, grad, acc, terms, scale, False, True)
-    else:
-        _mse_row(p, t, grad, acc, terms, scale, True, True)
-
-
 @kernel
-def _bce(x, t, grad, partial, scale, mode):
-    n = x.shape[0]
+def _bce(x, t, grad, partial, scale):
+    zero, one = x.dtype.type(0), x.dtype.type(1)
+    n, m = x.shape
     blocks = partial.shape[0]
     rows = (n + blocks - 1) // blocks
     for b in prange(blocks):
         acc = partial[b]
         acc[:] = 0
-        terms = np.empty(x.shape[1], dtype=x.dtype)
+        terms = np.empty(m, dtype=x.dtype)
         for i in range(b * rows, min(n, (b + 1) * rows)):
-            _bce_by_mode(x[i], t[i], grad[i], acc, terms, scale, mode)
+            xr, tr, gr = x[i], t[i], grad[i]
+            for j in range(m):
+                v, tj = xr[j], tr[j]
+                e = exp_neg(abs(v))                # e^-|x| <= 1: nothing overflows
+                if MODE != LOSS:
+                    r = one / (one + e)
+                    gr[j] = ((r if v >= zero else e * r) - tj) * scale
+                if MODE != GRAD:
+                    terms[j] = max(v, zero) - v * tj + log1p_unit(e)
+            if MODE != GRAD:
+                _add_row(acc, terms)
 
 
 @kernel
-def _mse(p, t, grad, partial, scale, mode):
-    n = p.shape[0]
+def _mse(p, t, grad, partial, scale):
+    n, m = p.shape
     blocks = partial.shape[0]
     rows = (n + blocks - 1) // blocks
     for b in prange(blocks):
         acc = partial[b]
         acc[:] = 0
-        terms = np.empty(p.shape[1], dtype=p.dtype)
+        terms = np.empty(m, dtype=p.dtype)
         for i in range(b * rows, min(n, (b + 1) * rows)):
-            _mse_by_mode(p[i], t[i], grad[i], acc, terms, scale, mode)
+            pr, tr, gr = p[i], t[i], grad[i]
+            for j in range(m):
+                d = pr[j] - tr[j]
+                if MODE != LOSS:
+                    gr[j] = d * scale
+                if MODE != GRAD:
+                    terms[j] = d * d
+            if MODE != GRAD:
+                _add_row(acc, terms)
 
 
 def _rows(a, dtype=None):
@@ -162,7 +135,7 @@ def _run(kernel_, pred, target, scale, mode):
     size = x.size * _COST[kernel_]
     blocks = _jit.threads() if size >= _jit.PARALLEL_MIN_SIZE and x.shape[0] > 1 else 1
     partial = np.empty((blocks, x.shape[1]), dtype=np.float64)
-    kernel_(x, t, grad, partial, x.dtype.type(scale), mode, size=size)
+    kernel_.specialize(MODE=mode)(x, t, grad, partial, x.dtype.type(scale), size=size)
     total = float(partial.sum()) if mode != GRAD else None
     return total, (grad.reshape(np.shape(pred)) if mode != LOSS else None)
 
@@ -196,6 +169,9 @@ def _forward_backward(forward, backward):
     def forward_backward(pred, target, scale):
         return forward(pred, target), backward(pred, target, scale)
     forward_backward.__name__ = forward.__name__.replace("_forward", "_forward_backward")
+    # the CUDA sources it launches (tests/test_cuda_compile.py compiles them)
+    forward_backward.cuda_specs = (getattr(forward, "cuda_specs", ())
+                                   + getattr(backward, "cuda_specs", ()))
     return forward_backward
 
 

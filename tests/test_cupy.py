@@ -1,0 +1,508 @@
+"""The CuPy backend: kernel parity with NumPy, gradients across backends, devices.
+
+Kernel tests run once per *device*:
+
+* ``cupy`` -- the real thing on a GPU; skipped, with the reason, when CuPy or a
+  CUDA device is missing;
+* ``cupy-emulated`` -- the same CUDA code and the same Python wrappers on the host:
+  every kernel compiled by a C++ compiler (each CUDA block's threads run as
+  std::threads meeting at a barrier, see tests/cuda_sources.py) and a stand-in for
+  the few CuPy calls the wrappers make.  It checks the kernels' arithmetic,
+  indexing, reductions and launch arithmetic without a GPU -- not CuPy itself,
+  nor the GPU's math library or memory model.  Skipped, with the reason, without
+  a C++20 compiler.
+
+Backend tests (Dense and loss gradients, every autoencoder flavor's loss and
+gradients, ``fit(backend="cupy")``) need the GPU.  The last section runs
+everywhere: the errors for a missing GPU and for mixing devices.
+"""
+import math
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+import cuda_sources as cs
+import minigrad as mg
+from minigrad import kernels, losses, nn
+from minigrad.backend import require_cupy
+from minigrad.kernels import _cuda, dense
+from minigrad.kernels import losses as loss_kernels
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+ACTIVATIONS = dense.ACTIVATIONS
+DTYPES = [np.float32, np.float64]
+
+
+def _gpu_missing():
+    try:
+        require_cupy()
+        return None
+    except (ImportError, RuntimeError) as error:
+        return str(error)
+
+
+GPU_MISSING = _gpu_missing()
+needs_gpu = pytest.mark.skipif(GPU_MISSING is not None,
+                               reason=f"needs CuPy and a CUDA device: {GPU_MISSING}")
+
+
+def tol(dtype):
+    """Two implementations of transcendental functions (the GPU's or the host's
+    libm against NumPy): a few ulp apart."""
+    if np.dtype(dtype) == np.float32:
+        return dict(rtol=1e-5, atol=1e-6)
+    return dict(rtol=1e-12, atol=1e-13)
+
+
+# ----------------------------------------------------------------------------
+# devices
+# ----------------------------------------------------------------------------
+
+class Device:
+    def __init__(self, name, to_device, to_host):
+        self.name, self.to_device, self.to_host = name, to_device, to_host
+
+    def __repr__(self):
+        return self.name
+
+
+@pytest.fixture(scope="session")
+def host_library(tmp_path_factory):
+    compiler = cs.host_compiler()
+    if compiler is None:
+        pytest.skip("cupy-emulated needs a C++ compiler (g++ or clang++ on PATH, or $CXX)")
+    try:
+        return cs.HostLibrary(cs.all_specs(), str(tmp_path_factory.mktemp("cuda_host")),
+                              compiler)
+    except RuntimeError as error:
+        pytest.skip(f"cupy-emulated: the host compiler could not build the kernels "
+                    f"(C++20 <barrier> needed): {error}")
+
+
+@pytest.fixture(params=["cupy", "cupy-emulated"])
+def device(request, monkeypatch):
+    if request.param == "cupy":
+        if GPU_MISSING is not None:
+            pytest.skip(f"needs CuPy and a CUDA device: {GPU_MISSING}")
+        import cupy
+        return Device("cupy", lambda a: cupy.array(a, copy=True), cupy.asnumpy)
+    cs.emulate(monkeypatch, request.getfixturevalue("host_library"), sm_count=2)
+    return Device("cupy-emulated", cs.device_array, cs.host_array)
+
+
+REF = kernels.table("numpy")
+
+
+def CU(name):
+    return kernels.table("cupy")[name]
+
+
+def special(dtype):
+    return np.array([0.0, -0.0, 1e-30, -1e-30, 3.0, -3.0, 40.0, -40.0, 100.0, -100.0, np.inf,
+                     -np.inf, np.nan], dtype=dtype)
+
+
+# ----------------------------------------------------------------------------
+# kernel parity with the NumPy references
+# ----------------------------------------------------------------------------
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("activation", ACTIVATIONS)
+@pytest.mark.parametrize("shape", [(1, 1), (37, 45), (130, 70)])
+def test_dense_forward(device, dtype, activation, shape):
+    rng = np.random.default_rng(1)
+    z = (rng.standard_normal(shape) * 3).astype(dtype)
+    bias = rng.standard_normal(shape[1]).astype(dtype)
+    expected = REF["dense_forward"](z.copy(), bias, activation, 0.2)
+    z_dev = device.to_device(z)
+    out = CU("dense_forward")(z_dev, device.to_device(bias), activation, 0.2)
+    np.testing.assert_allclose(device.to_host(out), expected, **tol(dtype))
+    # in place: a contiguous z holds the result
+    np.testing.assert_allclose(device.to_host(z_dev), expected, **tol(dtype))
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_dense_forward_non_contiguous_input(device, dtype):
+    rng = np.random.default_rng(2)
+    big = rng.standard_normal((20, 9)).astype(dtype)
+    bias = rng.standard_normal(9).astype(dtype)
+    expected = REF["dense_forward"](big[::2].copy(), bias, "tanh", 0.0)
+    out = CU("dense_forward")(device.to_device(big)[::2], device.to_device(bias), "tanh", 0.0)
+    np.testing.assert_allclose(device.to_host(out), expected, **tol(dtype))
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("activation", ACTIVATIONS)
+@pytest.mark.parametrize("shape", [(1, 1), (5, 3), (130, 45), (300, 70), (0, 4)])
+def test_dense_backward(device, dtype, activation, shape):
+    rng = np.random.default_rng(3)
+    y = REF["activation_forward"](rng.standard_normal(shape).astype(dtype), activation, 0.2)
+    g = rng.standard_normal(shape).astype(dtype)
+    gz_ref, gb_ref = REF["dense_backward"](g, y, activation, 0.2)
+    for _ in range(2):  # twice: the completion counters must be back at 0
+        gz, gb = CU("dense_backward")(device.to_device(g), device.to_device(y), activation, 0.2)
+        gz, gb = device.to_host(gz), device.to_host(gb)
+        assert gz.dtype == dtype and gb.dtype == dtype and gb.shape == (shape[1],)
+        np.testing.assert_allclose(gz, gz_ref, **tol(dtype))
+        # the bias gradient: the column sums of grad_z, accumulated in float64
+        exact = gz.astype(np.float64).sum(axis=0)
+        np.testing.assert_allclose(gb, exact, rtol=1e-6 if dtype == np.float32 else 1e-13,
+                                   atol=1e-6 if dtype == np.float32 else 1e-13)
+        np.testing.assert_allclose(gb, gb_ref, rtol=1e-4 if dtype == np.float32 else 1e-11,
+                                   atol=1e-4 if dtype == np.float32 else 1e-11)
+
+
+def test_dense_backward_launch_grid():
+    assert dense.dense_backward_grid(1024, 784, 132) == (25, 21)
+    assert dense.dense_backward_grid(10, 784, 132) == (25, 1)
+    assert dense.dense_backward_grid(100_000, 1, 132) == (1, 528)
+    assert dense.dense_backward_grid(130, 45, 2) == (2, 4)  # several chunks when emulated
+    assert loss_kernels.loss_sum_blocks(5000, 2) == 4
+    assert loss_kernels.loss_sum_blocks(1, 132) == 1
+    assert loss_kernels.loss_sum_blocks(1024 * 784, 132) == 264
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("activation", ACTIVATIONS)
+def test_activation_forward_and_backward(device, dtype, activation):
+    rng = np.random.default_rng(4)
+    x = np.concatenate([special(dtype), (rng.standard_normal(47) * 4).astype(dtype)])
+    x = x.reshape(3, 4, 5)
+    y_ref = REF["activation_forward"](x, activation, 0.2)
+    y = device.to_host(CU("activation_forward")(device.to_device(x), activation, 0.2))
+    np.testing.assert_allclose(y, y_ref, equal_nan=True, **tol(dtype))
+    g = rng.standard_normal(x.shape).astype(dtype)
+    y_ok = np.nan_to_num(y_ref, nan=0.5, posinf=1.0, neginf=-1.0).astype(dtype)
+    gx_ref = REF["activation_backward"](g, y_ok, activation, 0.2)
+    gx = CU("activation_backward")(device.to_device(g), device.to_device(y_ok), activation, 0.2)
+    np.testing.assert_allclose(device.to_host(gx), gx_ref, equal_nan=True, **tol(dtype))
+
+
+def test_unknown_activation_is_named(device):
+    with pytest.raises(ValueError, match="unknown activation 'swish'"):
+        CU("activation_forward")(device.to_device(np.ones(3, np.float32)), "swish", 0.0)
+
+
+def _loss_inputs(dtype, n, rng):
+    x = (rng.standard_normal(n) * 4).astype(dtype)
+    x[:4] = [0.0, 60.0, -60.0, 1e-3]
+    t = rng.random(n).astype(dtype)
+    return x.reshape(-1, 3) if n % 3 == 0 else x, t.reshape(-1, 3) if n % 3 == 0 else t
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("name", ["bce_with_logits", "mse"])
+@pytest.mark.parametrize("n", [5, 999, 9000])  # 9000: several blocks, also when emulated
+def test_loss_kernels(device, dtype, name, n):
+    rng = np.random.default_rng(5)
+    x, t = _loss_inputs(dtype, n, rng)
+    xd, td = device.to_device(x), device.to_device(t)
+    expected = REF[name + "_forward"](x, t)
+    for _ in range(2):  # twice: the completion counter must be back at 0
+        total = CU(name + "_forward")(xd, td)
+        assert total.shape == () and total.dtype == np.float64  # stays on the device
+        assert math.isclose(float(total), expected, rel_tol=1e-12)
+    scale = 1.0 / n
+    grad = CU(name + "_backward")(xd, td, scale)
+    np.testing.assert_allclose(device.to_host(grad), REF[name + "_backward"](x, t, scale),
+                               **tol(dtype))
+    total, grad2 = CU(name + "_forward_backward")(xd, td, scale)
+    assert math.isclose(float(total), expected, rel_tol=1e-12)
+    np.testing.assert_array_equal(device.to_host(grad2), device.to_host(grad))
+    # a seed still on the device (a 0-d array) is a valid scale
+    seed = device.to_device(np.array(0.5 * scale, dtype=dtype))
+    np.testing.assert_allclose(device.to_host(CU(name + "_backward")(xd, td, seed)),
+                               REF[name + "_backward"](x, t, 0.5 * scale), **tol(dtype))
+
+
+def test_loss_kernels_of_empty_arrays(device):
+    empty = device.to_device(np.zeros((0, 3), np.float32))
+    assert float(CU("mse_forward")(empty, empty)) == 0.0
+    total, grad = CU("bce_with_logits_forward_backward")(empty, empty, 1.0)
+    assert float(total) == 0.0 and grad.shape == (0, 3)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("momentum,nesterov", [(0.0, False), (0.9, False), (0.9, True)])
+@pytest.mark.parametrize("weight_decay", [0.0, 0.01])
+def test_sgd_update_equals_the_reference_bit_for_bit(device, dtype, momentum, nesterov,
+                                                     weight_decay):
+    """+ - * only, rounded like NumPy (--fmad=false): the same bits."""
+    rng = np.random.default_rng(6)
+    p = rng.standard_normal((13, 7)).astype(dtype)
+    velocity = np.zeros_like(p) if momentum else None
+    p_dev = device.to_device(p)
+    v_dev = device.to_device(velocity) if momentum else None
+    for step in range(4):
+        g = rng.standard_normal(p.shape).astype(dtype)
+        if step == 3:
+            g[:2] = 0  # velocities decay towards subnormals: flushed to 0 in both
+            if momentum:
+                velocity[:2] = 1e-39 if dtype == np.float32 else 1e-309
+                v_dev = device.to_device(velocity)
+        REF["sgd_update"](p, g, velocity, 0.1, momentum, weight_decay, nesterov)
+        CU("sgd_update")(p_dev, device.to_device(g), v_dev, 0.1, momentum, weight_decay,
+                         nesterov)
+        np.testing.assert_array_equal(device.to_host(p_dev), p)
+        if momentum:
+            np.testing.assert_array_equal(device.to_host(v_dev), velocity)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("weight_decay,decoupled", [(0.0, False), (0.1, False), (0.1, True)])
+def test_adam_update_equals_the_reference_bit_for_bit(device, dtype, weight_decay, decoupled):
+    """+ - * / and sqrt, in the reference's precisions and rounding: the same bits."""
+    rng = np.random.default_rng(7)
+    p = rng.standard_normal((13, 7)).astype(dtype)
+    m, v = np.zeros_like(p), np.zeros_like(p)
+    m[0, :3] = 1e-39 if dtype == np.float32 else 1e-309  # subnormal: flushed
+    p_dev, m_dev, v_dev = (device.to_device(a) for a in (p, m, v))
+    for step in range(1, 5):
+        g = rng.standard_normal(p.shape).astype(dtype)
+        g[0] = 0
+        REF["adam_update"](p, g, m, v, 1e-2, 0.9, 0.999, 1e-8, weight_decay, step, decoupled)
+        CU("adam_update")(p_dev, device.to_device(g), m_dev, v_dev, 1e-2, 0.9, 0.999, 1e-8,
+                          weight_decay, step, decoupled)
+        for dev, ref in ((p_dev, p), (m_dev, m), (v_dev, v)):
+            np.testing.assert_array_equal(device.to_host(dev), ref)
+    if not weight_decay or decoupled:  # (Adam's L2 term makes those gradients nonzero)
+        assert (m[0, :3] == 0).all() and (v[0] == 0).all()
+
+
+def test_cupy_kernels_refuse_host_arrays_naming_both_sides():
+    a = np.zeros((2, 3), np.float32)
+    with pytest.raises(TypeError, match=r"run on the GPU \(cuda\).*on the host \(cpu\)"):
+        CU("dense_forward")(a, np.zeros(3, np.float32), "relu", 0.0)
+    with pytest.raises(TypeError, match="model.to\\('cuda'\\)"):
+        CU("adam_update")(a, a, a, a, 1e-3, 0.9, 0.999, 1e-8, 0.0, 1, False)
+
+
+def test_cupy_kernels_are_written_for_float32_and_float64():
+    with pytest.raises(TypeError, match="float32 and float64, not float16"):
+        _cuda.suffix(np.float16)
+
+
+# ----------------------------------------------------------------------------
+# the backend on the GPU
+# ----------------------------------------------------------------------------
+
+@pytest.fixture
+def gpu():
+    if GPU_MISSING is not None:
+        pytest.skip(f"needs CuPy and a CUDA device: {GPU_MISSING}")
+    import cupy
+    return cupy
+
+
+def _host(a):
+    return a.get() if hasattr(a, "get") else np.asarray(a)
+
+
+@needs_gpu
+def test_backend_selection_and_where_tensors_live(gpu):
+    with mg.set_backend("cupy") as backend:
+        assert (backend.name, backend.device, backend.xp, backend.fused) == \
+            ("cupy", "cuda", gpu, True)
+        for data in ([1.0, 2.0], np.arange(3.0), 2.5):
+            t = mg.Tensor(data)
+            assert t.device == "cuda" and isinstance(t.numpy(), np.ndarray)
+        layer = nn.Dense(4, 3)
+        assert {p.device for p in layer.parameters()} == {"cuda"}
+    out = subprocess.run([sys.executable, "-c", "import minigrad; b = minigrad.get_backend();"
+                          "print(b.name, b.device)"], capture_output=True, text=True,
+                         cwd=ROOT, env=dict(os.environ, MINIGRAD_BACKEND="cupy"), timeout=300)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert out.stdout.strip() == "cupy cuda"
+
+
+@needs_gpu
+def test_module_to_moves_parameters_in_place(gpu):
+    with mg.set_backend("numpy"):
+        layer = nn.Dense(4, 3, rng=0)
+    weight = layer.weight
+    before = layer.weight.numpy()
+    layer.weight.grad = np.ones((4, 3), np.float32)
+    assert layer.to("cuda") is layer
+    assert layer.weight is weight and weight.device == "cuda" and weight.grad is None
+    np.testing.assert_array_equal(weight.numpy(), before)
+    layer.to("cpu")
+    assert isinstance(weight.data, np.ndarray)
+    np.testing.assert_array_equal(weight.data, before)
+
+
+@needs_gpu
+def test_mixing_host_and_device_tensors_names_both_devices(gpu):
+    a = mg.Tensor(np.ones(3, np.float32))
+    b = a.to("cuda")
+    with pytest.raises(RuntimeError, match="cpu.*cuda|cuda.*cpu"):
+        a + b
+    with pytest.raises(RuntimeError, match="cpu.*cuda|cuda.*cpu"):
+        a + gpu.ones(3, np.float32)
+    np.testing.assert_array_equal((b + np.ones(3, np.float32)).numpy(), 2 * np.ones(3))
+
+
+@needs_gpu
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+@pytest.mark.parametrize("activation", ACTIVATIONS)
+@pytest.mark.parametrize("loss", ["bce", "mse"])
+def test_dense_and_loss_gradients_match_across_backends(gpu, dtype, activation, loss):
+    rng = np.random.default_rng(8)
+    x = rng.random((33, 20)).astype(dtype)
+    results = {}
+    for backend in ("numpy", "numba", "cupy"):
+        try:
+            switch = mg.set_backend(backend)
+        except ImportError as error:
+            pytest.skip(f"backend {backend!r}: {error}")
+        with switch:
+            model = nn.Sequential(nn.Dense(20, 9, activation, dtype=dtype, rng=1),
+                                  nn.Dense(9, 20, None, dtype=dtype, rng=2))
+            xt = mg.Tensor(x)
+            out = model(xt)
+            value = (losses.binary_cross_entropy_with_logits(out, xt, reduction="sum")
+                     if loss == "bce" else losses.mse(out, xt))
+            value.backward()
+            results[backend] = (value.item(), [_host(p.grad) for p in model.parameters()])
+    t = dict(rtol=2e-4, atol=2e-5) if dtype == "float32" else dict(rtol=1e-9, atol=1e-11)
+    for backend in ("numba", "cupy"):
+        assert math.isclose(results[backend][0], results["numpy"][0], rel_tol=t["rtol"])
+        for got, want in zip(results[backend][1], results["numpy"][1]):
+            np.testing.assert_allclose(got, want, **t)
+
+
+def _flavors():
+    from autoencoders import (ContractiveAutoencoder, DenoisingAutoencoder,
+                              SparseAutoencoder, VanillaAutoencoder, VariationalAutoencoder)
+    return [VanillaAutoencoder, DenoisingAutoencoder, SparseAutoencoder,
+            ContractiveAutoencoder, VariationalAutoencoder]
+
+
+@needs_gpu
+@pytest.mark.parametrize("flavor", _flavors(), ids=lambda c: c.flavor)
+@pytest.mark.parametrize("loss", ["bce", "mse"])
+def test_autoencoder_loss_and_gradients_numpy_vs_cupy(gpu, flavor, loss):
+    rng = np.random.default_rng(9)
+    X = rng.random((16, 12))
+    results = {}
+    for backend, device_name in (("numpy", "cpu"), ("cupy", "cuda")):
+        with mg.set_backend(backend):
+            model = flavor([12, 8, 3], loss=loss, dtype="float64", seed=3)
+            assert {p.device for p in model.parameters()} == {device_name}
+            total, terms = model.loss(X, rng=np.random.default_rng(4))
+            total.backward()
+            results[backend] = (terms, {n: _host(p.grad) for n, p in model.named_parameters()})
+    (terms_np, grads_np), (terms_cu, grads_cu) = results["numpy"], results["cupy"]
+    assert terms_np.keys() == terms_cu.keys()
+    for key in terms_np:
+        assert math.isclose(terms_cu[key], terms_np[key], rel_tol=1e-9, abs_tol=1e-12), key
+    for name in grads_np:
+        np.testing.assert_allclose(grads_cu[name], grads_np[name], rtol=1e-8, atol=1e-10,
+                                   err_msg=name)
+
+
+@needs_gpu
+def test_fit_with_backend_cupy_trains_like_numpy_and_leaves_the_model_on_the_gpu(gpu):
+    from autoencoders import VanillaAutoencoder
+    X = np.random.default_rng(10).random((64, 12))
+    models = {}
+    for backend in ("numpy", "cupy"):
+        model = VanillaAutoencoder([12, 6, 3], dtype="float64", seed=1)
+        history = model.fit(X, epochs=3, batch_size=16, progress=False, backend=backend)
+        models[backend] = (model, history)
+    (m_np, h_np), (m_cu, h_cu) = models["numpy"], models["cupy"]
+    np.testing.assert_allclose(h_cu["total"], h_np["total"], rtol=1e-9)
+    assert {p.device for p in m_cu.parameters()} == {"cuda"}
+    assert mg.get_backend().name != "cupy" or os.environ.get("MINIGRAD_BACKEND") == "cupy"
+    codes = m_cu.transform(X)
+    assert isinstance(codes, np.ndarray)
+    with mg.set_backend("cupy"):
+        np.testing.assert_allclose(codes, m_np.transform(X), rtol=1e-8, atol=1e-10)
+    for (name, a), (_, b) in zip(m_cu.state_dict().items(), m_np.state_dict().items()):
+        np.testing.assert_allclose(a, b, rtol=1e-8, atol=1e-10, err_msg=name)
+
+
+# ----------------------------------------------------------------------------
+# without a GPU: clear errors
+# ----------------------------------------------------------------------------
+
+@pytest.mark.skipif(GPU_MISSING is None, reason="a GPU is present: the error path is not reachable")
+def test_cupy_backend_without_a_gpu_says_what_is_missing():
+    with pytest.raises((ImportError, RuntimeError), match="CuPy|CUDA device"):
+        mg.set_backend("cupy")
+    out = subprocess.run([sys.executable, "-c", "import minigrad; minigrad.get_backend()"],
+                         capture_output=True, text=True, cwd=ROOT, timeout=300,
+                         env=dict(os.environ, MINIGRAD_BACKEND="cupy"))
+    assert out.returncode != 0
+    assert "CuPy" in out.stderr or "CUDA device" in out.stderr, out.stderr[-2000:]
+
+
+@pytest.mark.skipif(GPU_MISSING is None, reason="a GPU is present: the error path is not reachable")
+def test_fit_and_module_to_without_a_gpu_fail_clearly_and_change_nothing():
+    from autoencoders import VanillaAutoencoder
+    before = mg.get_backend()
+    model = VanillaAutoencoder([6, 3], seed=0)
+    weights = model.state_dict()
+    with pytest.raises((ImportError, RuntimeError), match="CuPy|CUDA device"):
+        model.fit(np.random.default_rng(0).random((8, 6)), epochs=1, backend="cupy",
+                  progress=False)
+    assert mg.get_backend() is before
+    with pytest.raises((ImportError, RuntimeError), match="CuPy|CUDA device"):
+        model.to("cuda")
+    assert {p.device for p in model.parameters()} == {"cpu"}
+    for name, w in model.state_dict().items():
+        np.testing.assert_array_equal(w, weights[name])
+
+
+def test_importing_the_cupy_kernels_imports_no_cupy():
+    code = ("import sys, minigrad\n"
+            "from minigrad import kernels\n"
+            "table = kernels.table('cupy')\n"
+            "assert 'cupy' not in sys.modules, 'cupy imported'\n"
+            "print(len(table))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         cwd=ROOT, timeout=300,
+                         env={k: v for k, v in os.environ.items() if k != "MINIGRAD_BACKEND"})
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert int(out.stdout) == len(kernels.names())
+
+
+class _FakeDeviceArray:
+    """Looks like a CuPy array to minigrad's device checks (its type's module starts
+    with "cupy"); enough of an array for the error paths, no GPU needed."""
+
+    def __init__(self, shape):
+        self.shape, self.dtype, self.ndim = tuple(shape), np.dtype(np.float32), len(shape)
+        self.size = int(np.prod(shape))
+
+
+_FakeDeviceArray.__module__ = "cupy_fake"
+
+
+def test_mixing_devices_names_both_without_a_gpu():
+    host = mg.Tensor(np.ones((2, 3), np.float32))
+    device = mg.Tensor._wrap(_FakeDeviceArray((2, 3)), False)
+    assert device.device == "cuda"
+    for a, b in ((host, device), (device, host)):
+        with pytest.raises(RuntimeError) as info:
+            mg.add(a, b)
+        message = str(info.value)
+        assert "cpu" in message and "cuda" in message and "add" in message, message
+        assert ".to(" in message
+    with pytest.raises(RuntimeError, match="cpu.*cuda"):
+        mg.mul(host, _FakeDeviceArray((2, 3)))  # a raw device array next to host tensors
+
+
+def test_a_fused_layer_refuses_data_on_another_device_without_a_gpu():
+    try:
+        switch = mg.set_backend("numba")
+    except ImportError as error:
+        pytest.skip(f"the numba backend: {error}")
+    with switch:
+        layer = nn.Dense(3, 2)
+        x = mg.Tensor._wrap(_FakeDeviceArray((4, 3)), False)
+        with pytest.raises(RuntimeError, match="input is on cuda but the active backend "
+                                               "'numba' computes on cpu"):
+            layer(x)
