@@ -24,10 +24,7 @@ def numpy_backend():
         yield
 
 
-def bars(n, seed, size=8, p=0.15):
-    rng = np.random.default_rng(seed)
-    rows, cols = rng.random((n, size)) < p, rng.random((n, size)) < p
-    return (rows[:, :, None] | cols[:, None, :]).reshape(n, -1).astype(np.float32)
+from test_autoencoders import bars  # noqa: E402  (the shared synthetic "bars" images)
 
 
 X_TRAIN, X_TEST = bars(400, seed=0), bars(200, seed=1)
