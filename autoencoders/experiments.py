@@ -164,7 +164,8 @@ def manifold(options, run):
     if options.flavor != "variational":
         raise SystemExit("manifold trains a variational autoencoder: use --flavor variational")
     size = options.image_size
-    images, _, _ = datasets.blocks(options.n, size=size, seed=options.seed)
+    images, train_heights, train_widths = datasets.blocks(options.n, size=size,
+                                                          seed=options.seed)
     # held-out blocks from a generator seeded apart from the training set
     test_images, heights, widths = datasets.blocks(options.n_test, size=size,
                                                    seed=options.seed + 1_000_003)
@@ -177,9 +178,11 @@ def manifold(options, run):
 
     codes = model.transform(X_test)
     recon = model.inverse_transform(codes)
-    train_images, train_heights, train_widths = datasets.blocks(
-        min(options.n, 10_000), size=size, seed=options.seed)
-    train_codes = model.transform(train_images.reshape(len(train_images), -1))
+    # the k-NN regression reads height and width off the codes of (up to) 10,000
+    # training images, whose sizes the generator already returned
+    n_reference = min(len(X), 10_000)
+    train_codes = model.transform(X[:n_reference])
+    train_heights, train_widths = train_heights[:n_reference], train_widths[:n_reference]
     k = min(10, len(train_codes))
     elbo = float(np.mean(model.elbo(X_test, rng=np.random.default_rng(options.seed))))
     results = {
