@@ -478,8 +478,7 @@ class Autoencoder(nn.Module):
     def _tensor(self, array):
         """A Tensor on the parameters' device from a host array of the model's dtype."""
         params = self.parameters()
-        xp = params[0].xp if params else numpy
-        return Tensor(xp.asarray(array, dtype=self.dtype))
+        return Tensor(array, dtype=self.dtype, device=params[0].device if params else None)
 
     def _noise(self, rng, shape):
         """Standard normal noise of ``shape`` from ``rng``, as a Tensor of the model's dtype."""

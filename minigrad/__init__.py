@@ -12,7 +12,7 @@ backward pass), :mod:`minigrad.functions` (the primitives, forward and backward
 side by side), :mod:`minigrad.backend` (the array namespace and kernel table),
 :mod:`minigrad.gradcheck` (finite-difference checks).
 """
-from .backend import available_backends, get_backend, set_backend
+from .backend import available_backends, backend_for, get_backend, set_backend
 from .tensor import Function, Tensor, as_tensor, enable_grad, is_grad_enabled, no_grad
 from .functions import (abs, add, broadcast_to, clip, concatenate, div, exp, getitem,
                         leaky_relu, log, log_sigmoid, logsumexp, matmul, max, maximum,
@@ -25,7 +25,7 @@ __version__ = "0.1.0"
 
 __all__ = [
     "Tensor", "Function", "as_tensor", "no_grad", "enable_grad", "is_grad_enabled",
-    "gradcheck", "nn", "losses", "optim", "get_backend", "set_backend", "available_backends",
+    "gradcheck", "nn", "losses", "optim", "get_backend", "set_backend", "backend_for", "available_backends",
     "abs", "add", "broadcast_to", "clip", "concatenate", "div", "exp", "getitem",
     "leaky_relu", "log", "log_sigmoid", "logsumexp", "matmul", "max", "maximum", "mean",
     "minimum", "mul", "neg", "pow", "relu", "reshape", "sigmoid", "softplus", "sqrt",

@@ -25,8 +25,13 @@ when Numba can be imported, else ``"numpy"``.
 CUDA device, raises an error that says which is missing.  Under it, tensors made
 from Python data or NumPy arrays are created on the GPU, and new layers put their
 parameters there; a model made before the switch moves with ``model.to("cuda")``.
-Kernels follow the active backend, not the data: a CPU backend's kernels refuse
-device arrays, and the CuPy kernels refuse host arrays, each naming both sides.
+
+Operations run where their data is (:func:`backend_for`): the fused layers,
+losses and optimizer updates take the active backend's kernels when it computes
+on their data's device, else that device's own -- CuPy's for GPU data, the
+default CPU backend's for host data.  So a model trained on the GPU still
+encodes, decodes and trains after ``set_backend("numba")``, on the GPU.  Operands
+on different devices are an error that names both; nothing is copied silently.
 """
 from __future__ import annotations
 
@@ -36,7 +41,7 @@ import threading
 
 import numpy
 
-__all__ = ["Backend", "get_backend", "set_backend", "register_backend",
+__all__ = ["Backend", "get_backend", "set_backend", "backend_for", "register_backend",
            "available_backends", "array_namespace", "device_of"]
 
 
@@ -100,6 +105,13 @@ def _default_name():
             raise ValueError(f"MINIGRAD_BACKEND={name!r} is not a backend; "
                              f"expected one of {available_backends()}")
         return name
+    return _default_cpu_name()
+
+
+def _default_cpu_name():
+    name = os.environ.get("MINIGRAD_BACKEND", "").strip().lower()
+    if name in ("numpy", "numba"):
+        return name
     if "numba" in _FACTORIES and importlib.util.find_spec("numba") is not None:
         return "numba"
     return "numpy"
@@ -111,6 +123,19 @@ def get_backend():
     if _active is None:
         _active = _build(_default_name())
     return _active
+
+
+def backend_for(device):
+    """The backend whose kernels compute on ``device`` ("cpu" or "cuda").
+
+    The active backend when it computes there; otherwise the device's own:
+    "cupy" for "cuda", and for "cpu" the CPU backend ``MINIGRAD_BACKEND`` names,
+    else "numba" when Numba is installed, else "numpy".
+    """
+    active = get_backend()
+    if active.device == device:
+        return active
+    return _build("cupy" if device == "cuda" else _default_cpu_name())
 
 
 class _BackendSwitch:

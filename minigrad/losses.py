@@ -19,7 +19,7 @@ import math
 import numpy
 
 from . import functions as F
-from .backend import get_backend
+from .backend import backend_for
 from .tensor import Function, as_tensor, is_grad_enabled
 
 __all__ = ["mse", "binary_cross_entropy", "binary_cross_entropy_with_logits",
@@ -91,7 +91,7 @@ def _target_grad(name, pred, target, scale):
 
 def _fused(name, pred, target, reduction):
     """The fused kernel node, where the backend has one and the reduction allows."""
-    backend = get_backend()
+    backend = backend_for(pred.device)
     if (not backend.fused or reduction not in ("mean", "sum") or pred.dtype != target.dtype
             or pred.size == 0):
         return None

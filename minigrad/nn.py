@@ -11,7 +11,7 @@ import math
 import numpy
 
 from . import functions as F
-from .backend import get_backend
+from .backend import backend_for, get_backend
 from .tensor import Function, Tensor
 
 __all__ = ["Parameter", "Module", "Dense", "DenseFunction", "Sequential", "ReLU", "LeakyReLU", "Sigmoid",
@@ -274,12 +274,7 @@ class Dense(Module):
         if x.ndim == 0 or x.shape[-1] != self.in_features:
             raise ValueError(f"Dense({self.in_features}, {self.out_features}): input has shape "
                              f"{x.shape}; expected (..., {self.in_features})")
-        backend = get_backend()
-        if backend.fused and x.device != backend.device:
-            raise RuntimeError(f"Dense: the input is on {x.device} but the active backend "
-                               f"{backend.name!r} computes on {backend.device}; select the "
-                               f"backend of the data (minigrad.set_backend(...)) or move the "
-                               f"model and data with .to({backend.device!r})")
+        backend = backend_for(x.device)  # the kernels of the device the data is on
         if backend.fused and x.ndim == 2 and x.dtype == self.weight.dtype:
             return DenseFunction.apply(x, self.weight, self.bias, activation=self.activation,
                                        slope=self.negative_slope, kernels=backend.kernels)

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import numpy
 
-from .backend import get_backend
+from .backend import backend_for
 from .tensor import Tensor
 
 __all__ = ["Optimizer", "SGD", "Adam", "AdamW"]
@@ -139,10 +139,10 @@ class SGD(Optimizer):
     def step(self):
         """One update of every parameter that has a gradient."""
         self.step_count += 1
-        update = get_backend().kernel("sgd_update")
         for i, p in enumerate(self.params):
             if p.grad is None:
                 continue
+            update = backend_for(p.device).kernel("sgd_update")
             if self.momentum and self.velocity[i] is None:
                 self.velocity[i] = p.xp.zeros_like(p.data)
             update(p.data, p.grad, self.velocity[i], self.lr, self.momentum,
@@ -183,10 +183,10 @@ class Adam(Optimizer):
     def step(self):
         """One update of every parameter that has a gradient."""
         self.step_count += 1
-        update = get_backend().kernel("adam_update")
         for i, p in enumerate(self.params):
             if p.grad is None:
                 continue
+            update = backend_for(p.device).kernel("adam_update")
             self.steps[i] += 1
             update(p.data, p.grad, self.m[i], self.v[i], self.lr, self.beta1, self.beta2,
                    self.eps, self.weight_decay, self.steps[i], self.decoupled)

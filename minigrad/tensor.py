@@ -186,18 +186,27 @@ def unbroadcast(grad, shape, dtype):
 # Tensor
 # ----------------------------------------------------------------------------
 
-def _as_array(data, dtype):
+def _as_array(data, dtype, device=None):
     """The backend array for ``data``, with the dtype rules of :class:`Tensor`.
 
-    Where it lives: a CuPy array stays on its device; everything else -- Python
-    numbers and lists, NumPy arrays and scalars -- goes where the active backend
-    computes, so under the "cupy" backend ``Tensor(numpy_array)`` is a GPU copy
-    (as with PyTorch's default device).  Under the CPU backends a NumPy array is
-    used as it is, without a copy.  ``.numpy()`` always gives a host array back.
+    Where it lives: on ``device`` when one is given (copied there if need be);
+    else a CuPy array stays on its device and everything else -- Python numbers
+    and lists, NumPy arrays and scalars -- goes where the active backend computes,
+    so under the "cupy" backend ``Tensor(numpy_array)`` is a GPU copy (as with
+    PyTorch's default device).  A NumPy array that stays on the host is used as
+    it is, without a copy.  ``.numpy()`` always gives a host array back.
     """
-    xp = array_namespace(data)
-    if xp is numpy:
-        xp = get_backend().xp
+    if device is None:
+        xp = array_namespace(data)
+        if xp is numpy:
+            xp = get_backend().xp
+    elif _check_device(device) == "cpu":
+        if device_of(data) == "cuda":
+            data = data.get()
+        xp = numpy
+    else:
+        from .backend import require_cupy
+        xp = require_cupy()
     if dtype is not None:
         return xp.asarray(data, dtype=dtype)
     if isinstance(data, (numbers.Number, list, tuple)):
@@ -216,18 +225,20 @@ def _as_array(data, dtype):
 class Tensor:
     """An n-d array that records the operations applied to it.
 
-    ``Tensor(data, requires_grad=False, dtype=None)``: Python numbers and lists
-    become float32; arrays keep their dtype (float64 for gradient checks);
-    integer and boolean tensors cannot require a gradient.
+    ``Tensor(data, requires_grad=False, dtype=None, device=None)``: Python numbers
+    and lists become float32; arrays keep their dtype (float64 for gradient
+    checks); integer and boolean tensors cannot require a gradient.  ``device``
+    ("cpu" or "cuda") says where the data lives; by default a CuPy array stays on
+    the GPU and anything else goes to the active backend's device.
     """
 
     # NumPy defers to our reflected operators (``2.0 * t``, ``array + t``).
     __array_ufunc__ = None
 
-    def __init__(self, data, requires_grad=False, dtype=None):
+    def __init__(self, data, requires_grad=False, dtype=None, device=None):
         if isinstance(data, Tensor):
             data = data.data
-        self.data = _as_array(data, dtype)
+        self.data = _as_array(data, dtype, device)
         self._node = None
         self._released = False
         self.grad = None

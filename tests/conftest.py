@@ -1,16 +1,25 @@
 """Shared fixtures and Hypothesis strategies.
 
-* ``backend``: runs a test once per CPU backend ("numpy", the plain reference, and
-  "numba", the fused kernels), restoring the previous backend afterwards; the
-  Numba run is skipped when Numba is not installed.
+* ``backend``: runs a test once per backend, restoring the previous backend
+  afterwards: "numpy" (the plain reference), "numba" (the fused CPU kernels),
+  "cupy" (the GPU) and "cupy-emulated" (the 'cupy' backend on a host stand-in for
+  CuPy, see ``cupy_emulation.py``; the test sees the name "cupy").  A run whose
+  backend is missing here is skipped with the reason: Numba not installed, no
+  CuPy or no CUDA device, no C++20 compiler for the emulation.
+* ``host_library``: every CUDA kernel compiled for the host (once per session).
+* ``pytest --cupy-emulated``: the whole suite with the emulated 'cupy' backend as
+  the default backend -- what ``MINIGRAD_BACKEND=cupy pytest`` does on a GPU.
 * ``arrays(shape, dtype, low, high, strided=None)``: float arrays, sometimes a
   non-contiguous view (every other row of a larger array).
 * ``FLOAT_DTYPES``, ``float_dtypes``, ``small_shapes``, ``matrix_shapes``.
+* ``host(a)`` / ``put(tensor, values)``: read and write data on any device.
 
 Test modules import the strategies with ``from conftest import ...`` (pytest puts
 this folder on ``sys.path``).
 """
 import importlib.util
+import os
+import tempfile
 
 import numpy as np
 import pytest
@@ -20,7 +29,7 @@ from hypothesis.extra import numpy as hnp
 import minigrad as mg
 
 HAS_NUMBA = importlib.util.find_spec("numba") is not None
-BACKENDS = ["numpy", "numba"]
+BACKENDS = ["numpy", "numba", "cupy", "cupy-emulated"]
 FLOAT_DTYPES = [np.float32, np.float64]
 
 float_dtypes = st.sampled_from(FLOAT_DTYPES)
@@ -39,6 +48,19 @@ def arrays(draw, shape, dtype, low=-4.0, high=4.0, strided=None):
     return a[::2] if strided and shape else a
 
 
+def host(a):
+    """A host NumPy copy of an array or Tensor, wherever it lives (CuPy arrays do not
+    convert to NumPy implicitly)."""
+    if hasattr(a, "numpy"):
+        return a.numpy()
+    return a.get() if hasattr(a, "get") else np.array(a, copy=True)
+
+
+def put(tensor, values):
+    """Write host ``values`` into ``tensor``'s data, on the tensor's device."""
+    tensor.data[...] = tensor.xp.asarray(values, dtype=tensor.dtype)
+
+
 def tolerance(dtype):
     """assert_allclose tolerances for comparing two implementations in ``dtype``."""
     if np.dtype(dtype) == np.float32:
@@ -46,10 +68,75 @@ def tolerance(dtype):
     return dict(rtol=1e-12, atol=1e-12)
 
 
+def gpu_missing():
+    """None when the real 'cupy' backend can run here, else why not."""
+    from minigrad.backend import require_cupy
+    try:
+        require_cupy()
+        return None
+    except (ImportError, RuntimeError) as error:
+        return str(error)
+
+
+GPU_MISSING = gpu_missing()
+
+
+def build_host_library(folder):
+    """Every CUDA kernel compiled for the host, or the reason it cannot be."""
+    import cuda_sources as cs
+    compiler = cs.host_compiler()
+    if compiler is None:
+        return None, "cupy-emulated needs a C++ compiler (g++ or clang++ on PATH, or $CXX)"
+    try:
+        return cs.HostLibrary(cs.all_specs(), folder, compiler), None
+    except RuntimeError as error:
+        return None, (f"cupy-emulated: the host compiler could not build the kernels "
+                      f"(C++20 <barrier> needed): {error}")
+
+
+@pytest.fixture(scope="session")
+def host_library(tmp_path_factory):
+    library, why = build_host_library(str(tmp_path_factory.mktemp("cuda_host")))
+    if library is None:
+        pytest.skip(why)
+    return library
+
+
 @pytest.fixture(params=BACKENDS)
-def backend(request):
+def backend(request, monkeypatch):
     """The name of the active backend, switched for the duration of the test."""
-    if request.param == "numba" and not HAS_NUMBA:
+    name = request.param
+    if name == "numba" and not HAS_NUMBA:
         pytest.skip("the numba backend needs numba")
-    with mg.set_backend(request.param):
-        yield request.param
+    if name == "cupy" and GPU_MISSING is not None:
+        pytest.skip(f"needs CuPy and a CUDA device: {GPU_MISSING}")
+    if name == "cupy-emulated":
+        if request.config.getoption("--cupy-emulated"):
+            pytest.skip("--cupy-emulated: the 'cupy' run is the emulated one already")
+        import cupy_emulation
+        cupy_emulation.install(monkeypatch, request.getfixturevalue("host_library"))
+        name = "cupy"
+    with mg.set_backend(name):
+        yield name
+
+
+def pytest_addoption(parser):
+    parser.addoption("--cupy-emulated", action="store_true",
+                     help="run the whole suite with the 'cupy' backend, as "
+                          "MINIGRAD_BACKEND=cupy does on a GPU, on CuPy emulated on the "
+                          "host (tests/cupy_emulation.py)")
+
+
+def pytest_configure(config):
+    if not config.getoption("--cupy-emulated"):
+        return
+    library, why = build_host_library(tempfile.mkdtemp(prefix="minigrad_cuda_host_"))
+    if library is None:
+        raise pytest.UsageError(why)
+    import cupy_emulation
+    cupy_emulation.install_for_session(library)
+    # as on a GPU machine: the 'cupy' backend is the default, and it is "present"
+    os.environ["MINIGRAD_BACKEND"] = "cupy"
+    global GPU_MISSING
+    GPU_MISSING = None
+    mg.set_backend("cupy")

@@ -1,7 +1,7 @@
 """The CUDA code of the CuPy kernels, as the GPU-free tests compile and run it.
 
-Used by ``test_cuda_compile.py`` (NVRTC) and ``test_cuda_emulated.py`` (the same
-code compiled for the host by a C++ compiler).  Needs neither CuPy nor a GPU,
+Used by ``test_cuda_compile.py`` (NVRTC) and ``cupy_emulation.py`` (the same code
+compiled for the host by a C++ compiler, :class:`HostLibrary`).  Needs neither CuPy nor a GPU,
 except :func:`cupy_generated_source`, which asks CuPy's own code generator.
 
 * :func:`registered_specs` -- ``{kernel name: (spec, ...)}`` for every kernel with a
@@ -15,6 +15,8 @@ except :func:`cupy_generated_source`, which asks CuPy's own code generator.
   wrappers hand to CuPy, which reduces them to one dimension).
 * :func:`cupy_generated_source` -- the full source CuPy itself generates for the
   spec, from CuPy's private generator, or a RuntimeError saying why not.
+* :class:`HostLibrary` -- every spec compiled for the host into one shared library
+  (CUDA blocks' threads as std::threads, see :data:`HOST_SHIM`).
 """
 from __future__ import annotations
 
@@ -241,21 +243,15 @@ def host_launchers(source):
     return "".join(out)
 
 
-# -- a stand-in for CuPy that runs the kernels on the host ------------------------------
+# -- the kernels compiled for the host ---------------------------------------------------
 
 import ctypes  # noqa: E402
 import hashlib  # noqa: E402
 import os  # noqa: E402
 import shutil  # noqa: E402
 import subprocess  # noqa: E402
-import types  # noqa: E402
 
 import numpy  # noqa: E402
-
-_C_SCALARS = {"float": ctypes.c_float, "double": ctypes.c_double, "int": ctypes.c_int,
-              "long long": ctypes.c_longlong, "unsigned int": ctypes.c_uint,
-              "bool": ctypes.c_bool}
-
 
 def host_compiler():
     """A C++ compiler on PATH (``$CXX``, g++ or clang++), or None."""
@@ -294,138 +290,3 @@ class HostLibrary:
             raise RuntimeError(f"{' '.join(cmd)} failed:\n{out.stderr[-4000:]}")
         self.lib = ctypes.CDLL(lib)
         self.specs = {spec.name: spec for spec in specs if spec.kind == "elementwise"}
-
-
-class DeviceArray(numpy.ndarray):
-    """A host array standing in for a ``cupy.ndarray`` (its type's module is
-    ``cupy_emulated``, which is what the kernels check)."""
-
-
-DeviceArray.__module__ = "cupy_emulated"
-
-
-def device_array(a, dtype=None):
-    return numpy.array(a, dtype=dtype, copy=True, order="C").view(DeviceArray)
-
-
-def host_array(a):
-    return numpy.array(numpy.asarray(a).view(numpy.ndarray), copy=True)
-
-
-def _pointer(a):
-    if not a.flags.c_contiguous:
-        raise AssertionError("a non-contiguous array reached a kernel pointer argument")
-    return ctypes.c_void_p(a.ctypes.data)
-
-
-class _FakeElementwise:
-    def __init__(self, library, name):
-        self.library, self.spec = library, library.specs[name]
-
-    def __call__(self, *args):
-        plist = params(self.spec)
-        nin = sum(not p.output for p in plist)
-        if len(args) not in (nin, len(plist)):
-            raise TypeError(f"{self.spec.name}: {len(args)} arguments for {len(plist)} "
-                            f"parameters")
-        arrays = [a for p, a in zip(plist, args) if not p.scalar and not p.raw]
-        dtype = next(numpy.dtype(a.dtype) for p, a in zip(plist, args)
-                     if p.type == "T" and not p.scalar)
-        shape = numpy.broadcast_shapes(*(numpy.shape(a) for a in arrays))
-        outs = list(args[nin:]) or [numpy.empty(shape, dtype).view(DeviceArray)
-                                    for p in plist if p.output]
-        work, c_args = [], []
-        for p, a in zip(plist, list(args[:nin]) + outs):
-            if p.scalar:
-                value = a.item() if hasattr(a, "item") else a
-                c_args.append(_C_SCALARS[p.ctype(dtype.name)](value))
-            elif p.raw:
-                c_args.append(_pointer(a))
-            elif p.output:
-                if a.shape != shape or a.dtype != (dtype if p.type == "T" else p.type):
-                    raise TypeError(f"{self.spec.name}: output {p.name} of shape {a.shape}, "
-                                    f"dtype {a.dtype}; expected {shape}, {dtype}")
-                buf = a if a.flags.c_contiguous else numpy.ascontiguousarray(a)
-                work.append((a, buf))
-                c_args.append(_pointer(buf))
-            else:
-                if p.type == "T" and a.dtype != dtype:
-                    raise TypeError(f"{self.spec.name}: {p.name} has dtype {a.dtype}, "
-                                    f"expected {dtype}")
-                buf = numpy.ascontiguousarray(numpy.broadcast_to(a, shape))
-                work.append((None, buf))
-                c_args.append(_pointer(buf))
-        c_args.append(ctypes.c_longlong(int(numpy.prod(shape))))
-        getattr(self.library.lib, f"{self.spec.name}_harness_{dtype.name}")(*c_args)
-        for a, buf in work:
-            if a is not None and buf is not a:
-                a[...] = buf
-        return outs[0] if len(outs) == 1 else tuple(outs)
-
-
-class _FakeRawKernel:
-    def __init__(self, library, name, signature):
-        self.fn = getattr(library.lib, f"mg_launch_{name}")
-        self.name, self.signature = name, signature
-
-    def __call__(self, grid, block, args):
-        grid, block = tuple(grid) + (1,) * (3 - len(grid)), tuple(block) + (1,) * (3 - len(block))
-        if len(args) != len(self.signature):
-            raise TypeError(f"{self.name}: {len(args)} arguments for {len(self.signature)}")
-        c_args = [ctypes.c_uint(int(g)) for g in grid + block]
-        for (ctype, pname), a in zip(self.signature, args):
-            if "*" in ctype:
-                expected = ctype.replace("const", "").replace("*", "").strip()
-                if {"float": "float32", "double": "float64",
-                        "unsigned int": "uint32"}[expected] != a.dtype.name:
-                    raise TypeError(f"{self.name}: {pname} is {a.dtype}, the kernel takes "
-                                    f"{ctype}")
-                c_args.append(_pointer(a))
-            else:
-                if not isinstance(a, numpy.generic):
-                    raise TypeError(f"{self.name}: pass {pname} as a NumPy scalar (the C "
-                                    f"type is {ctype}), got {type(a).__name__}")
-                c_args.append(_C_SCALARS[ctype](a.item()))
-        self.fn(*c_args)
-
-
-class _FakeRawModule:
-    def __init__(self, library, code):
-        self.library, self.kernels = library, raw_kernels(code)
-
-    def get_function(self, name):
-        return _FakeRawKernel(self.library, name, self.kernels[name])
-
-
-def fake_cupy(library, sm_count):
-    """A module with the parts of CuPy the kernel wrappers use, on the host."""
-    def wrap(fn):
-        return lambda *a, **k: fn(*a, **k).view(DeviceArray)
-
-    runtime = types.SimpleNamespace(
-        getDevice=lambda: 0,
-        getDeviceProperties=lambda device: {"multiProcessorCount": sm_count})
-    return types.SimpleNamespace(
-        __name__="cupy_emulated",
-        ascontiguousarray=wrap(numpy.ascontiguousarray), empty=wrap(numpy.empty),
-        zeros=wrap(numpy.zeros), empty_like=wrap(numpy.empty_like),
-        ElementwiseKernel=lambda in_params, out_params, operation, name, **kw:
-            _FakeElementwise(library, name),
-        RawModule=lambda code, options=(): _FakeRawModule(library, code),
-        cuda=types.SimpleNamespace(runtime=runtime))
-
-
-def emulate(monkeypatch, library, sm_count=2):
-    """Route the CuPy kernels of the registry to ``library`` on the host for the rest
-    of the test (pytest's ``monkeypatch`` undoes it): CuPy itself is not used."""
-    from minigrad.kernels import _cuda, dense, losses
-    fake = fake_cupy(library, sm_count)
-    monkeypatch.setattr(_cuda, "cupy_module", lambda: fake)
-    monkeypatch.setattr(_cuda, "_sm_counts", {})
-    monkeypatch.setattr(dense, "_BUFFERS", _cuda.DeviceBuffers())
-    monkeypatch.setattr(losses, "_BUFFERS", _cuda.DeviceBuffers())
-    for spec in all_specs():
-        for attr, fresh in (("_kernel", None), ("_module", None), ("_functions", {})):
-            if hasattr(spec, attr):
-                monkeypatch.setattr(spec, attr, fresh)
-    return fake

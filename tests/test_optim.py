@@ -5,6 +5,7 @@ import numpy as np
 import pytest
 
 import minigrad as mg
+from conftest import host, put
 from minigrad import losses, nn, optim
 
 P0 = np.array([1.0, -2.0, 0.5, 0.0])
@@ -16,9 +17,14 @@ def run(make, steps, grads, dtype=np.float64):
     opt = make([p])
     for t in range(1, steps + 1):
         opt.zero_grad()
-        p.grad = np.asarray(grads(t, p.data.astype(np.float64)), dtype=dtype)
+        p.grad = on_device(p, grads(t, host(p).astype(np.float64)))
         opt.step()
-    return p.data
+    return host(p)
+
+
+def on_device(p, values):
+    """A gradient for ``p``: ``values`` on p's device, in p's dtype."""
+    return p.xp.asarray(np.asarray(values, dtype=p.dtype))
 
 
 def quadratic(t, p):
@@ -71,14 +77,14 @@ def test_parameters_without_gradient_are_skipped(backend):
     opt = optim.Adam([a, b], lr=0.1)
     for _ in range(3):
         opt.zero_grad()
-        a.grad = np.ones(2)
+        a.grad = on_device(a, np.ones(2))
         opt.step()
-    np.testing.assert_array_equal(b.data, 1.0)
+    np.testing.assert_array_equal(host(b), 1.0)
     assert opt.steps == [3, 0] and opt.step_count == 3
     # b's bias correction starts at its first gradient: its first step is lr * sign(g)
-    b.grad = np.full(2, 0.5)
+    b.grad = on_device(b, np.full(2, 0.5))
     opt.step()
-    np.testing.assert_allclose(b.data, 1.0 - 0.1, rtol=1e-7)
+    np.testing.assert_allclose(host(b), 1.0 - 0.1, rtol=1e-7)
 
 
 @pytest.mark.parametrize("make", [
@@ -125,12 +131,12 @@ def test_long_run_with_dead_units_leaves_no_subnormal_moments(backend):
         g = np.zeros(6, np.float32)
         if step == 1:
             g[:] = 1e-3
-        p.grad, sgd_p.grad = g, g.copy()
+        p.grad, sgd_p.grad = on_device(p, g), on_device(sgd_p, g)
         opt.step()
         sgd.step()
-        for buf in (opt.m[0], opt.v[0], sgd.velocity[0]):
+        for buf in map(host, (opt.m[0], opt.v[0], sgd.velocity[0])):
             assert not np.any((buf != 0) & (np.abs(buf) < tiny)), f"subnormal at step {step}"
-    assert np.all(opt.m[0] == 0) and np.all(sgd.velocity[0] == 0)
+    assert np.all(host(opt.m[0]) == 0) and np.all(host(sgd.velocity[0]) == 0)
 
 
 # ----------------------------------------------------------------------------
@@ -150,30 +156,30 @@ def test_optimizer_state_dict_round_trip(backend, make):
     params = fresh()
     opt = make(params)
     for t in range(3):
-        params[0].grad = np.array([0.3, -0.2], np.float32) * (t + 1)
-        params[1].grad = np.full(3, 0.1, np.float32) if t else None
+        params[0].grad = on_device(params[0], np.array([0.3, -0.2]) * (t + 1))
+        params[1].grad = on_device(params[1], np.full(3, 0.1)) if t else None
         opt.step()
     state = opt.state_dict()
     copies = fresh()
     for p, q in zip(params, copies):
-        q.data[...] = p.data
+        put(q, host(p))
     other = make(copies)
     other.lr = 0.5
     assert other.load_state_dict(state) is other
     assert other.lr == 0.1 and other.step_count == 3
     for o in (opt, other):
         for p in o.params:
-            p.grad = np.linspace(-1, 1, p.size).astype(np.float32)
+            p.grad = on_device(p, np.linspace(-1, 1, p.size))
         o.step()
         o.step()
     for p, q in zip(params, copies):
-        np.testing.assert_array_equal(p.data, q.data)
+        np.testing.assert_array_equal(host(p), host(q))
     # the state holds copies
     for values in state["buffers"].values():
         for v in values:
             if isinstance(v, np.ndarray):
                 v[...] = 123.0
-    assert not any(np.any(m == 123.0) for m in getattr(opt, "m", []))
+    assert not any(np.any(host(m) == 123.0) for m in getattr(opt, "m", []))
 
 
 def test_optimizer_state_dict_mismatches_are_named():
