@@ -472,7 +472,7 @@ class Autoencoder(nn.Module):
             raise ValueError(f"{self._name}.{op}: input has shape {x.shape}; expected "
                              f"(n, {width})")
         if str(x.dtype) != self.dtype and not x.requires_grad:
-            x = Tensor(x.data.astype(self.dtype))
+            x = Tensor(x.data.astype(self.dtype), device=x.device)
         return x
 
     def _tensor(self, array):

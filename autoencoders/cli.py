@@ -91,17 +91,18 @@ def main(argv=None):
     import minigrad
     from . import experiments
 
-    if options.backend:
-        try:
-            minigrad.set_backend(options.backend)
-        except (ValueError, ImportError, RuntimeError) as error:
-            raise SystemExit(f"--backend {options.backend}: {error}") from None
+    try:  # for this command only: main() called from Python leaves the backend as it was
+        backend = minigrad.set_backend(options.backend or minigrad.get_backend())
+    except (ValueError, ImportError, RuntimeError) as error:
+        raise SystemExit(f"--backend {options.backend}: {error}" if options.backend
+                         else str(error)) from None
     run = experiments.Run(options.command, options)
     command = getattr(experiments, options.command)
-    try:
-        command(options, run)
-    except FileNotFoundError as error:
-        raise SystemExit(f"{options.command}: {error}") from None
+    with backend:
+        try:
+            command(options, run)
+        except FileNotFoundError as error:
+            raise SystemExit(f"{options.command}: {error}") from None
     run.log(f"done in {run.metrics.get('seconds', 0):.0f} s; results in {run.out}")
     return 0
 

@@ -102,10 +102,10 @@ def _derivative(name, h, slope):
         return 1.0 - minigrad.exp(-h)
     xp, positive = h.xp, h.data > 0
     if name == "relu":
-        return Tensor(positive.astype(h.dtype))
+        return Tensor(positive.astype(h.dtype), device=h.device)
     if name == "leaky_relu":
-        return Tensor(xp.where(positive, 1.0, slope).astype(h.dtype))
-    return Tensor(xp.ones(h.shape, dtype=h.dtype))     # identity
+        return Tensor(xp.where(positive, 1.0, slope).astype(h.dtype), device=h.device)
+    return Tensor(xp.ones(h.shape, dtype=h.dtype), device=h.device)     # identity
 
 
 def _flatten(module):

@@ -486,7 +486,7 @@ class Concatenate(Function):
                 raise ValueError(f"concatenate: tensor {i} has shape {tuple(x.shape)}, which "
                                  f"does not match tensor 0's {tuple(xs[0].shape)} outside "
                                  f"axis {self.axis}")
-        self.bounds = numpy.cumsum([x.shape[self.axis] for x in xs])[:-1]
+        self.bounds = numpy.cumsum([x.shape[self.axis] for x in xs])[:-1].tolist()
         return self.xp.concatenate(xs, axis=self.axis)
 
     def backward(self, g):

@@ -129,7 +129,7 @@ def _to_tensors(op, inputs):
         elif ref is not None:
             if ref.device == "cpu" and device_of(x) == "cuda":
                 _device_mismatch(op, inputs)
-            out.append(Tensor(ref.xp.asarray(x)))
+            out.append(Tensor(ref.xp.asarray(x), device=ref.device))
         else:
             out.append(Tensor(x))
     return out

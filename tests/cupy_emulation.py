@@ -408,7 +408,7 @@ def _wrap_function(name, fn, real):
 
 
 class _Ufunc:
-    """A CuPy ufunc: callable, with ``reduce`` (which CuPy's ufuncs have)."""
+    """A CuPy ufunc: callable, with the methods CuPy's ufuncs have."""
 
     def __init__(self, name, fn):
         self.__name__, self._call = name, _wrap_function(name, fn, None)
@@ -417,9 +417,22 @@ class _Ufunc:
     def __call__(self, *args, **kwargs):
         return self._call(*args, **kwargs)
 
-    def reduce(self, a, *args, **kwargs):
-        _refuse_host(f"cupy.{self.__name__}.reduce", (a, args, kwargs))
-        return _device(self._ufunc.reduce(_unwrap(a), *_unwrap(args), **_unwrap(kwargs)))
+    def _method(self, method, *args, **kwargs):
+        _refuse_host(f"cupy.{self.__name__}.{method}", (args, kwargs))
+        result = getattr(self._ufunc, method)(*_unwrap(args), **_unwrap(kwargs))
+        return None if result is None else _device(result)
+
+    def reduce(self, *args, **kwargs):
+        return self._method("reduce", *args, **kwargs)
+
+    def accumulate(self, *args, **kwargs):
+        return self._method("accumulate", *args, **kwargs)
+
+    def outer(self, *args, **kwargs):
+        return self._method("outer", *args, **kwargs)
+
+    def at(self, *args, **kwargs):  # in place: ``a`` is a device array's memory
+        return self._method("at", *args, **kwargs)
 
 
 def _flatten(values):
@@ -448,6 +461,14 @@ def module(library, sm_count=2):
         elif not isinstance(value, types.ModuleType):
             setattr(fake, name, value)  # dtypes, constants
     fake.ndarray = DeviceArray
+
+    def private(name):
+        # CuPy's own modules (``cupy._core``, which cupyx and the NVRTC tests import)
+        # stay the real ones: only the public API is emulated
+        if name.startswith("_") and _REAL_CUPY is not None:
+            return getattr(_REAL_CUPY, name)
+        raise AttributeError(f"module 'cupy' (emulated) has no attribute {name!r}")
+    fake.__getattr__ = private
     fake.__version__ = "emulated"
     fake.asnumpy = lambda a, stream=None, order="C", out=None, blocking=True: (
         host_array(a) if isinstance(a, DeviceArray) else numpy.asarray(a))
@@ -479,6 +500,24 @@ def module(library, sm_count=2):
     return fake
 
 
+def _no_implicit_conversion(name, convert):
+    """``numpy.<name>`` refusing device arrays, as CuPy's ``__array__`` does (NumPy
+    would otherwise view a :class:`DeviceArray` as its host memory, silently)."""
+    def strict(a, *args, **kwargs):
+        if isinstance(a, DeviceArray) or (isinstance(a, (list, tuple)) and any(
+                isinstance(v, DeviceArray) for v in _flatten(a))):
+            raise TypeError(f"numpy.{name} of a device array: implicit conversion to a NumPy "
+                            f"array is not allowed. Please use `.get()` to construct a NumPy "
+                            f"array explicitly.")
+        return convert(a, *args, **kwargs)
+    strict.__name__ = name
+    return strict
+
+
+#: The NumPy functions that convert anything to a NumPy array.
+_CONVERTERS = ("array", "asarray", "asanyarray", "ascontiguousarray")
+
+
 def _reset_kernel_caches(setattr_):
     """Drop what the kernel modules cached from another CuPy (or an earlier library)."""
     from minigrad.kernels import _cuda, dense, losses
@@ -498,6 +537,8 @@ def install(monkeypatch, library, sm_count=2):
     from minigrad import backend
     fake = module(library, sm_count)
     monkeypatch.setitem(sys.modules, "cupy", fake)
+    for name in _CONVERTERS:
+        monkeypatch.setattr(numpy, name, _no_implicit_conversion(name, getattr(numpy, name)))
     # a 'cupy' backend built on another cupy is set aside, and the one built on this
     # stand-in is dropped at the end (undoing setitem deletes a key it added)
     monkeypatch.setitem(backend._BUILT, "cupy", None)
@@ -511,6 +552,8 @@ def install_for_session(library, sm_count=2):
     from minigrad import backend
     fake = module(library, sm_count)
     sys.modules["cupy"] = fake
+    for name in _CONVERTERS:
+        setattr(numpy, name, _no_implicit_conversion(name, getattr(numpy, name)))
     backend._BUILT.pop("cupy", None)
     _reset_kernel_caches(setattr)
     return fake

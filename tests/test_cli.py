@@ -10,6 +10,7 @@ import pytest
 
 pytest.importorskip("matplotlib", reason="the figures need matplotlib (the 'viz' extra)")
 
+import minigrad as mg  # noqa: E402
 from autoencoders import cli, datasets  # noqa: E402
 
 SMALL = ["--epochs", "1", "--hidden", "32", "--batch-size", "64", "--no-progress",
@@ -53,7 +54,9 @@ def fashion_dir(tmp_path_factory):
 def test_manifold_small_run_writes_figures_and_finite_metrics(tmp_path):
     out = tmp_path / "manifold"
     args = ["manifold", "--n", "400", "--n-test", "100", "--grid", "6", "--out", str(out)] + SMALL
+    before = mg.get_backend()
     assert cli.main(args) == 0
+    assert mg.get_backend() is before  # --backend holds for the command, not after it
     for name in ("manifold.png", "latent.png", "metrics.json", "config.json", "model.npz"):
         assert (out / name).stat().st_size > 0, name
     m = read_metrics(out)

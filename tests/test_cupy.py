@@ -306,7 +306,9 @@ def test_backend_selection_and_where_tensors_live(gpu):
 
 
 @needs_gpu
-def test_minigrad_backend_variable_selects_the_gpu():
+def test_minigrad_backend_variable_selects_the_gpu(request):
+    if request.config.getoption("--cupy-emulated"):
+        pytest.skip("runs a fresh Python process, which has no emulated CuPy")
     out = subprocess.run([sys.executable, "-c", "import minigrad; b = minigrad.get_backend();"
                           "print(b.name, b.device)"], capture_output=True, text=True,
                          cwd=ROOT, env=dict(os.environ, MINIGRAD_BACKEND="cupy"), timeout=300)
@@ -329,13 +331,50 @@ def test_module_to_moves_parameters_in_place(gpu):
 
 
 def test_mixing_host_and_device_tensors_names_both_devices(gpu):
-    a = mg.Tensor(np.ones(3, np.float32))
+    a = mg.Tensor(np.ones(3, np.float32), device="cpu")
     b = a.to("cuda")
     with pytest.raises(RuntimeError, match="cpu.*cuda|cuda.*cpu"):
         a + b
     with pytest.raises(RuntimeError, match="cpu.*cuda|cuda.*cpu"):
         a + gpu.ones(3, np.float32)
     np.testing.assert_array_equal((b + np.ones(3, np.float32)).numpy(), 2 * np.ones(3))
+
+
+def _train_steps(model, x, steps=3):
+    opt = mg.optim.Adam(model.parameters(), lr=1e-2)
+    values = []
+    for _ in range(steps):
+        opt.zero_grad()
+        loss = losses.binary_cross_entropy_with_logits(model(x), x)
+        loss.backward()
+        opt.step()
+        values.append(loss.item())
+    return values
+
+
+@pytest.mark.parametrize("active", ["numpy", "numba", "cupy"])
+def test_operations_run_where_their_data_is_whatever_the_active_backend(gpu, active):
+    """A model on either device trains under any active backend: layers, losses and
+    optimizer updates take the kernels of the device their data is on, and new
+    operands join that device."""
+    X = np.random.default_rng(12).random((8, 5))
+    trained = {}
+    for device in ("cpu", "cuda"):
+        with mg.set_backend("numpy"):
+            model = nn.Sequential(nn.Dense(5, 4, "tanh", dtype="float64", rng=1),
+                                  nn.Dense(4, 5, dtype="float64", rng=2)).to(device)
+        try:
+            switch = mg.set_backend(active)
+        except ImportError as error:
+            pytest.skip(f"backend {active!r}: {error}")
+        with switch:
+            x = mg.Tensor(X, device=device)
+            trained[device] = _train_steps(model, x)
+            assert {p.device for p in model.parameters()} == {device}
+            y = x + np.ones(5) + [1.0] * 5          # host operands join x's device
+            assert y.device == device
+            np.testing.assert_allclose(y.numpy(), X + 2)
+    np.testing.assert_allclose(trained["cuda"], trained["cpu"], rtol=1e-9)
 
 
 @pytest.mark.parametrize("dtype", ["float32", "float64"])
@@ -415,6 +454,54 @@ def test_fit_with_backend_cupy_trains_like_numpy_and_leaves_the_model_on_the_gpu
         np.testing.assert_allclose(a, b, rtol=1e-8, atol=1e-10, err_msg=name)
 
 
+@pytest.mark.parametrize("flavor", _flavors(), ids=lambda c: c.flavor)
+def test_the_autoencoder_api_on_the_gpu_gives_the_cpu_results(gpu, flavor, tmp_path):
+    """Every public method of a flavor, on a model trained with fit(backend="cupy"),
+    against the same model trained on the CPU: same numbers, host arrays out, and
+    a saved GPU model loads on the CPU."""
+    rng = np.random.default_rng(11)
+    X = (rng.random((48, 10)) < 0.3).astype(np.float64)
+    models = {}
+    for backend in ("numpy", "cupy"):
+        model = flavor([10, 6, 2], dtype="float64", seed=5)
+        model.fit(X, epochs=2, batch_size=16, progress=False, backend=backend, seed=1)
+        models[backend] = model
+    cpu, dev = models["numpy"], models["cupy"]
+    assert {p.device for p in dev.parameters()} == {"cuda"}
+    t = dict(rtol=1e-8, atol=1e-10)
+    for method in ("transform", "reconstruct"):
+        got, want = getattr(dev, method)(X), getattr(cpu, method)(X)
+        got = got.numpy() if isinstance(got, mg.Tensor) else got
+        want = want.numpy() if isinstance(want, mg.Tensor) else want
+        assert type(got) is np.ndarray, method
+        np.testing.assert_allclose(got, want, err_msg=method, **t)
+    codes = cpu.transform(X)
+    np.testing.assert_allclose(dev.inverse_transform(codes), cpu.inverse_transform(codes), **t)
+    for key, value in cpu.evaluate(X, rng=np.random.default_rng(2)).items():
+        assert math.isclose(dev.evaluate(X, rng=np.random.default_rng(2))[key], value,
+                            rel_tol=1e-9, abs_tol=1e-12), key
+    if flavor.flavor == "variational":
+        for method, args in (("sample", (5,)), ("elbo", (X,)), ("log_likelihood", (X, 4))):
+            got = getattr(dev, method)(*args, rng=np.random.default_rng(3))
+            want = getattr(cpu, method)(*args, rng=np.random.default_rng(3))
+            np.testing.assert_allclose(got, want, err_msg=method, **t)
+        grid = cpu.latent_grid(n=3)
+        np.testing.assert_allclose(dev.decode_grid(grid), cpu.decode_grid(grid), **t)
+    with mg.set_backend("cupy"):  # a CPU model keeps computing on the CPU
+        np.testing.assert_allclose(cpu.transform(X), codes, **t)
+        assert math.isclose(cpu.evaluate(X, rng=np.random.default_rng(2))["total"],
+                            dev.evaluate(X, rng=np.random.default_rng(2))["total"],
+                            rel_tol=1e-9)
+    if flavor.flavor == "denoising":
+        np.testing.assert_array_equal(dev.corrupt(X, rng=np.random.default_rng(4)).numpy(),
+                                      cpu.corrupt(X, rng=np.random.default_rng(4)).numpy())
+    dev.save(tmp_path / "model.npz")
+    with mg.set_backend("numpy"):
+        loaded = type(dev).load(tmp_path / "model.npz")
+    assert {p.device for p in loaded.parameters()} == {"cpu"}
+    np.testing.assert_allclose(loaded.transform(X), dev.transform(X), **t)
+
+
 # ----------------------------------------------------------------------------
 # without a GPU: clear errors
 # ----------------------------------------------------------------------------
@@ -473,7 +560,7 @@ _FakeDeviceArray.__module__ = "cupy_fake"
 
 
 def test_mixing_devices_names_both_without_a_gpu():
-    host = mg.Tensor(np.ones((2, 3), np.float32))
+    host = mg.Tensor(np.ones((2, 3), np.float32), device="cpu")
     device = mg.Tensor._wrap(_FakeDeviceArray((2, 3)), False)
     assert device.device == "cuda"
     for a, b in ((host, device), (device, host)):

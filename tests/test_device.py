@@ -6,9 +6,21 @@ import minigrad as mg
 
 
 def test_to_same_device_is_identity_and_numpy_is_host():
-    x = mg.Tensor(np.arange(3.0), requires_grad=True)
-    assert x.to("cpu") is x
+    x = mg.Tensor(np.arange(3.0), requires_grad=True, device="cpu")
+    assert x.device == "cpu" and x.to("cpu") is x
     assert isinstance(x.numpy(), np.ndarray)
+    y = mg.Tensor([1.0, 2.0])
+    assert y.device == mg.get_backend().device and y.to(y.device) is y
+    assert type(y.numpy()) is np.ndarray
+
+
+def test_tensor_device_argument():
+    source = np.arange(4.0)
+    x = mg.Tensor(source, device="cpu")
+    assert x.device == "cpu" and x.data is source  # a host array is used as it is
+    assert mg.Tensor([1, 2], device="CPU").device == "cpu"
+    with pytest.raises(ValueError, match="unknown device 'gpu'"):
+        mg.Tensor([1.0], device="gpu")
 
 
 def test_unknown_device_is_named():
