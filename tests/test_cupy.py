@@ -502,6 +502,53 @@ def test_the_autoencoder_api_on_the_gpu_gives_the_cpu_results(gpu, flavor, tmp_p
     np.testing.assert_allclose(loaded.transform(X), dev.transform(X), **t)
 
 
+def test_manifold_command_on_the_gpu_matches_the_cpu(gpu, tmp_path):
+    """The main job end to end with --backend cupy: same metrics as on the CPU."""
+    pytest.importorskip("matplotlib", reason="the figures need matplotlib (the 'viz' extra)")
+    import json
+
+    from autoencoders import cli
+    metrics = {}
+    for backend in ("numpy", "cupy"):
+        out = tmp_path / backend
+        assert cli.main(["manifold", "--n", "300", "--n-test", "60", "--grid", "4", "--epochs",
+                         "1", "--hidden", "16", "--batch-size", "64", "--no-progress",
+                         "--backend", backend, "--out", str(out)]) == 0
+        metrics[backend] = json.load(open(out / "metrics.json"))
+        assert json.load(open(out / "config.json"))["backend"] == backend
+        assert (out / "manifold.png").stat().st_size > 0
+    for key in ("elbo_nats_per_image", "iou_heldout", "r2_height", "r2_width"):
+        assert math.isclose(metrics["cupy"][key], metrics["numpy"][key], rel_tol=1e-4,
+                            abs_tol=1e-6), key
+
+
+def test_benchmark_gpu_path_trains_like_the_cpu_reference(gpu):
+    """benchmarks/train_step.py --backend cupy: its minigrad-cupy step and its GEMM
+    floor run, and the step's losses follow the NumPy backend's."""
+    sys.path.insert(0, os.path.join(ROOT, "benchmarks"))
+    try:
+        import train_step
+    finally:
+        sys.path.pop(0)
+    x = np.random.default_rng(13).random((8, 784)).astype(np.float32)
+    before = mg.get_backend()
+    try:
+        runs = {}
+        for backend in ("numpy", "cupy"):
+            step, sync, to_float = train_step.make_minigrad(backend)
+            runs[backend] = [to_float(step(x)) for _ in range(3)]
+            sync()
+            moments = step.moments()
+            assert all(type(m) is np.ndarray for m in moments) and len(moments) == 16
+        floor, sync, _ = train_step.make_gemm_floor("cupy")
+        floor(x)
+        sync()
+    finally:
+        mg.set_backend(before)
+    assert runs["cupy"][-1] < runs["cupy"][0]
+    np.testing.assert_allclose(runs["cupy"], runs["numpy"], rtol=1e-5)
+
+
 # ----------------------------------------------------------------------------
 # without a GPU: clear errors
 # ----------------------------------------------------------------------------
