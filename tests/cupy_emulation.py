@@ -70,9 +70,12 @@ def _device(result):
     if isinstance(result, DeviceArray):
         return result
     if type(result) is numpy.ndarray:
-        return result.view(DeviceArray)
+        out = result.view(DeviceArray)
+        # memory NumPy has just allocated belongs to this array alone (flags.owndata)
+        out._owns = bool(result.flags.owndata)
+        return out
     if isinstance(result, numpy.generic):
-        return numpy.asarray(result).view(DeviceArray)
+        return _device(numpy.asarray(result))
     if isinstance(result, tuple):
         return tuple(_device(r) for r in result)
     if isinstance(result, list):
@@ -98,7 +101,7 @@ def _refuse_host(op, values, lists=False):
 
 def device_array(a, dtype=None):
     """A device copy of host data (the tests' ``cupy.array(a, copy=True)``)."""
-    return numpy.array(_unwrap(a), dtype=dtype, copy=True, order="C").view(DeviceArray)
+    return _device(numpy.array(_unwrap(a), dtype=dtype, copy=True, order="C"))
 
 
 def host_array(a):
@@ -169,7 +172,7 @@ class _Flags:
     def __init__(self, a):
         flags = _host_view(a).flags
         self.c_contiguous, self.f_contiguous, self.owndata = (
-            flags.c_contiguous, flags.f_contiguous, a.base is None)
+            flags.c_contiguous, flags.f_contiguous, getattr(a, "_owns", False))
 
     def __getitem__(self, key):
         return getattr(self, key.lower())
@@ -306,7 +309,7 @@ class _Elementwise:
         dtype = next(numpy.dtype(a.dtype) for p, a in zip(plist, args)
                      if p.type == "T" and not p.scalar)
         shape = numpy.broadcast_shapes(*(a.shape for a in arrays))
-        outs = list(args[nin:]) or [numpy.empty(shape, dtype).view(DeviceArray)
+        outs = list(args[nin:]) or [_device(numpy.empty(shape, dtype))
                                     for p in plist if p.output]
         work, c_args = [], []
         for p, a in zip(plist, list(args[:nin]) + outs):
@@ -396,12 +399,14 @@ def _wrap_function(name, fn, real):
                 raise TypeError(f"cupy.{name}: a list holding device arrays (CuPy would "
                                 f"convert them to NumPy implicitly, which it refuses)")
             if args and not isinstance(args[0], DeviceArray):  # host data: a copy
-                args = (numpy.array(args[0], copy=True),) + args[1:]
-                if type(args[0]) is numpy.ndarray:
-                    args = (args[0].view(DeviceArray),) + args[1:]
+                args = (_device(numpy.array(args[0], copy=True)),) + args[1:]
         else:
             _refuse_host(f"cupy.{name}", (args, kwargs), lists=isinstance(fn, numpy.ufunc))
-        return _device(fn(*_unwrap(args), **_unwrap(kwargs)))
+        host_args = _unwrap(args)
+        result = fn(*host_args, **_unwrap(kwargs))
+        if host_args and result is host_args[0]:  # nothing to convert: the same array
+            return args[0]
+        return _device(result)
 
     function.__name__ = name
     return function

@@ -1,0 +1,88 @@
+"""The host stand-in for CuPy (cupy_emulation.py) must be as strict as CuPy where
+minigrad could go wrong on a GPU, or the emulated runs would pass code that fails
+there.  These tests pin that strictness; they need no kernels and no GPU."""
+import numpy as np
+import pytest
+
+import cupy_emulation as ce
+
+REAL = ce._REAL_CUPY
+
+
+@pytest.fixture
+def cp(monkeypatch):
+    fake = ce.module(library=None)
+    for name in ce._CONVERTERS:
+        monkeypatch.setattr(np, name, ce._no_implicit_conversion(name, getattr(np, name)))
+    return fake
+
+
+def test_device_arrays_refuse_host_arrays_and_lists_in_operations(cp):
+    d = cp.asarray(np.arange(3.0))
+    with pytest.raises(TypeError, match="numpy.ndarray of shape \\(3,\\)"):
+        d + np.ones(3)
+    with pytest.raises(TypeError, match="numpy.ndarray"):
+        np.ones(3) * d
+    with pytest.raises(TypeError, match="numpy.ndarray"):
+        cp.maximum(d, np.zeros(3))
+    with pytest.raises(TypeError, match="list"):
+        cp.exp([1.0, 2.0])
+    with pytest.raises(TypeError, match="__setitem__"):
+        d[...] = np.zeros(3)
+    # numbers and NumPy scalars are fine, as in CuPy
+    assert isinstance(d * 2.0 + np.float64(1.0), cp.ndarray)
+    d[0] = np.float64(5.0)
+    assert float(d[0]) == 5.0
+
+
+def test_no_implicit_conversion_to_numpy(cp):
+    d = cp.ones(3)
+    for convert in (np.asarray, np.array, np.asanyarray, np.ascontiguousarray):
+        with pytest.raises(TypeError, match="implicit conversion"):
+            convert(d)
+    with pytest.raises(TypeError, match="implicit conversion"):
+        np.testing.assert_array_equal(d, d)
+    host = d.get()
+    assert type(host) is np.ndarray and type(cp.asnumpy(d)) is np.ndarray
+    host[0] = 7.0
+    assert float(d[0]) == 1.0  # .get() is a copy
+
+
+def test_host_data_is_copied_to_the_device(cp):
+    source = np.zeros(3)
+    d = cp.asarray(source)
+    source[:] = 9.0
+    assert float(d.sum()) == 0.0
+    assert cp.asarray(d) is d  # already on the device: no copy, as in CuPy
+    with pytest.raises(TypeError, match="list holding device arrays"):
+        cp.array([d, d])
+
+
+def test_reductions_and_indexing_give_device_arrays(cp):
+    d = cp.arange(6.0).reshape(2, 3)
+    for value in (d.sum(), d.max(), d[1, 2], cp.sum(d), np.sum(d)):
+        assert isinstance(value, cp.ndarray) and value.shape == ()
+    assert isinstance(d[0], cp.ndarray) and isinstance(np.exp(d), cp.ndarray)
+
+
+def test_owndata_is_true_only_for_fresh_memory(cp):
+    fresh = cp.zeros(4) + 1.0
+    assert fresh.flags.owndata and fresh.flags.c_contiguous
+    assert not fresh[1:].flags.owndata and not fresh.T.flags.owndata
+    assert not hasattr(fresh.flags, "writeable")  # CuPy's flags have no writeable
+
+
+@pytest.mark.skipif(REAL is None, reason="needs CuPy installed (for its API surface)")
+def test_only_what_cupy_has_and_with_its_parameters(cp):
+    d = cp.ones((2, 2))
+    assert not hasattr(REAL, "insert") and not hasattr(cp, "insert")
+    with pytest.raises(TypeError, match="no implementation"):
+        np.insert(d, 0, 1.0)  # NumPy dispatches to CuPy, which has no insert
+    with pytest.raises(TypeError, match="cupy.ndarray.sum\\(\\) has no parameter"):
+        d.sum(where=True)  # NumPy's sum has `where`; CuPy's does not
+    with pytest.raises(TypeError, match="take no \\['where'\\]"):
+        np.add(d, d, where=True)
+    with pytest.raises(TypeError, match="cupy.zeros"):
+        cp.zeros((2,), like=None)  # `like` is NumPy's only
+    with pytest.raises(AttributeError):
+        d.ctypes
