@@ -17,6 +17,8 @@ from __future__ import annotations
 
 import numpy
 
+from minigrad import Tensor
+
 from .base import Autoencoder, _check_rng
 
 __all__ = ["DenoisingAutoencoder"]
@@ -47,17 +49,20 @@ class DenoisingAutoencoder(Autoencoder):
     def corrupt(self, x, rng=None):
         """x̃ ~ C(x̃ | x) for a batch (Tensor or array); returns a Tensor, noise from ``rng``."""
         rng = self._rng if rng is None else _check_rng(rng)
-        x = self._as_input(x, "corrupt").numpy()
+        x = self._as_input(x, "corrupt")
+        # the noise is drawn on the host (the same numbers on every device) and
+        # applied where x is, in float64 like the formula, without reading x back
+        xp, data, shape = x.xp, x.data.astype(numpy.float64), x.shape
         if self.noise == "gaussian":
-            noisy = x + self.noise_level * rng.standard_normal(x.shape)
+            noisy = data + xp.asarray(self.noise_level * rng.standard_normal(shape))
             if self.clip or (self.clip is None and self.loss_name == "bce"):
-                noisy = numpy.clip(noisy, 0.0, 1.0)
+                noisy = xp.clip(noisy, 0.0, 1.0)
         elif self.noise == "masking":
-            noisy = x * (rng.random(x.shape) >= self.noise_level)
+            noisy = data * xp.asarray(rng.random(shape) >= self.noise_level)
         else:
-            hit = rng.random(x.shape) < self.noise_level
-            noisy = numpy.where(hit, rng.random(x.shape) < 0.5, x)
-        return self._tensor(noisy)
+            hit = xp.asarray(rng.random(shape) < self.noise_level)
+            noisy = xp.where(hit, xp.asarray(rng.random(shape) < 0.5), data)
+        return Tensor(noisy.astype(self.dtype), device=x.device)
 
     def _loss(self, x, rng):
         x_tilde = self.corrupt(x, rng)

@@ -502,6 +502,28 @@ def test_the_autoencoder_api_on_the_gpu_gives_the_cpu_results(gpu, flavor, tmp_p
     np.testing.assert_allclose(loaded.transform(X), dev.transform(X), **t)
 
 
+@pytest.mark.parametrize("flavor", _flavors(), ids=lambda c: c.flavor)
+def test_a_training_step_reads_from_the_gpu_only_the_logged_loss_terms(gpu, flavor,
+                                                                      monkeypatch):
+    """Each read of a device value by the host waits for the GPU; a step of fit may
+    read only the loss terms it logs (one value each), nothing in the layers, losses
+    or optimizer.  Counted on the stand-in, whose arrays see every read."""
+    if not isinstance(gpu.ndarray, type) or gpu.ndarray.__module__ != cupy_emulation.MODULE:
+        pytest.skip("counts the reads on emulated CuPy")
+    reads = []
+    for name in ("get", "item", "__float__", "__bool__", "__int__", "tolist"):
+        original = getattr(cupy_emulation.DeviceArray, name)
+        monkeypatch.setattr(cupy_emulation.DeviceArray, name,
+                            lambda self, *a, _f=original, _n=name, **k:
+                            reads.append(_n) or _f(self, *a, **k))
+    X = np.random.default_rng(14).random((64, 10))
+    model = flavor([10, 6, 3], dtype="float64", seed=1)
+    model.fit(X[:16], epochs=1, batch_size=16, progress=False, backend="cupy")  # warm-up
+    reads.clear()
+    history = model.fit(X, epochs=1, batch_size=16, progress=False, backend="cupy")
+    assert len(reads) == 4 * len(history), (len(reads), sorted(set(reads)))
+
+
 def test_manifold_command_on_the_gpu_matches_the_cpu(gpu, tmp_path):
     """The main job end to end with --backend cupy: same metrics as on the CPU."""
     pytest.importorskip("matplotlib", reason="the figures need matplotlib (the 'viz' extra)")
