@@ -277,6 +277,11 @@ _C_SCALARS = {"float": ctypes.c_float, "double": ctypes.c_double, "int": ctypes.
               "bool": ctypes.c_bool}
 
 
+#: The NumPy scalar type CuPy must be given for each C parameter type.
+_C_NUMPY = {"float": "float32", "double": "float64", "int": "int32", "long long": "int64",
+            "unsigned int": "uint32", "bool": "bool"}
+
+
 def _pointer(a):
     host = _host_view(a)
     if not host.flags.c_contiguous:
@@ -364,6 +369,11 @@ class _RawKernel:
                 if not isinstance(a, numpy.generic):
                     raise TypeError(f"{self.name}: pass {pname} as a NumPy scalar (the C "
                                     f"type is {ctype}), got {type(a).__name__}")
+                if a.dtype.name != _C_NUMPY[ctype]:
+                    # CuPy passes a scalar's bytes as they are: an int64 for an int
+                    # parameter would be read wrongly on the GPU
+                    raise TypeError(f"{self.name}: {pname} is a {a.dtype.name} scalar, the "
+                                    f"kernel takes {ctype} ({_C_NUMPY[ctype]})")
                 c_args.append(_C_SCALARS[ctype](a.item()))
         self.fn(*c_args)
 

@@ -86,3 +86,20 @@ def test_only_what_cupy_has_and_with_its_parameters(cp):
         cp.zeros((2,), like=None)  # `like` is NumPy's only
     with pytest.raises(AttributeError):
         d.ctypes
+
+
+def test_raw_kernel_scalars_must_have_the_parameter_c_type(host_library, monkeypatch):
+    """CuPy hands a NumPy scalar's bytes to the kernel as they are: an int64 where
+    the kernel takes an int would be misread on the GPU, so the stand-in refuses it."""
+    from minigrad.kernels import dense
+    cp = ce.install(monkeypatch, host_library)
+    kernel = dense.DENSE_BACKWARD_CUDA.function(np.float32)
+    n, m = 3, 2
+    arrays = [cp.zeros((n, m), np.float32), cp.ones((n, m), np.float32),
+              cp.empty((n, m), np.float32), cp.empty(m, np.float32), cp.empty(1, np.float64),
+              cp.zeros(64, np.uint32)]
+    with pytest.raises(TypeError, match="n is a int64 scalar, the kernel takes int"):
+        kernel((1,), (32,), (*arrays, np.int64(n), np.int32(m), np.int32(0), np.float32(0)))
+    with pytest.raises(TypeError, match="grad_y is a numpy.ndarray; CuPy kernels take device"):
+        kernel((1,), (32,), (np.zeros((n, m), np.float32), *arrays[1:], np.int32(n),
+                             np.int32(m), np.int32(0), np.float32(0)))
