@@ -83,8 +83,9 @@ class Module:
         The Parameter objects stay the same (only their ``.data`` is replaced), so
         references to them remain valid; a moved parameter's gradient is dropped
         (it lived on the old device).  Optimizer buffers are not moved: build the
-        optimizer after the move.  Under the "cupy" backend the layers' fused
-        kernels need the model on "cuda"; under "numpy"/"numba" on "cpu".
+        optimizer after the move.  The layers then compute on ``device`` whatever
+        backend is active (the kernels follow the data, see ``backend_for``); an
+        input must be on the same device.
         """
         from .tensor import _check_device, _move
         device = _check_device(device)

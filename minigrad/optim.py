@@ -3,8 +3,9 @@
 Each updates its parameters' data in place from their ``.grad``; parameters
 without a gradient are skipped (and, for Adam, do not advance their own step
 count, so their bias correction starts when they first receive a gradient, as
-in PyTorch).  The update of one parameter is one kernel of the active backend
-(``sgd_update`` / ``adam_update`` in :mod:`minigrad.kernels.optim`, where the
+in PyTorch).  The update of one parameter is one kernel of the backend that
+computes on the parameter's device (:func:`minigrad.backend.backend_for`;
+``sgd_update`` / ``adam_update`` in :mod:`minigrad.kernels.optim`, where the
 equations are written out and the NumPy reference sits beside the fused
 versions).  The update kernels flush moments that fall below the smallest
 normal number to 0, so a long run never slows down on subnormal arithmetic.

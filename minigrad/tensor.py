@@ -1,6 +1,8 @@
 """Tensor, Function and the backward pass.
 
-A :class:`Tensor` wraps an array of the active backend.  Applying a
+A :class:`Tensor` wraps an array: NumPy's on the host ("cpu"), CuPy's on the
+GPU ("cuda"); new tensors go to the active backend's device unless told
+otherwise.  Applying a
 :class:`Function` to tensors computes the result's array and, when any input
 requires a gradient, remembers the function application (the *node*) on the
 result.  :meth:`Tensor.backward` then walks those nodes from the output back to
