@@ -570,6 +570,16 @@ def test_benchmark_gpu_path_trains_like_the_cpu_reference(gpu):
     assert runs["cupy"][-1] < runs["cupy"][0]
     np.testing.assert_allclose(runs["cupy"], runs["numpy"], rtol=1e-5)
 
+    # the GPU run's report states issue 6's step-time target with the measured ratio
+    def timed(ms):
+        return {"step": {str(b): {"median_ms": ms * b / 1024} for b in (256, 1024, 4096)}}
+    for cupy_ms, verdict in ((0.9, "met"), (1.3, "MISSED")):
+        rows = train_step.targets({"minigrad-cupy": timed(cupy_ms), "torch-cuda": timed(1.0),
+                                   "floor-cupy": timed(0.5)})
+        row = next(r for r in rows if "cupy step / torch CUDA eager, batch 1024" in r)
+        assert f"{cupy_ms:6.2f}  <= 1.0   {verdict}" in row, row
+        assert not any("numba" in r for r in rows)
+
 
 # ----------------------------------------------------------------------------
 # without a GPU: clear errors
