@@ -7,6 +7,8 @@
   backend is missing here is skipped with the reason: Numba not installed, no
   CuPy or no CUDA device, no C++20 compiler for the emulation.
 * ``host_library``: every CUDA kernel compiled for the host (once per session).
+* ``gpu``: the ``cupy`` module the 'cupy' backend runs on, once real (skipped
+  without a GPU) and once the host stand-in ("cupy-emulated").
 * ``pytest --cupy-emulated``: the whole suite with the emulated 'cupy' backend as
   the default backend -- what ``MINIGRAD_BACKEND=cupy pytest`` does on a GPU.
 * ``arrays(shape, dtype, low, high, strided=None)``: float arrays, sometimes a
@@ -118,6 +120,22 @@ def backend(request, monkeypatch):
         name = "cupy"
     with mg.set_backend(name):
         yield name
+
+
+@pytest.fixture(params=["cupy", "cupy-emulated"])
+def gpu(request, monkeypatch):
+    """The ``cupy`` module the 'cupy' backend runs on: the real one on a GPU, or the
+    host stand-in (``cupy_emulation.py``), which takes the same code paths."""
+    if request.param == "cupy":
+        if GPU_MISSING is not None:
+            pytest.skip(f"needs CuPy and a CUDA device: {GPU_MISSING}")
+        import cupy
+        return cupy
+    if request.config.getoption("--cupy-emulated"):
+        import cupy
+        return cupy  # installed for the whole session already
+    import cupy_emulation
+    return cupy_emulation.install(monkeypatch, request.getfixturevalue("host_library"))
 
 
 def pytest_addoption(parser):

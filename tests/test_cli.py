@@ -135,3 +135,28 @@ def test_module_entry_point_help():
     assert out.returncode == 0
     for command in ("manifold", "retrieve", "features", "denoise"):
         assert command in out.stdout
+
+
+@pytest.mark.parametrize("command, extra", [
+    ("retrieve", ["--latent", "8"]),
+    ("features", ["--latent", "8", "--labels", "300"]),
+    ("denoise", ["--latent", "16"])])
+def test_experiments_with_backend_cupy_match_the_cpu(gpu, tmp_path, fashion_dir, command, extra):
+    """Each experiment with --backend cupy: the same metrics as on the CPU."""
+    if command == "features":
+        pytest.importorskip("sklearn", reason="features needs scikit-learn (the 'features' extra)")
+    metrics = {}
+    for backend in ("numpy", "cupy"):
+        out = tmp_path / backend
+        args = [command, "--data-dir", str(fashion_dir), "--out", str(out)] + extra + SMALL
+        assert cli.main(args[:-1] + [backend]) == 0  # SMALL ends with the backend's name
+        metrics[backend] = read_metrics(out)
+    # float32 rounding differs between the fused kernels and the reference graph, so
+    # a neighbour or a label may flip: fractions get 0.05, decibels 0.1%
+    for key, tol in (("precision", dict(atol=0.05)), ("accuracy", dict(atol=0.05)),
+                     ("psnr_corrupted", dict(rtol=1e-3)), ("psnr_denoising", dict(rtol=1e-3)),
+                     ("psnr_vanilla", dict(rtol=1e-3))):
+        if key in metrics["numpy"]:
+            np.testing.assert_allclose(list(finite_numbers(metrics["cupy"][key])),
+                                       list(finite_numbers(metrics["numpy"][key])),
+                                       err_msg=key, **tol)

@@ -267,21 +267,6 @@ def test_cupy_kernels_are_written_for_float32_and_float64():
 # the backend on the GPU
 # ----------------------------------------------------------------------------
 
-@pytest.fixture(params=["cupy", "cupy-emulated"])
-def gpu(request, monkeypatch):
-    """The ``cupy`` module the 'cupy' backend runs on: the real one on a GPU, or the
-    host stand-in (``cupy_emulation.py``), which takes the same code paths."""
-    if request.param == "cupy":
-        if GPU_MISSING is not None:
-            pytest.skip(f"needs CuPy and a CUDA device: {GPU_MISSING}")
-        import cupy
-        return cupy
-    if request.config.getoption("--cupy-emulated"):
-        import cupy
-        return cupy  # installed for the whole session already
-    return cupy_emulation.install(monkeypatch, request.getfixturevalue("host_library"))
-
-
 def _host(a):
     return a.get() if hasattr(a, "get") else np.asarray(a)
 
