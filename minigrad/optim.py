@@ -55,6 +55,14 @@ class Optimizer:
     def _hyper(self):  # pragma: no cover - abstract
         raise NotImplementedError
 
+    def _updates(self, kernel):
+        """Count a step and yield ``(i, parameter, update kernel)`` for each parameter
+        with a gradient; the kernel is that of the device the parameter is on."""
+        self.step_count += 1
+        for i, p in enumerate(self.params):
+            if p.grad is not None:
+                yield i, p, backend_for(p.device).kernel(kernel)
+
     # -- state -----------------------------------------------------------------
     def state_dict(self):
         """``{"hyper": {...}, "step_count": n, "buffers": {name: [array or None, ...]}}``
@@ -139,11 +147,7 @@ class SGD(Optimizer):
 
     def step(self):
         """One update of every parameter that has a gradient."""
-        self.step_count += 1
-        for i, p in enumerate(self.params):
-            if p.grad is None:
-                continue
-            update = backend_for(p.device).kernel("sgd_update")
+        for i, p, update in self._updates("sgd_update"):
             if self.momentum and self.velocity[i] is None:
                 self.velocity[i] = p.xp.zeros_like(p.data)
             update(p.data, p.grad, self.velocity[i], self.lr, self.momentum,
@@ -183,11 +187,7 @@ class Adam(Optimizer):
 
     def step(self):
         """One update of every parameter that has a gradient."""
-        self.step_count += 1
-        for i, p in enumerate(self.params):
-            if p.grad is None:
-                continue
-            update = backend_for(p.device).kernel("adam_update")
+        for i, p, update in self._updates("adam_update"):
             self.steps[i] += 1
             update(p.data, p.grad, self.m[i], self.v[i], self.lr, self.beta1, self.beta2,
                    self.eps, self.weight_decay, self.steps[i], self.decoupled)
