@@ -25,7 +25,8 @@ __version__ = "0.1.0"
 
 __all__ = [
     "Tensor", "Function", "as_tensor", "no_grad", "enable_grad", "is_grad_enabled",
-    "gradcheck", "nn", "losses", "optim", "get_backend", "set_backend", "backend_for", "available_backends",
+    "gradcheck", "nn", "losses", "optim", "get_backend", "set_backend", "backend_for",
+    "available_backends",
     "abs", "add", "broadcast_to", "clip", "concatenate", "div", "exp", "getitem",
     "leaky_relu", "log", "log_sigmoid", "logsumexp", "matmul", "max", "maximum", "mean",
     "minimum", "mul", "neg", "pow", "relu", "reshape", "sigmoid", "softplus", "sqrt",
