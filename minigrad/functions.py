@@ -100,7 +100,7 @@ class Sub(Function):
         return a - b
 
     def backward(self, g):
-        return g, -g
+        return g, (-g if self.needs_input_grad[1] else None)
 
 
 class Mul(Function):
@@ -113,7 +113,8 @@ class Mul(Function):
 
     def backward(self, g):
         a, b = self.saved
-        return g * b, g * a
+        need_a, need_b = self.needs_input_grad  # (x * 2.0: no gradient for the 2.0)
+        return (g * b if need_a else None), (g * a if need_b else None)
 
 
 class Div(Function):
@@ -128,7 +129,7 @@ class Div(Function):
         a, b = self.saved
         b = _nonzero_denominator(self.xp, g, b)
         g_over_b = g / b
-        return g_over_b, -g_over_b * (a / b)
+        return g_over_b, (-g_over_b * (a / b) if self.needs_input_grad[1] else None)
 
 
 class Neg(Function):
@@ -312,10 +313,10 @@ class Clip(Function):
         y = x
         if low is not None:
             inside &= x >= low
-            y = xp.maximum(y, xp.asarray(low, dtype=x.dtype))
+            y = xp.maximum(y, x.dtype.type(low))
         if high is not None:
             inside &= x <= high
-            y = xp.minimum(y, xp.asarray(high, dtype=x.dtype))
+            y = xp.minimum(y, x.dtype.type(high))
         self.save_for_backward(inside)
         return y
 
@@ -352,7 +353,7 @@ class Minimum(Function):
 
 def _split_by_winner(xp, g, a_wins, tie):
     half = g / 2
-    zero = xp.zeros((), dtype=g.dtype)
+    zero = g.dtype.type(0)
     ga = xp.where(a_wins, g, xp.where(tie, half, zero))
     gb = xp.where(a_wins, zero, xp.where(tie, half, g))
     return ga, gb
@@ -374,8 +375,10 @@ class Where(Function):
 
     def backward(self, g):
         condition, = self.saved
-        zero = self.xp.zeros((), dtype=g.dtype)
-        return self.xp.where(condition, g, zero), self.xp.where(condition, zero, g)
+        need_a, need_b = self.needs_input_grad[:2]
+        zero = g.dtype.type(0)
+        return (self.xp.where(condition, g, zero) if need_a else None,
+                self.xp.where(condition, zero, g) if need_b else None)
 
 
 # ----------------------------------------------------------------------------

@@ -127,7 +127,9 @@ def _to_tensors(op, inputs):
         if isinstance(x, Tensor):
             out.append(x)
         elif isinstance(x, numbers.Number) and ref is not None and _is_float(ref.dtype):
-            out.append(Tensor._wrap(ref.xp.asarray(x, dtype=ref.dtype), False))
+            # a NumPy scalar of the tensor's dtype: CuPy takes it as a kernel argument,
+            # with no array to allocate or copy to the GPU
+            out.append(Tensor._wrap(numpy.dtype(ref.dtype).type(x), False))
         elif ref is not None:
             if ref.device == "cpu" and device_of(x) == "cuda":
                 _device_mismatch(op, inputs)
