@@ -132,8 +132,7 @@ def gpu(request, monkeypatch):
         import cupy
         return cupy
     if request.config.getoption("--cupy-emulated"):
-        import cupy
-        return cupy  # installed for the whole session already
+        pytest.skip("--cupy-emulated: the 'cupy' run is the emulated one already")
     import cupy_emulation
     return cupy_emulation.install(monkeypatch, request.getfixturevalue("host_library"))
 

@@ -67,6 +67,8 @@ def device(request, monkeypatch):
             pytest.skip(f"needs CuPy and a CUDA device: {GPU_MISSING}")
         import cupy
         return Device("cupy", lambda a: cupy.array(a, copy=True), cupy.asnumpy)
+    if request.config.getoption("--cupy-emulated"):
+        pytest.skip("--cupy-emulated: the 'cupy' run is the emulated one already")
     cupy_emulation.install(monkeypatch, request.getfixturevalue("host_library"), sm_count=2)
     return Device("cupy-emulated", cupy_emulation.device_array, cupy_emulation.host_array)
 
