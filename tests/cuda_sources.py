@@ -178,7 +178,7 @@ def cupy_generated_source(spec, dtype):
 # -- the same code on the host --------------------------------------------------------
 
 #: Prepended to a CUDA source to compile it as C++ for the host: each block runs its
-#: threads as std::threads meeting at a std::barrier for __syncthreads, blocks run
+#: threads on a pool of std::threads, meeting at a std::barrier for __syncthreads; blocks run
 #: one after another, __shared__ variables are statics (one block at a time uses
 #: them), atomics and fences are the C++ ones, the math functions libm's.
 HOST_SHIM = r"""
@@ -186,6 +186,9 @@ HOST_SHIM = r"""
 #include <stddef.h>
 #include <atomic>
 #include <barrier>
+#include <condition_variable>
+#include <functional>
+#include <mutex>
 #include <thread>
 #include <vector>
 #define __global__
@@ -203,6 +206,47 @@ static inline void __threadfence() { std::atomic_thread_fence(std::memory_order_
 static inline unsigned int atomicAdd(unsigned int* p, unsigned int v) {
     return __atomic_fetch_add(p, v, __ATOMIC_SEQ_CST);
 }
+/* The threads of a block: a pool of workers started once and reused by every launch
+   (starting hundreds of threads per block made the emulated runs slow).  Never
+   freed: its threads wait for work until the process ends. */
+struct mg_pool {
+    std::mutex m;
+    std::condition_variable start, done;
+    std::vector<std::thread> workers;
+    std::function<void(unsigned int)> task;
+    unsigned int generation = 0, active = 0, remaining = 0;
+
+    void work(unsigned int id) {
+        unsigned int seen = 0;
+        for (;;) {
+            std::unique_lock<std::mutex> lock(m);
+            start.wait(lock, [&] { return generation != seen; });
+            seen = generation;
+            if (id >= active) continue;
+            auto run = task;
+            lock.unlock();
+            run(id);
+            lock.lock();
+            if (--remaining == 0) done.notify_one();
+        }
+    }
+    /* run task(0) ... task(n - 1) on n threads at once (a block's threads meet at
+       barriers, so they must all be running) and wait for them */
+    void run(unsigned int n, std::function<void(unsigned int)> f) {
+        std::unique_lock<std::mutex> lock(m);
+        while (workers.size() < n) {
+            unsigned int id = (unsigned int)workers.size();
+            workers.emplace_back([this, id] { work(id); });
+        }
+        task = std::move(f);
+        active = remaining = n;
+        ++generation;
+        start.notify_all();
+        done.wait(lock, [&] { return remaining == 0; });
+    }
+};
+static mg_pool* mg_threads = new mg_pool;
+
 template <typename... A, typename... B>
 static void mg_launch(void (*kernel)(A...), dim3 grid, dim3 block, B... args) {
     gridDim = grid;
@@ -214,15 +258,10 @@ static void mg_launch(void (*kernel)(A...), dim3 grid, dim3 block, B... args) {
         blockIdx = mg_uint3{bx, by, bz};
         std::barrier<> barrier(threads);
         mg_block_barrier = &barrier;
-        std::vector<std::thread> pool;
-        for (unsigned int t = 0; t < threads; ++t) {
-            pool.emplace_back([=]() {
-                threadIdx = mg_uint3{t % block.x, (t / block.x) % block.y,
-                                     t / (block.x * block.y)};
-                kernel(args...);
-            });
-        }
-        for (auto& th : pool) th.join();
+        mg_threads->run(threads, [=](unsigned int t) {
+            threadIdx = mg_uint3{t % block.x, (t / block.x) % block.y, t / (block.x * block.y)};
+            kernel(args...);
+        });
     }
     /* back to one thread, for the elementwise harnesses called directly */
     gridDim = dim3{};
