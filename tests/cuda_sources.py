@@ -294,7 +294,6 @@ import os  # noqa: E402
 import shutil  # noqa: E402
 import subprocess  # noqa: E402
 
-import numpy  # noqa: E402
 
 def host_compiler():
     """A C++ compiler on PATH (``$CXX``, g++ or clang++), or None."""

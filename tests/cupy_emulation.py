@@ -263,7 +263,7 @@ for _name in dir(numpy.ndarray):
     else:
         setattr(DeviceArray, _name, _wrap_method(_name))
 if _REAL_CUPY is not None:
-    for _name in ("ctypes", "__contains__", "__index__", "resize", "setflags"):
+    for _name in ("ctypes", "__contains__", "__index__"):  # (not callable / dunders)
         if not hasattr(_REAL_CUPY.ndarray, _name):
             setattr(DeviceArray, _name, _refused(_name))
 

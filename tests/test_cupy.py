@@ -26,7 +26,7 @@ import pytest
 
 import cupy_emulation
 import minigrad as mg
-from conftest import GPU_MISSING
+from conftest import GPU_MISSING, host
 from minigrad import kernels, losses, nn
 from minigrad.kernels import _cuda, dense
 from minigrad.kernels import losses as loss_kernels
@@ -269,10 +269,6 @@ def test_cupy_kernels_are_written_for_float32_and_float64():
 # the backend on the GPU
 # ----------------------------------------------------------------------------
 
-def _host(a):
-    return a.get() if hasattr(a, "get") else np.asarray(a)
-
-
 def test_backend_selection_and_where_tensors_live(gpu):
     with mg.set_backend("cupy") as backend:
         assert (backend.name, backend.device, backend.xp, backend.fused) == \
@@ -384,7 +380,7 @@ def test_dense_and_loss_gradients_match_across_backends(gpu, dtype, activation, 
             value = (losses.binary_cross_entropy_with_logits(out, xt, reduction="sum")
                      if loss == "bce" else losses.mse(out, xt))
             value.backward()
-            results[backend] = (value.item(), [_host(p.grad) for p in model.parameters()])
+            results[backend] = (value.item(), [host(p.grad) for p in model.parameters()])
     t = dict(rtol=2e-4, atol=2e-5) if dtype == "float32" else dict(rtol=1e-9, atol=1e-11)
     for backend in ("numba", "cupy"):
         assert math.isclose(results[backend][0], results["numpy"][0], rel_tol=t["rtol"])
@@ -411,7 +407,7 @@ def test_autoencoder_loss_and_gradients_numpy_vs_cupy(gpu, flavor, loss):
             assert {p.device for p in model.parameters()} == {device_name}
             total, terms = model.loss(X, rng=np.random.default_rng(4))
             total.backward()
-            results[backend] = (terms, {n: _host(p.grad) for n, p in model.named_parameters()})
+            results[backend] = (terms, {n: host(p.grad) for n, p in model.named_parameters()})
     (terms_np, grads_np), (terms_cu, grads_cu) = results["numpy"], results["cupy"]
     assert terms_np.keys() == terms_cu.keys()
     for key in terms_np:
