@@ -250,13 +250,12 @@ class Autoencoder(nn.Module):
     def reconstruction_loss(self, pre, x):
         """The reconstruction term: per-example sum over features, mean over the batch.
 
-        Written as (sum over everything) / batch size -- the same number -- so the
-        fused loss kernels of the Numba and CuPy backends apply.
+        ``reduction="batchmean"`` is that: (sum over everything) / batch size, one
+        fused kernel node on the Numba and CuPy backends.
         """
-        n = x.shape[0]
         if self.loss_name == "bce":
-            return losses.binary_cross_entropy_with_logits(pre, x, reduction="sum") * (1.0 / n)
-        return losses.mse(self._output(pre), x, reduction="sum") * (1.0 / n)
+            return losses.binary_cross_entropy_with_logits(pre, x, reduction="batchmean")
+        return losses.mse(self._output(pre), x, reduction="batchmean")
 
     # -- the loss --------------------------------------------------------------------
     def _loss(self, x, rng):  # pragma: no cover - abstract
@@ -358,6 +357,7 @@ class Autoencoder(nn.Module):
         epochs = _positive_int("epochs", epochs)
         batch_size = _positive_int("batch_size", batch_size)
         opt = self._optimizer(optimizer, lr)
+        self.optimizer_ = opt
         shuffle_rng, noise_rng = (numpy.random.default_rng(s)
                                   for s in numpy.random.SeedSequence(seed).spawn(2))
         params = self.parameters()
@@ -374,26 +374,17 @@ class Autoencoder(nn.Module):
                 self._begin_epoch(epoch, epochs)
                 order = shuffle_rng.permutation(n)
                 sums = {}
-                for b in range(n_batches):
-                    xb = self._tensor(X[order[b * batch_size:(b + 1) * batch_size]])
-                    opt.zero_grad()
-                    total, terms = self._loss(xb, noise_rng)
-                    terms = _floats(total, terms)
-                    if not math.isfinite(terms["total"]):
-                        for p, good in zip(params, last_good):
-                            p.data[...] = good
-                        raise FloatingPointError(
-                            f"{self._name}.fit: the loss became {terms['total']} at epoch "
-                            f"{epoch + 1} of {epochs}, batch {b + 1} of {n_batches}; training "
-                            f"stopped and the model keeps the weights of the last batch with "
-                            f"a finite loss (try a smaller lr)")
-                    for p, good in zip(params, last_good):
-                        good[...] = p.data
-                    total.backward()
-                    opt.step()
-                    for key, value in terms.items():
-                        sums[key] = sums.get(key, 0.0) + value * len(xb)
-                    bar.batch(epoch, sums["total"] / min(n, (b + 1) * batch_size))
+                # the steps run with subnormals flushed to zero on every thread that
+                # computes (minigrad.denormals); callbacks and the rest run without
+                with minigrad.flush_denormals():
+                    for b in range(n_batches):
+                        xb = self._tensor(X[order[b * batch_size:(b + 1) * batch_size]])
+                        terms = self._step(xb, opt, noise_rng, params, last_good,
+                                           f"epoch {epoch + 1} of {epochs}, batch {b + 1} of "
+                                           f"{n_batches}")
+                        for key, value in terms.items():
+                            sums[key] = sums.get(key, 0.0) + value * len(xb)
+                        bar.batch(epoch, sums["total"] / min(n, (b + 1) * batch_size))
                 logs = {key: value / n for key, value in sums.items()}
                 if X_val is not None:
                     val = self.evaluate(X_val, rng=numpy.random.default_rng(seed))
@@ -409,6 +400,26 @@ class Autoencoder(nn.Module):
             self._end_fit()
             self.train(was_training)
         return history
+
+    def _step(self, xb, opt, noise_rng, params, last_good, where):
+        """One training step on batch ``xb``; returns its loss terms as floats.  A
+        non-finite loss restores the weights of the last batch with a finite one
+        (kept in ``last_good``) and raises."""
+        opt.zero_grad()
+        total, terms = self._loss(xb, noise_rng)
+        terms = _floats(total, terms)
+        if not math.isfinite(terms["total"]):
+            for p, good in zip(params, last_good):
+                p.data[...] = good
+            raise FloatingPointError(
+                f"{self._name}.fit: the loss became {terms['total']} at {where}; training "
+                f"stopped and the model keeps the weights of the last batch with a finite "
+                f"loss (try a smaller lr)")
+        for p, good in zip(params, last_good):
+            good[...] = p.data
+        total.backward()
+        opt.step()
+        return terms
 
     def _optimizer(self, optimizer, lr):
         if isinstance(optimizer, optim.Optimizer):

@@ -30,14 +30,34 @@ from minigrad import losses, nn, no_grad
 
 from .base import Autoencoder, _check_rng, _positive_int
 
-__all__ = ["VariationalAutoencoder", "GaussianEncoder", "reparameterize"]
+__all__ = ["VariationalAutoencoder", "GaussianEncoder", "reparameterize", "Reparameterize"]
 
 _LOG_2PI = math.log(2 * math.pi)
 
 
+class Reparameterize(minigrad.Function):
+    """z = μ + σ ⊙ ε with σ = exp(log σ² / 2), as one node.
+
+    backward:  ∂L/∂μ = g;   ∂L/∂log σ² = g ⊙ σ ⊙ ε / 2;   ∂L/∂ε = g ⊙ σ
+    """
+
+    def forward(self, mu, log_var, eps):
+        sigma = self.xp.exp(0.5 * log_var)
+        self.save_for_backward(sigma, eps)
+        return mu + sigma * eps
+
+    def backward(self, g):
+        sigma, eps = self.saved
+        need_mu, need_lv, need_eps = self.needs_input_grad
+        g_sigma = g * sigma
+        return ((g if need_mu else None), (0.5 * g_sigma * eps if need_lv else None),
+                (g_sigma if need_eps else None))
+
+
 def reparameterize(mu, log_var, eps):
-    """z = μ + exp(log σ² / 2) ⊙ ε: a sample of N(μ, σ²) differentiable in μ and log σ²."""
-    return mu + minigrad.exp(0.5 * log_var) * eps
+    """z = μ + exp(log σ² / 2) ⊙ ε: a sample of N(μ, σ²) differentiable in μ and log σ²
+    (the three broadcast together; see :class:`Reparameterize`)."""
+    return Reparameterize.apply(mu, log_var, eps)
 
 
 class GaussianEncoder(nn.Module):

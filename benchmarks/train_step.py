@@ -123,7 +123,7 @@ def make_minigrad(backend):
     return step, sync, lambda loss: float(loss.item())
 
 
-def make_torch(device="cpu", flush_denormal=False, fused_adam=False):
+def make_torch(device="cpu", flush_denormal=False, fused_adam=False, compile=False):
     import torch
     torch.set_flush_denormal(flush_denormal)
     mods = []
@@ -137,6 +137,8 @@ def make_torch(device="cpu", flush_denormal=False, fused_adam=False):
             mods.append(torch.nn.ReLU())
     model = torch.nn.Sequential(*mods).to(device)
     opt = torch.optim.Adam(model.parameters(), lr=LR, fused=fused_adam or None)
+    if compile:
+        model = torch.compile(model)
 
     def step(x):
         x = torch.from_numpy(x).to(device)
@@ -226,6 +228,8 @@ FRAMEWORKS = {
     "minigrad-cupy": lambda: make_minigrad("cupy"),
     "torch": lambda: make_torch("cpu"),
     "torch-ftz": lambda: make_torch("cpu", flush_denormal=True),
+    "torch-fused": lambda: make_torch("cpu", fused_adam=True),
+    "torch-compile": lambda: make_torch("cpu", fused_adam=True, compile=True),
     "torch-cuda": lambda: make_torch("cuda"),
     "jax": make_jax,
     "floor": lambda: make_gemm_floor("numpy"),

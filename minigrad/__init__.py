@@ -10,7 +10,8 @@ array([2., 4., 6.], dtype=float32)
 The pieces, in reading order: :mod:`minigrad.tensor` (Tensor, Function, the
 backward pass), :mod:`minigrad.functions` (the primitives, forward and backward
 side by side), :mod:`minigrad.backend` (the array namespace and kernel table),
-:mod:`minigrad.gradcheck` (finite-difference checks).
+:mod:`minigrad.gradcheck` (finite-difference checks), :mod:`minigrad.denormals`
+(why and how training keeps subnormal numbers out of the arithmetic).
 """
 from .backend import available_backends, backend_for, get_backend, set_backend
 from .tensor import Function, Tensor, as_tensor, enable_grad, is_grad_enabled, no_grad
@@ -19,14 +20,15 @@ from .functions import (abs, add, broadcast_to, clip, concatenate, div, exp, get
                         mean, minimum, mul, neg, pow, relu, reshape, sigmoid, softplus,
                         sqrt, sub, sum, tanh, transpose, where)
 from .gradcheck import gradcheck
-from . import losses, nn, optim
+from .denormals import flush_denormals
+from . import denormals, losses, nn, optim
 
 __version__ = "0.1.0"
 
 __all__ = [
     "Tensor", "Function", "as_tensor", "no_grad", "enable_grad", "is_grad_enabled",
     "gradcheck", "nn", "losses", "optim", "get_backend", "set_backend", "backend_for",
-    "available_backends",
+    "available_backends", "flush_denormals", "denormals",
     "abs", "add", "broadcast_to", "clip", "concatenate", "div", "exp", "getitem",
     "leaky_relu", "log", "log_sigmoid", "logsumexp", "matmul", "max", "maximum", "mean",
     "minimum", "mul", "neg", "pow", "relu", "reshape", "sigmoid", "softplus", "sqrt",

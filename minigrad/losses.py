@@ -4,8 +4,10 @@ Two families, and what ``reduction`` does for each:
 
 * elementwise losses (``mse``, ``binary_cross_entropy``,
   ``binary_cross_entropy_with_logits``, ``bernoulli_kl``): one term per element;
-  ``"mean"`` averages over all elements, ``"sum"`` sums them, ``"none"``
-  returns them;
+  ``"mean"`` averages over all elements, ``"sum"`` sums them, ``"batchmean"``
+  sums them and divides by the batch size (the length of the first axis, 1 for
+  a scalar: the per-example loss summed over features, averaged over examples),
+  ``"none"`` returns them;
 * per-example losses (``kl_divergence``, ``gaussian_kl``, ``l1``): the terms are
   summed over the last axis (one value per example); ``"mean"`` averages those
   over the leading (batch) axes, ``"sum"`` sums them, ``"none"`` returns them.
@@ -20,12 +22,13 @@ import numpy
 
 from . import functions as F
 from .backend import backend_for
+from .denormals import flush_subnormals
 from .tensor import Function, as_tensor, is_grad_enabled
 
-__all__ = ["mse", "binary_cross_entropy", "binary_cross_entropy_with_logits",
+__all__ = ["GaussianKL", "mse", "binary_cross_entropy", "binary_cross_entropy_with_logits",
            "kl_divergence", "gaussian_kl", "l1", "bernoulli_kl"]
 
-_REDUCTIONS = ("mean", "sum", "none")
+_REDUCTIONS = ("mean", "sum", "batchmean", "none")
 
 
 def _reduce(op, terms, reduction):
@@ -33,9 +36,16 @@ def _reduce(op, terms, reduction):
         return F.mean(terms)
     if reduction == "sum":
         return F.sum(terms)
+    if reduction == "batchmean":
+        return F.sum(terms) * (1.0 / _batch_size(terms))
     if reduction == "none":
         return terms
     raise ValueError(f"{op}: reduction={reduction!r}; expected one of {_REDUCTIONS}")
+
+
+def _batch_size(a):
+    """The length of the first axis (1 for a scalar, and for an empty batch)."""
+    return max(a.shape[0], 1) if a.ndim else 1
 
 
 def _same_shape(op, a, b, names=("input", "target")):
@@ -78,6 +88,7 @@ class _FusedSumLoss(Function):
                                                                    self.scale * seed)
         elif self.xp is not numpy or seed != 1.0:
             grad_pred *= pred.dtype.type(seed) if self.xp is numpy else seed
+            flush_subnormals(grad_pred)  # scaling down can make subnormals again
         grad_target = (_target_grad(self.loss_name, pred, target, self.scale * seed)
                        if self.needs_input_grad[1] else None)
         return grad_pred, grad_target
@@ -92,10 +103,10 @@ def _target_grad(name, pred, target, scale):
 def _fused(name, pred, target, reduction):
     """The fused kernel node, where the backend has one and the reduction allows."""
     backend = backend_for(pred.device)
-    if (not backend.fused or reduction not in ("mean", "sum") or pred.dtype != target.dtype
-            or pred.size == 0):
+    if (not backend.fused or reduction not in ("mean", "sum", "batchmean")
+            or pred.dtype != target.dtype or pred.size == 0):
         return None
-    scale = 1.0 / pred.size if reduction == "mean" else 1.0
+    scale = {"mean": 1.0 / pred.size, "sum": 1.0, "batchmean": 1.0 / _batch_size(pred)}[reduction]
     want_grad = is_grad_enabled() and (pred.requires_grad or target.requires_grad)
     return _FusedSumLoss.apply(pred, target, name=name, scale=scale, kernels=backend.kernels,
                                want_grad=want_grad)
@@ -146,11 +157,32 @@ def kl_divergence(p, q, reduction="mean"):
     return _reduce("kl_divergence", F.sum(terms, axis=-1), reduction)
 
 
+class GaussianKL(Function):
+    """KL(N(mu, e^lv) || N(0, I)) = 1/2 sum_j (e^lv_j + mu_j^2 - 1 - lv_j) over the
+    last axis, one value per example, as one node (the VAE's KL term).
+
+    backward (g: one seed per example):  d/d mu_j = g mu_j;  d/d lv_j = g (e^lv_j - 1) / 2
+    """
+
+    def forward(self, mu, log_var):
+        var = self.xp.exp(log_var)
+        self.save_for_backward(mu, var)
+        return 0.5 * (var + mu * mu - 1 - log_var).sum(axis=-1)
+
+    def backward(self, g):
+        mu, var = self.saved
+        g = g[..., None]
+        need_mu, need_lv = self.needs_input_grad
+        return (g * mu if need_mu else None), ((0.5 * g) * (var - 1) if need_lv else None)
+
+
 def gaussian_kl(mu, log_var, reduction="mean"):
-    """KL(N(mu, e^log_var) || N(0, I)) = 1/2 sum_j (e^lv_j + mu_j^2 - 1 - lv_j), last axis."""
+    """KL(N(mu, e^log_var) || N(0, I)) = 1/2 sum_j (e^lv_j + mu_j^2 - 1 - lv_j), last axis
+    (see :class:`GaussianKL`)."""
     mu, log_var = _same_shape("gaussian_kl", mu, log_var, ("mu", "log_var"))
-    terms = 0.5 * (F.exp(log_var) + mu * mu - 1.0 - log_var)
-    return _reduce("gaussian_kl", F.sum(terms, axis=-1), reduction)
+    if mu.ndim == 0:
+        raise ValueError("gaussian_kl: mu and log_var need at least one axis, got scalars")
+    return _reduce("gaussian_kl", GaussianKL.apply(mu, log_var), reduction)
 
 
 def l1(h, reduction="mean"):

@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from hypothesis.extra import numpy as hnp
 
 import minigrad as mg
 from minigrad import Tensor, nn, no_grad
@@ -202,6 +203,19 @@ def test_closed_form_kl_matches_monte_carlo():
     model.encoder.log_var.bias.data[...] += [0.3, -0.7, 1.0]
     _, terms = model.loss(x, rng=np.random.default_rng(0))
     np.testing.assert_allclose(terms["kl"], closed.mean(), rtol=1e-12)
+
+
+@settings(max_examples=20, deadline=None)
+@given(data=st.data())
+def test_reparameterize_node_gradcheck_with_broadcasting(data):
+    """The Reparameterize node against central differences, for mu, log_var and eps,
+    with shapes that broadcast (a shared mu / log_var over a batch of eps)."""
+    width = data.draw(st.integers(1, 4))
+    batch = data.draw(st.integers(1, 4))
+    shapes = data.draw(st.permutations([(batch, width), (width,), (1, width)]))
+    values = [data.draw(hnp.arrays(np.float64, s, elements=st.floats(-2, 2))) for s in shapes]
+    tensors = [Tensor(v, requires_grad=True) for v in values]
+    assert mg.gradcheck(lambda m, lv, e: reparameterize(m, lv, e), tensors)
 
 
 def test_reparameterized_gradient_matches_analytic_for_a_quadratic():

@@ -15,7 +15,7 @@ from conftest import arrays, float_dtypes, host, small_shapes, tolerance
 SETTINGS = settings(max_examples=10, deadline=None,
                     suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large,
                                            HealthCheck.function_scoped_fixture])
-REDUCTIONS = ["mean", "sum", "none"]
+REDUCTIONS = ["mean", "sum", "batchmean", "none"]
 
 
 def leaf(a):
@@ -31,7 +31,9 @@ def pair(draw, low=-3.0, high=3.0, t_low=0.0, t_high=1.0):
 
 
 def reduce(terms, reduction):
-    return {"mean": np.mean, "sum": np.sum, "none": lambda a: a}[reduction](terms)
+    return {"mean": np.mean, "sum": np.sum, "none": lambda a: a,
+            "batchmean": lambda a: np.sum(a) / (max(a.shape[0], 1) if a.ndim else 1),
+            }[reduction](terms)
 
 
 # ----------------------------------------------------------------------------

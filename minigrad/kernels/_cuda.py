@@ -16,7 +16,10 @@ with NVRTC on a machine without a GPU.
 
 Every kernel is compiled with ``--fmad=false``: NumPy rounds ``a * b + c`` twice,
 and so does the GPU then, which keeps the kernels made of + - * / and sqrt alone
-(SGD, Adam, MSE) bit for bit equal to their NumPy references.
+(SGD, Adam, MSE) bit for bit equal to their NumPy references.  And with
+``--ftz=true``: float32 arithmetic flushes subnormal operands and results to 0,
+as the CPU does inside :func:`minigrad.flush_denormals`; what a kernel writes is
+flushed explicitly too (``mg_flush``), in float64 as well, as on the CPU.
 """
 from __future__ import annotations
 
@@ -28,7 +31,7 @@ __all__ = ["Elementwise", "Raw", "uses", "OPTIONS", "DTYPES", "MATH", "suffix", 
            "check_device_arrays", "sm_count", "DeviceBuffers"]
 
 #: NVRTC options of every kernel (CuPy adds its include paths and ``-std=c++17``).
-OPTIONS = ("--fmad=false",)
+OPTIONS = ("--fmad=false", "--ftz=true")
 
 #: The dtypes every kernel is written for, and the suffix of their raw kernels.
 DTYPES = {"float32": "f32", "float64": "f64"}
@@ -51,6 +54,13 @@ __device__ __forceinline__ double mg_fabs(double x) { return fabs(x); }
 __device__ __forceinline__ float mg_sqrt(float x) { return sqrtf(x); }
 __device__ __forceinline__ double mg_sqrt(double x) { return sqrt(x); }
 __device__ __forceinline__ int mg_imin(int a, int b) { return a < b ? a : b; }
+/* 0 for a subnormal (|x| below the smallest normal number), else x; NaN passes */
+__device__ __forceinline__ float mg_flush(float x) {
+    return fabsf(x) < 1.17549435082228750797e-38f ? 0.0f : x;
+}
+__device__ __forceinline__ double mg_flush(double x) {
+    return fabs(x) < 2.22507385850720138309e-308 ? 0.0 : x;
+}
 #endif
 """
 

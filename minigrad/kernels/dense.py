@@ -8,6 +8,11 @@ pre-activation need not be kept for backward:
     leaky'     = 1 if y > 0 else slope      tanh'    = 1 - y^2
     identity'  = 1                          softplus' = sigmoid(x) = 1 - e^-y
 
+Every kernel writes 0 for a value whose magnitude is below the smallest normal
+number of its dtype (``tiny``, 1.18e-38 in float32): subnormal activations or
+gradients would slow down every matrix product they enter (see
+:mod:`minigrad.denormals`).
+
 Kernels (NumPy reference first, then the Numba version, then the CuPy one):
 
 * ``dense_forward(z, bias, activation, slope) -> y``: y = act(z + bias); z is
@@ -23,6 +28,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from ..denormals import flush_subnormals
 from . import _cuda, register
 from . import _jit
 from ._jit import kernel, prange, scalar
@@ -71,22 +77,24 @@ def _deriv_numpy(y, activation, slope):
 
 
 def activation_forward_numpy(x, activation, slope=0.01):
-    return _act_numpy(x, activation, slope).astype(x.dtype, copy=False)
+    y = np.array(_act_numpy(x, activation, slope), dtype=x.dtype)
+    return flush_subnormals(y)
 
 
 def activation_backward_numpy(grad_y, y, activation, slope=0.01):
-    return (grad_y * _deriv_numpy(y, activation, slope)).astype(grad_y.dtype, copy=False)
+    grad_x = np.array(grad_y * _deriv_numpy(y, activation, slope), dtype=grad_y.dtype)
+    return flush_subnormals(grad_x)
 
 
 def dense_forward_numpy(z, bias, activation, slope=0.01):
     z += bias
     z[...] = _act_numpy(z, activation, slope)
-    return z
+    return flush_subnormals(z)
 
 
 def dense_backward_numpy(grad_y, y, activation, slope=0.01):
     grad_z = activation_backward_numpy(grad_y, y, activation, slope)
-    return grad_z, grad_z.sum(axis=0)
+    return grad_z, flush_subnormals(grad_z.sum(axis=0))
 
 
 # ----------------------------------------------------------------------------
@@ -136,19 +144,25 @@ def _deriv(y, code, slope, zero, one):
     return one
 
 
+@scalar
+def _flush(v, tiny, zero):
+    """0 for |v| < tiny (a subnormal), else v; NaN passes."""
+    return zero if abs(v) < tiny else v
+
+
 @kernel
-def _dense_forward(z, bias, slope):
+def _dense_forward(z, bias, slope, tiny):
     """z[i] = act(z[i] + bias) for every row i, in place (an ``out`` array that is
     z would fail LLVM's run-time overlap check and take its scalar path)."""
     zero, one = z.dtype.type(0), z.dtype.type(1)
     for i in prange(z.shape[0]):
         row = z[i]
         for j in range(row.size):
-            row[j] = _act(row[j] + bias[j], ACTIVATION, slope, zero, one)
+            row[j] = _flush(_act(row[j] + bias[j], ACTIVATION, slope, zero, one), tiny, zero)
 
 
 @kernel
-def _dense_backward(grad_y, y, slope, grad_z, partial):
+def _dense_backward(grad_y, y, slope, tiny, grad_z, partial):
     """grad_z = grad_y * act'(y); partial[b] = sum of grad_z over the b-th block of
     rows (one block per thread; the caller adds the blocks)."""
     zero, one = y.dtype.type(0), y.dtype.type(1)
@@ -161,7 +175,8 @@ def _dense_backward(grad_y, y, slope, grad_z, partial):
         for i in range(b * rows, min(n, (b + 1) * rows)):
             g_row, y_row, out = grad_y[i], y[i], grad_z[i]
             for j in range(out.size):
-                out[j] = g_row[j] * _deriv(y_row[j], ACTIVATION, slope, zero, one)
+                out[j] = _flush(g_row[j] * _deriv(y_row[j], ACTIVATION, slope, zero, one),
+                                tiny, zero)
             for j in range(out.size):  # a second pass, still in L1: both loops vectorize
                 acc[j] += out[j]
 
@@ -188,10 +203,14 @@ def _rows(a):
 _COST = {"identity": 1, "relu": 1, "leaky_relu": 1, "sigmoid": 4, "tanh": 5, "softplus": 6}
 
 
+def _tiny(dtype):
+    return dtype.type(np.finfo(dtype).tiny)
+
+
 def dense_forward_numba(z, bias, activation, slope=0.01):
     z = _contiguous(z)
     _dense_forward.specialize(ACTIVATION=_code(activation))(
-        z, _contiguous(bias).astype(z.dtype, copy=False), z.dtype.type(slope),
+        z, _contiguous(bias).astype(z.dtype, copy=False), z.dtype.type(slope), _tiny(z.dtype),
         size=z.size * _COST[activation])
     return z
 
@@ -208,14 +227,16 @@ def _backward(grad_y, y, activation, slope):
     blocks = _jit.threads() if size >= _jit.PARALLEL_MIN_SIZE and y.shape[0] > 1 else 1
     partial = np.empty((blocks, y.shape[1]), dtype=y.dtype)
     _dense_backward.specialize(ACTIVATION=_code(activation))(
-        grad_y, y, y.dtype.type(slope), grad_z, partial, size=size)
-    return grad_z, (partial[0] if blocks == 1 else partial.sum(axis=0))
+        grad_y, y, y.dtype.type(slope), _tiny(y.dtype), grad_z, partial, size=size)
+    # the sum of flushed values can itself be subnormal (terms of opposite signs)
+    grad_bias = partial[0] if blocks == 1 else partial.sum(axis=0)
+    return grad_z, flush_subnormals(grad_bias)
 
 
 def activation_forward_numba(x, activation, slope=0.01):
     out = np.array(_rows(x), order="C")  # a copy, then in place
     _dense_forward.specialize(ACTIVATION=_code(activation))(
-        out, np.zeros(out.shape[1], out.dtype), out.dtype.type(slope),
+        out, np.zeros(out.shape[1], out.dtype), out.dtype.type(slope), _tiny(out.dtype),
         size=out.size * _COST[activation])
     return out.reshape(np.shape(x))
 
@@ -271,16 +292,17 @@ DENSE_FORWARD_CUDA = _cuda.Elementwise(
     "mg_dense_forward", "raw T bias, int32 m, int32 code, T slope", "T z",
     "const int j = i <= 2147483647 ? (int)((unsigned int)i % (unsigned int)m)"
     " : (int)(i % m);\n"
-    "z = mg_act<T>(z + bias[j], code, slope)",
+    "z = mg_flush(mg_act<T>(z + bias[j], code, slope))",
     preamble=ACTIVATION_CUDA, scalars=("m", "code", "slope"))
 
 ACTIVATION_FORWARD_CUDA = _cuda.Elementwise(
     "mg_activation_forward", "T x, int32 code, T slope", "T y",
-    "y = mg_act<T>(x, code, slope)", preamble=ACTIVATION_CUDA, scalars=("code", "slope"))
+    "y = mg_flush(mg_act<T>(x, code, slope))", preamble=ACTIVATION_CUDA,
+    scalars=("code", "slope"))
 
 ACTIVATION_BACKWARD_CUDA = _cuda.Elementwise(
     "mg_activation_backward", "T g, T y, int32 code, T slope", "T out",
-    "out = g * mg_deriv<T>(y, code, slope)", preamble=ACTIVATION_CUDA,
+    "out = mg_flush(g * mg_deriv<T>(y, code, slope))", preamble=ACTIVATION_CUDA,
     scalars=("code", "slope"))
 
 # One launch for grad_z and grad_bias.  Blocks of 32 x 8 threads; blockIdx.x picks
@@ -310,7 +332,7 @@ __device__ __forceinline__ void mg_dense_backward(
     if (j < m) {
         for (int r = r0 + ty; r < r1; r += MG_DB_TY) {
             const size_t k = (size_t)r * (size_t)m + (size_t)j;
-            const F g = grad_y[k] * mg_deriv<F>(y[k], code, slope);
+            const F g = mg_flush(grad_y[k] * mg_deriv<F>(y[k], code, slope));
             grad_z[k] = g;
             acc += (double)g;
         }
@@ -322,7 +344,7 @@ __device__ __forceinline__ void mg_dense_backward(
         for (int t = 0; t < MG_DB_TY; ++t) total += sums[t][tx];
     }
     if (gridDim.y == 1) {
-        if (ty == 0 && j < m) grad_bias[j] = (F)total;
+        if (ty == 0 && j < m) grad_bias[j] = mg_flush((F)total);
         return;
     }
     if (ty == 0 && j < m) partial[(size_t)blockIdx.y * (size_t)m + (size_t)j] = total;
@@ -335,7 +357,7 @@ __device__ __forceinline__ void mg_dense_backward(
         const volatile double* p = partial;
         double s = 0.0;
         for (unsigned int b = 0; b < gridDim.y; ++b) s += p[(size_t)b * (size_t)m + (size_t)j];
-        grad_bias[j] = (F)s;
+        grad_bias[j] = mg_flush((F)s);
     }
     if (tx == 0 && ty == 0) counters[blockIdx.x] = 0;  /* ready for the next launch */
 }

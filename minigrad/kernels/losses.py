@@ -11,6 +11,10 @@
   ``mse_forward_backward(pred, target, scale) -> (float, grad)``: both of the
   above in one pass (the NumPy version calls the two kernels).
 
+Gradients of magnitude below the smallest normal number of their dtype are
+written as 0 (the gradient of a saturated logit, sigmoid(x) - 0 for x < -87, is
+otherwise a float32 subnormal; see :mod:`minigrad.denormals`).
+
 NumPy reference first, then the Numba version, then the CuPy one (whose forward
 sums stay on the GPU as 0-d float64 arrays; see there).
 """
@@ -18,6 +22,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from ..denormals import flush_subnormals
 from . import _cuda, _jit, register
 from ._jit import kernel, prange, scalar
 from ._math import exp_neg, log1p_unit
@@ -35,7 +40,8 @@ def bce_with_logits_forward_numpy(logits, target):
 def bce_with_logits_backward_numpy(logits, target, scale):
     e = np.exp(-np.abs(logits))
     sig = np.where(logits >= 0, 1 / (1 + e), e / (1 + e))
-    return ((sig - target) * logits.dtype.type(scale)).astype(logits.dtype, copy=False)
+    grad = np.array((sig - target) * logits.dtype.type(scale), dtype=logits.dtype)
+    return flush_subnormals(grad)
 
 
 def mse_forward_numpy(pred, target):
@@ -44,7 +50,8 @@ def mse_forward_numpy(pred, target):
 
 
 def mse_backward_numpy(pred, target, scale):
-    return ((pred - target) * pred.dtype.type(2 * scale)).astype(pred.dtype, copy=False)
+    grad = np.array((pred - target) * pred.dtype.type(2 * scale), dtype=pred.dtype)
+    return flush_subnormals(grad)
 
 
 # ----------------------------------------------------------------------------
@@ -72,8 +79,14 @@ def _add_row(acc, terms):
         acc[j] += terms[j]
 
 
+@scalar
+def _flush(v, tiny, zero):
+    """0 for |v| < tiny (a subnormal), else v; NaN passes."""
+    return zero if abs(v) < tiny else v
+
+
 @kernel
-def _bce(x, t, grad, partial, scale):
+def _bce(x, t, grad, partial, scale, tiny):
     zero, one = x.dtype.type(0), x.dtype.type(1)
     n, m = x.shape
     blocks = partial.shape[0]
@@ -89,7 +102,7 @@ def _bce(x, t, grad, partial, scale):
                 e = exp_neg(abs(v))                # e^-|x| <= 1: nothing overflows
                 if MODE != LOSS:
                     r = one / (one + e)
-                    gr[j] = ((r if v >= zero else e * r) - tj) * scale
+                    gr[j] = _flush(((r if v >= zero else e * r) - tj) * scale, tiny, zero)
                 if MODE != GRAD:
                     terms[j] = max(v, zero) - v * tj + log1p_unit(e)
             if MODE != GRAD:
@@ -97,7 +110,8 @@ def _bce(x, t, grad, partial, scale):
 
 
 @kernel
-def _mse(p, t, grad, partial, scale):
+def _mse(p, t, grad, partial, scale, tiny):
+    zero = p.dtype.type(0)
     n, m = p.shape
     blocks = partial.shape[0]
     rows = (n + blocks - 1) // blocks
@@ -110,7 +124,7 @@ def _mse(p, t, grad, partial, scale):
             for j in range(m):
                 d = pr[j] - tr[j]
                 if MODE != LOSS:
-                    gr[j] = d * scale
+                    gr[j] = _flush(d * scale, tiny, zero)
                 if MODE != GRAD:
                     terms[j] = d * d
             if MODE != GRAD:
@@ -135,7 +149,8 @@ def _run(kernel_, pred, target, scale, mode):
     size = x.size * _COST[kernel_]
     blocks = _jit.threads() if size >= _jit.PARALLEL_MIN_SIZE and x.shape[0] > 1 else 1
     partial = np.empty((blocks, x.shape[1]), dtype=np.float64)
-    kernel_.specialize(MODE=mode)(x, t, grad, partial, x.dtype.type(scale), size=size)
+    kernel_.specialize(MODE=mode)(x, t, grad, partial, x.dtype.type(scale),
+                                  x.dtype.type(np.finfo(x.dtype).tiny), size=size)
     total = float(partial.sum()) if mode != GRAD else None
     return total, (grad.reshape(np.shape(pred)) if mode != LOSS else None)
 
@@ -236,7 +251,8 @@ __device__ __forceinline__ void mg_loss_sum(
     for (long long i = (long long)blockIdx.x * MG_SUM_THREADS + tid; i < n;
          i += (long long)gridDim.x * MG_SUM_THREADS) {
         const F x = a[i], t = b[i];
-        if (GRAD) grad[i] = KIND == 0 ? (mg_sigmoid<F>(x) - t) * scale : (x - t) * scale;
+        if (GRAD) grad[i] = mg_flush(KIND == 0 ? (mg_sigmoid<F>(x) - t) * scale
+                                               : (x - t) * scale);
         acc += KIND == 0 ? mg_bce_term((double)x, (double)t)
                          : mg_mse_term((double)x, (double)t);
     }
@@ -302,10 +318,10 @@ MSE_SUM_GRAD_CUDA = _sum_spec("mg_mse_sum_grad", 1, grad=True)
 
 BCE_BACKWARD_CUDA = _cuda.Elementwise(
     "mg_bce_with_logits_backward", "T x, T t, T scale", "T out",
-    "out = (mg_sigmoid<T>(x) - t) * scale", preamble=LOSS_CUDA, scalars=("scale",))
+    "out = mg_flush((mg_sigmoid<T>(x) - t) * scale)", preamble=LOSS_CUDA, scalars=("scale",))
 
 MSE_BACKWARD_CUDA = _cuda.Elementwise(
-    "mg_mse_backward", "T p, T t, T scale2", "T out", "out = (p - t) * scale2",
+    "mg_mse_backward", "T p, T t, T scale2", "T out", "out = mg_flush((p - t) * scale2)",
     preamble=LOSS_CUDA, scalars=("scale2",))
 
 _SUM_THREADS = 256

@@ -12,14 +12,15 @@
 Denormals: a unit whose gradient is exactly 0 (a dead ReLU) has moments that
 decay geometrically and, after a few hundred steps, fall below the smallest
 normal float32; arithmetic on such subnormals is many times slower and every
-later step pays for it.  The updates flush moments below the smallest normal
-number of their dtype to exactly 0, which changes no result that matters (the
-step they contribute is below 1e-30).
+later step pays for it.  The updates flush moments -- and parameters -- below the
+smallest normal number of their dtype to exactly 0, which changes no result that
+matters (the step they contribute is below 1e-30); see :mod:`minigrad.denormals`.
 """
 from __future__ import annotations
 
 import numpy as np
 
+from ..denormals import flush_subnormals
 from . import _cuda, register
 from ._jit import kernel, prange
 
@@ -28,18 +29,15 @@ from ._jit import kernel, prange
 # NumPy reference
 # ----------------------------------------------------------------------------
 
-def _flush_subnormals(a):
-    a[np.abs(a) < np.finfo(a.dtype).tiny] = 0
-
-
 def sgd_update_numpy(param, grad, velocity, lr, momentum, weight_decay, nesterov):
     g = grad + weight_decay * param if weight_decay else grad
     if velocity is not None:
         velocity *= momentum
         velocity += g
-        _flush_subnormals(velocity)
+        flush_subnormals(velocity)
         g = g + momentum * velocity if nesterov else velocity
     param -= param.dtype.type(lr) * g
+    flush_subnormals(param)
 
 
 def adam_update_numpy(param, grad, m, v, lr, beta1, beta2, eps, weight_decay, step,
@@ -51,13 +49,14 @@ def adam_update_numpy(param, grad, m, v, lr, beta1, beta2, eps, weight_decay, st
     m += (1 - beta1) * g
     v *= beta2
     v += (1 - beta2) * (g * g)
-    _flush_subnormals(m)
-    _flush_subnormals(v)
+    flush_subnormals(m)
+    flush_subnormals(v)
     if weight_decay and decoupled:
         param -= param.dtype.type(lr * weight_decay) * param
     step_size = lr / (1 - beta1 ** step)
     root_correction = np.sqrt(1 - beta2 ** step)
     param -= (step_size * m / (np.sqrt(v) / root_correction + eps)).astype(param.dtype)
+    flush_subnormals(param)
 
 
 # ----------------------------------------------------------------------------
@@ -78,7 +77,8 @@ def _sgd(p, g, vel, lr, momentum, wd, nesterov, has_velocity, tiny):
             vi = zero if abs(vi) < tiny else vi
             vel[i] = vi
             gi = gi + momentum * vi if nesterov else vi
-        p[i] -= lr * gi
+        pi = p[i] - lr * gi
+        p[i] = zero if abs(pi) < tiny else pi
 
 
 @kernel
@@ -93,7 +93,8 @@ def _adam(p, g, m, v, beta1, one_minus_beta1, beta2, one_minus_beta2, eps, l2, d
         vi = zero if vi < tiny else vi
         m[i] = mi
         v[i] = vi
-        p[i] = p[i] * decay - step_size * mi / (np.sqrt(vi) * inv_root_correction + eps)
+        pi = p[i] * decay - step_size * mi / (np.sqrt(vi) * inv_root_correction + eps)
+        p[i] = zero if abs(pi) < tiny else pi
 
 
 def _flat(a):
@@ -141,7 +142,7 @@ OPTIM_CUDA = _cuda.MATH
 SGD_CUDA = _cuda.Elementwise(
     "mg_sgd_update", "T g, T wd, T lr, int32 decay", "T p",
     "const T gi = decay ? g + wd * p : g;\n"
-    "p = p - lr * gi", preamble=OPTIM_CUDA, scalars=("wd", "lr", "decay"))
+    "p = mg_flush(p - lr * gi)", preamble=OPTIM_CUDA, scalars=("wd", "lr", "decay"))
 
 #: v <- mu v + g (flushed below ``tiny``);  p <- p - lr (g + mu v if nesterov else v).
 SGD_MOMENTUM_CUDA = _cuda.Elementwise(
@@ -152,7 +153,7 @@ SGD_MOMENTUM_CUDA = _cuda.Elementwise(
     "vi = vi + gi;\n"
     "if (mg_fabs(vi) < tiny) vi = T(0);\n"
     "v = vi;\n"
-    "p = p - lr * (nesterov ? gi + mu * vi : vi)", preamble=OPTIM_CUDA,
+    "p = mg_flush(p - lr * (nesterov ? gi + mu * vi : vi))", preamble=OPTIM_CUDA,
     scalars=("wd", "lr", "mu", "tiny", "decay", "nesterov"))
 
 #: Adam (mode 1: L2 in the gradient) or AdamW (mode 2: p <- p - lr wd p); mode 0:
@@ -175,7 +176,7 @@ ADAM_CUDA = _cuda.Elementwise(
     "T pi = p;\n"
     "if (mode == 2) pi = pi - lrwd * pi;\n"
     "const double denom = (double)mg_sqrt(vi) / root_correction + eps;\n"
-    "p = pi - (T)((double)(step_size * mi) / denom)", preamble=OPTIM_CUDA,
+    "p = mg_flush(pi - (T)((double)(step_size * mi) / denom))", preamble=OPTIM_CUDA,
     scalars=("wd", "b1", "c1", "b2", "c2", "lrwd", "step_size", "root_correction", "eps",
              "tiny", "mode"))
 
