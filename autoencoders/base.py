@@ -24,6 +24,7 @@ any logit), while ``decode`` and ``reconstruct`` return the probabilities.
 from __future__ import annotations
 
 import contextlib
+import inspect
 import json
 import math
 import numbers
@@ -358,6 +359,7 @@ class Autoencoder(nn.Module):
         batch_size = _positive_int("batch_size", batch_size)
         opt = self._optimizer(optimizer, lr)
         self.optimizer_ = opt
+        self._keeps_previous = _keeps_previous(opt)
         shuffle_rng, noise_rng = (numpy.random.default_rng(s)
                                   for s in numpy.random.SeedSequence(seed).spawn(2))
         params = self.parameters()
@@ -415,10 +417,13 @@ class Autoencoder(nn.Module):
                 f"{self._name}.fit: the loss became {terms['total']} at {where}; training "
                 f"stopped and the model keeps the weights of the last batch with a finite "
                 f"loss (try a smaller lr)")
-        for p, good in zip(params, last_good):
-            good[...] = p.data
         total.backward()
-        opt.step()
+        if self._keeps_previous:
+            opt.step(previous=last_good)  # keeps these weights in last_good as it updates
+        else:                             # an Optimizer subclass with a step() of its own
+            for p, good in zip(params, last_good):
+                good[...] = p.data
+            opt.step()
         return terms
 
     def _optimizer(self, optimizer, lr):
@@ -488,8 +493,8 @@ class Autoencoder(nn.Module):
 
     def _tensor(self, array):
         """A Tensor on the parameters' device from a host array of the model's dtype."""
-        params = self.parameters()
-        return Tensor(array, dtype=self.dtype, device=params[0].device if params else None)
+        first = next(self.named_parameters(), None)
+        return Tensor(array, dtype=self.dtype, device=first[1].device if first else None)
 
     def _noise(self, rng, shape):
         """Standard normal noise of ``shape`` from ``rng``, as a Tensor of the model's dtype."""
@@ -666,6 +671,14 @@ def _move_optimizer(opt, device):
     for name in opt._buffer_names:
         setattr(opt, name, [_move(b, device) if hasattr(b, "shape") else b
                             for b in getattr(opt, name)])
+
+
+def _keeps_previous(opt):
+    """Whether ``opt.step`` takes ``previous`` (every minigrad.optim optimizer does)."""
+    try:
+        return "previous" in inspect.signature(opt.step).parameters
+    except (TypeError, ValueError):
+        return False
 
 
 def _positive_int(name, value):

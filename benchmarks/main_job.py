@@ -7,8 +7,12 @@ Adam (lr 1e-3, batch 128) on 80,000 synthetic centred-block images of 28x28.
 minigrad trains through the product's own path (``VariationalAutoencoder.fit``,
 with its per-step loss check); the peers run the same network from the same
 initial weights over the same shuffled batches, with their own noise for the
-reparameterization.  Each framework runs in its own subprocess, one after the
-other, so thread settings do not leak between them.
+reparameterization.  Each framework runs in its own subprocess (thread settings
+do not leak between them), and the epochs are interleaved: epoch 1 of every
+framework, then epoch 2 of every framework, and so on, one process computing at a
+time.  These machines are shared, and a neighbour's load comes and goes over
+tens of seconds; interleaving puts the same epoch of every framework in the same
+stretch of time, so the per-epoch ratios compare like with like.
 
 Why epochs, not steps: as the VAE learns the black background its decoder
 logits fall far below zero, and the gradient sigmoid(z) - x lands in the float32
@@ -34,6 +38,7 @@ import platform
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
 
 import numpy as np
@@ -69,6 +74,19 @@ def epoch_orders(n, epochs, seed=5):
     return [rng.permutation(n) for _ in range(epochs)]
 
 
+def wait_for_go():
+    """Block until the parent says "go" (one epoch), or "stop"; the parent runs one
+    framework at a time."""
+    line = sys.stdin.readline().strip()
+    if line not in ("go", "stop"):
+        raise SystemExit(f"main_job worker: unexpected command {line!r}")
+    return line == "go"
+
+
+def report_epoch(seconds, loss):
+    print(f"EPOCH {seconds!r} {loss!r}", flush=True)
+
+
 def count_subnormal(arrays):
     tiny = np.finfo(np.float32).tiny
     return int(sum(np.count_nonzero((a != 0) & (np.abs(a) < tiny)) for a in arrays))
@@ -80,25 +98,25 @@ def count_subnormal(arrays):
 
 def run_minigrad(X, epochs, backend):
     sys.path.insert(0, ROOT)
-    import minigrad
     model = initial_model()
-    times, last = [], [time.perf_counter()]
+    times, last = [], [0.0]
 
-    def timer(model_, epoch, logs):
-        now = time.perf_counter()
-        times.append(now - last[0])
-        last[0] = now
+    def between_epochs(model_, epoch, logs):
+        times.append(time.perf_counter() - last[0])
+        report_epoch(times[-1], logs["total"])
+        if epoch + 1 < epochs:
+            wait_for_go()
+        last[0] = time.perf_counter()
 
+    wait_for_go()
     last[0] = time.perf_counter()
     history = model.fit(X, epochs=epochs, batch_size=BATCH, lr=LR, seed=0, progress=False,
-                        callbacks=[timer], backend=backend)
+                        callbacks=[between_epochs], backend=backend)
     grads = [p.grad for p in model.parameters() if p.grad is not None]
-    opt = model.optimizer_ if hasattr(model, "optimizer_") else None
-    moments = (opt.m + opt.v) if opt is not None and hasattr(opt, "m") else []
+    opt = model.optimizer_
     return {"epochs_s": times, "loss": history["total"],
             "subnormal_grads": count_subnormal(grads),
-            "subnormal_moments": count_subnormal(moments) if moments else None,
-            "threads": minigrad.get_backend().name}
+            "subnormal_moments": count_subnormal(opt.m + opt.v)}
 
 
 def run_torch(X, epochs):
@@ -123,6 +141,7 @@ def run_torch(X, epochs):
     Xt = torch.from_numpy(X)
     times, losses = [], []
     for order in epoch_orders(len(X), epochs):
+        wait_for_go()
         started = time.perf_counter()
         total = 0.0
         for i in range(0, len(X), BATCH):
@@ -141,6 +160,7 @@ def run_torch(X, epochs):
             total += loss.item() * len(x)
         times.append(time.perf_counter() - started)
         losses.append(total / len(X))
+        report_epoch(times[-1], losses[-1])
     return {"epochs_s": times, "loss": losses}
 
 
@@ -177,6 +197,7 @@ def run_jax(X, epochs):
 
     times, losses = [], []
     for order in epoch_orders(len(X), epochs):
+        wait_for_go()
         started = time.perf_counter()
         total = 0.0
         for i in range(0, len(X), BATCH):
@@ -189,6 +210,7 @@ def run_jax(X, epochs):
         jax.block_until_ready(state["params"])
         times.append(time.perf_counter() - started)
         losses.append(float(total) / len(X))
+        report_epoch(times[-1], losses[-1])
     return {"epochs_s": times, "loss": losses}
 
 
@@ -202,28 +224,73 @@ FRAMEWORKS = {
 
 def worker(name, n, epochs):
     X = load_data(n)
-    result = run_frameworks_one(name, X, epochs)
-    print("RESULT " + json.dumps(result), flush=True)
-
-
-def run_frameworks_one(name, X, epochs):
     started = time.perf_counter()
     result = FRAMEWORKS[name](X, epochs)
     result.update(framework=name, wall_s=time.perf_counter() - started)
-    return result
+    print("RESULT " + json.dumps(result), flush=True)
 
 
-def run_worker(name, args):
-    cmd = [sys.executable, os.path.abspath(__file__), "--worker", name, "--n", str(args.n),
-           "--epochs", str(args.epochs)]
-    print(f"  running {name} ...", flush=True, file=sys.stderr)
-    proc = subprocess.run(cmd, capture_output=True, text=True)
-    for line in proc.stdout.splitlines():
-        if line.startswith("RESULT "):
-            return json.loads(line[len("RESULT "):])
-    tail = (proc.stderr or proc.stdout).strip().splitlines()[-3:]
-    print(f"  {name}: skipped ({' | '.join(tail)})", file=sys.stderr)
-    return None
+class Worker:
+    """One framework's subprocess, driven an epoch at a time."""
+
+    def __init__(self, name, args):
+        self.name = name
+        cmd = [sys.executable, os.path.abspath(__file__), "--worker", name, "--n", str(args.n),
+               "--epochs", str(args.epochs)]
+        self.err = tempfile.TemporaryFile(mode="w+")  # a pipe could fill up and block
+        self.proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                                     stderr=self.err, text=True, bufsize=1)
+        self.failed = None
+
+    def epoch(self):
+        """Run one epoch; its seconds, or None if the worker failed."""
+        if self.failed:
+            return None
+        try:
+            self.proc.stdin.write("go\n")
+            self.proc.stdin.flush()
+        except BrokenPipeError:
+            return self._fail()
+        while True:
+            line = self.proc.stdout.readline()
+            if not line:
+                return self._fail()
+            if line.startswith("EPOCH "):
+                return float(line.split()[1])
+
+    def _stderr(self):
+        self.err.seek(0)
+        return self.err.read().strip()
+
+    def _fail(self):
+        err = self._stderr().splitlines()[-3:]
+        self.failed = " | ".join(err) or "no output"
+        print(f"  {self.name}: skipped ({self.failed})", file=sys.stderr)
+        return None
+
+    def result(self):
+        if self.failed:
+            return None
+        self.proc.stdin.close()
+        out = self.proc.stdout.read()  # the same buffered reader as the epochs' lines
+        self.proc.wait(timeout=600)
+        for line in out.splitlines():
+            if line.startswith("RESULT "):
+                return json.loads(line[len("RESULT "):])
+        print(f"  {self.name}: no result ({self._stderr()[-300:]})", file=sys.stderr)
+        return None
+
+
+def run_interleaved(names, args):
+    workers = [Worker(n, args) for n in names]
+    for epoch in range(args.epochs):
+        for w in workers:
+            seconds = w.epoch()
+            if seconds is not None:
+                print(f"  epoch {epoch + 1}: {w.name:<16} {seconds:6.2f} s", file=sys.stderr,
+                      flush=True)
+            time.sleep(0.3)  # let the last process's BLAS threads go idle
+    return {w.name: w.result() for w in workers}
 
 
 def report(results, args):
@@ -281,7 +348,7 @@ def main(argv=None):
     args = parser.parse_args(argv)
     if args.worker:
         return worker(args.worker, args.n, args.epochs)
-    results = {n: run_worker(n, args) for n in args.frameworks.split(",")}
+    results = run_interleaved(args.frameworks.split(","), args)
     text = report(results, args)
     print(text)
     os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)

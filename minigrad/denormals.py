@@ -48,7 +48,7 @@ import threading
 
 import numpy
 
-__all__ = ["flush_denormals", "flush_subnormals", "supported", "thread_flags",
+__all__ = ["flush_denormals", "flush_subnormals", "tiny", "supported", "thread_flags",
            "blas_libraries", "FTZ", "DAZ"]
 
 #: MXCSR bit 15: results that would be subnormal are written as 0.
@@ -65,11 +65,23 @@ _mxcsr = None                   # (get, set), compiled by Numba on first use
 _blas = None                    # [(path, shutdown function)] of the OpenBLAS libraries
 
 
+def tiny(dtype):
+    """The smallest normal number of a float ``dtype``, as a scalar of that dtype."""
+    dtype = numpy.dtype(dtype)
+    value = _TINY.get(dtype)
+    if value is None:
+        value = _TINY[dtype] = dtype.type(numpy.finfo(dtype).tiny)
+    return value
+
+
+_TINY = {}
+
+
 def flush_subnormals(a):
     """Set every entry of ``a`` (a NumPy or CuPy float array) whose magnitude is below
     the smallest normal number of its dtype to 0, in place; NaN stays.  Returns ``a``.
     What every kernel does to what it writes (the NumPy references call this)."""
-    a[abs(a) < numpy.finfo(a.dtype).tiny] = 0
+    a[abs(a) < tiny(a.dtype)] = 0
     return a
 
 

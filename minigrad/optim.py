@@ -49,19 +49,26 @@ class Optimizer:
         for p in self.params:
             p.grad = None
 
-    def step(self):  # pragma: no cover - abstract
+    def step(self, previous=None):  # pragma: no cover - abstract
+        """One update of every parameter that has a gradient.  ``previous``: None, or
+        one array per parameter (its shape and dtype) that receives the parameter's
+        values from before this update, read in the update's own pass (what ``fit``
+        keeps to restore the last good weights)."""
         raise NotImplementedError
 
     def _hyper(self):  # pragma: no cover - abstract
         raise NotImplementedError
 
-    def _updates(self, kernel):
+    def _updates(self, kernel, previous=None):
         """Count a step and yield ``(i, parameter, update kernel)`` for each parameter
-        with a gradient; the kernel is that of the device the parameter is on."""
+        with a gradient; the kernel is that of the device the parameter is on.  The
+        ``previous`` arrays of parameters without a gradient get their values here."""
         self.step_count += 1
         for i, p in enumerate(self.params):
             if p.grad is not None:
                 yield i, p, backend_for(p.device).kernel(kernel)
+            elif previous is not None:
+                previous[i][...] = p.data
 
     # -- state -----------------------------------------------------------------
     def state_dict(self):
@@ -108,6 +115,10 @@ class Optimizer:
         return p.xp.array(value, dtype=p.dtype, order="C")
 
 
+def _kept(previous, i):
+    return None if previous is None else previous[i]
+
+
 def _check(owner, what, value, ok, message):
     if not ok(value):
         raise ValueError(f"{owner}: {what} {message}, got {value!r}")
@@ -145,13 +156,14 @@ class SGD(Optimizer):
         return {"lr": self.lr, "momentum": self.momentum, "nesterov": self.nesterov,
                 "weight_decay": self.weight_decay}
 
-    def step(self):
-        """One update of every parameter that has a gradient."""
-        for i, p, update in self._updates("sgd_update"):
+    def step(self, previous=None):
+        """One update of every parameter that has a gradient (``previous``: see
+        :meth:`Optimizer.step`)."""
+        for i, p, update in self._updates("sgd_update", previous):
             if self.momentum and self.velocity[i] is None:
                 self.velocity[i] = p.xp.zeros_like(p.data)
             update(p.data, p.grad, self.velocity[i], self.lr, self.momentum,
-                   self.weight_decay, self.nesterov)
+                   self.weight_decay, self.nesterov, _kept(previous, i))
 
 
 class Adam(Optimizer):
@@ -185,12 +197,14 @@ class Adam(Optimizer):
         return {"lr": self.lr, "beta1": self.beta1, "beta2": self.beta2, "eps": self.eps,
                 "weight_decay": self.weight_decay}
 
-    def step(self):
-        """One update of every parameter that has a gradient."""
-        for i, p, update in self._updates("adam_update"):
+    def step(self, previous=None):
+        """One update of every parameter that has a gradient (``previous``: see
+        :meth:`Optimizer.step`)."""
+        for i, p, update in self._updates("adam_update", previous):
             self.steps[i] += 1
             update(p.data, p.grad, self.m[i], self.v[i], self.lr, self.beta1, self.beta2,
-                   self.eps, self.weight_decay, self.steps[i], self.decoupled)
+                   self.eps, self.weight_decay, self.steps[i], self.decoupled,
+                   _kept(previous, i))
 
 
 class AdamW(Adam):

@@ -28,7 +28,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..denormals import flush_subnormals
+from ..denormals import flush_subnormals, tiny
 from . import _cuda, register
 from . import _jit
 from ._jit import kernel, prange, scalar
@@ -203,14 +203,10 @@ def _rows(a):
 _COST = {"identity": 1, "relu": 1, "leaky_relu": 1, "sigmoid": 4, "tanh": 5, "softplus": 6}
 
 
-def _tiny(dtype):
-    return dtype.type(np.finfo(dtype).tiny)
-
-
 def dense_forward_numba(z, bias, activation, slope=0.01):
     z = _contiguous(z)
     _dense_forward.specialize(ACTIVATION=_code(activation))(
-        z, _contiguous(bias).astype(z.dtype, copy=False), z.dtype.type(slope), _tiny(z.dtype),
+        z, _contiguous(bias).astype(z.dtype, copy=False), z.dtype.type(slope), tiny(z.dtype),
         size=z.size * _COST[activation])
     return z
 
@@ -227,7 +223,7 @@ def _backward(grad_y, y, activation, slope):
     blocks = _jit.threads() if size >= _jit.PARALLEL_MIN_SIZE and y.shape[0] > 1 else 1
     partial = np.empty((blocks, y.shape[1]), dtype=y.dtype)
     _dense_backward.specialize(ACTIVATION=_code(activation))(
-        grad_y, y, y.dtype.type(slope), _tiny(y.dtype), grad_z, partial, size=size)
+        grad_y, y, y.dtype.type(slope), tiny(y.dtype), grad_z, partial, size=size)
     # the sum of flushed values can itself be subnormal (terms of opposite signs)
     grad_bias = partial[0] if blocks == 1 else partial.sum(axis=0)
     return grad_z, flush_subnormals(grad_bias)
@@ -236,7 +232,7 @@ def _backward(grad_y, y, activation, slope):
 def activation_forward_numba(x, activation, slope=0.01):
     out = np.array(_rows(x), order="C")  # a copy, then in place
     _dense_forward.specialize(ACTIVATION=_code(activation))(
-        out, np.zeros(out.shape[1], out.dtype), out.dtype.type(slope), _tiny(out.dtype),
+        out, np.zeros(out.shape[1], out.dtype), out.dtype.type(slope), tiny(out.dtype),
         size=out.size * _COST[activation])
     return out.reshape(np.shape(x))
 

@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..denormals import flush_subnormals
+from ..denormals import flush_subnormals, tiny
 from . import _cuda, _jit, register
 from ._jit import kernel, prange, scalar
 from ._math import exp_neg, log1p_unit
@@ -150,7 +150,7 @@ def _run(kernel_, pred, target, scale, mode):
     blocks = _jit.threads() if size >= _jit.PARALLEL_MIN_SIZE and x.shape[0] > 1 else 1
     partial = np.empty((blocks, x.shape[1]), dtype=np.float64)
     kernel_.specialize(MODE=mode)(x, t, grad, partial, x.dtype.type(scale),
-                                  x.dtype.type(np.finfo(x.dtype).tiny), size=size)
+                                  tiny(x.dtype), size=size)
     total = float(partial.sum()) if mode != GRAD else None
     return total, (grad.reshape(np.shape(pred)) if mode != LOSS else None)
 

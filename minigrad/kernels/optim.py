@@ -1,13 +1,18 @@
 """Kernels of the optimizer updates, in place over one parameter each call.
 
-* ``sgd_update(param, grad, velocity, lr, momentum, weight_decay, nesterov)``:
+* ``sgd_update(param, grad, velocity, lr, momentum, weight_decay, nesterov,
+  previous=None)``:
       g <- g + wd p;   v <- mu v + g;   p <- p - lr (g + mu v if nesterov else v)
   (``velocity`` is None when momentum is 0: then p <- p - lr g);
 * ``adam_update(param, grad, m, v, lr, beta1, beta2, eps, weight_decay, step,
-  decoupled)``, bias-corrected Adam; ``decoupled=True`` is AdamW:
+  decoupled, previous=None)``, bias-corrected Adam; ``decoupled=True`` is AdamW:
       g <- g + wd p  (Adam)      or      p <- p - lr wd p  (AdamW)
       m <- b1 m + (1 - b1) g;   v <- b2 v + (1 - b2) g^2
       p <- p - lr (m / (1 - b1^t)) / (sqrt(v / (1 - b2^t)) + eps)
+
+``previous``, when given, receives the parameter's values from before the update,
+in the same pass that reads them (``fit`` keeps the last good weights this way,
+for less memory traffic than a copy of its own).
 
 Denormals: a unit whose gradient is exactly 0 (a dead ReLU) has moments that
 decay geometrically and, after a few hundred steps, fall below the smallest
@@ -20,7 +25,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..denormals import flush_subnormals
+from ..denormals import flush_subnormals, tiny
 from . import _cuda, register
 from ._jit import kernel, prange
 
@@ -29,7 +34,10 @@ from ._jit import kernel, prange
 # NumPy reference
 # ----------------------------------------------------------------------------
 
-def sgd_update_numpy(param, grad, velocity, lr, momentum, weight_decay, nesterov):
+def sgd_update_numpy(param, grad, velocity, lr, momentum, weight_decay, nesterov,
+                     previous=None):
+    if previous is not None:
+        previous[...] = param
     g = grad + weight_decay * param if weight_decay else grad
     if velocity is not None:
         velocity *= momentum
@@ -41,7 +49,9 @@ def sgd_update_numpy(param, grad, velocity, lr, momentum, weight_decay, nesterov
 
 
 def adam_update_numpy(param, grad, m, v, lr, beta1, beta2, eps, weight_decay, step,
-                      decoupled):
+                      decoupled, previous=None):
+    if previous is not None:
+        previous[...] = param
     g = grad
     if weight_decay and not decoupled:
         g = g + weight_decay * param
@@ -65,12 +75,18 @@ def adam_update_numpy(param, grad, m, v, lr, beta1, beta2, eps, weight_decay, st
 
 # The scalars arrive already typed as the parameter's dtype (see the wrappers):
 # mixing in Python floats would promote float32 arithmetic to float64 and halve
-# the SIMD width of these memory-bound loops.
+# the SIMD width of these memory-bound loops.  ``KEEP`` (frozen per compiled
+# version, see ``kernel.specialize``) writes p's old values into ``previous``.
+
+KEEP = False
+
 
 @kernel
-def _sgd(p, g, vel, lr, momentum, wd, nesterov, has_velocity, tiny):
+def _sgd(p, g, vel, previous, lr, momentum, wd, nesterov, has_velocity, tiny):
     zero = p.dtype.type(0)
     for i in prange(p.size):
+        if KEEP:
+            previous[i] = p[i]
         gi = g[i] + wd * p[i]
         if has_velocity:
             vi = momentum * vel[i] + gi
@@ -82,10 +98,12 @@ def _sgd(p, g, vel, lr, momentum, wd, nesterov, has_velocity, tiny):
 
 
 @kernel
-def _adam(p, g, m, v, beta1, one_minus_beta1, beta2, one_minus_beta2, eps, l2, decay,
+def _adam(p, g, m, v, previous, beta1, one_minus_beta1, beta2, one_minus_beta2, eps, l2, decay,
           step_size, inv_root_correction, tiny):
     zero = p.dtype.type(0)
     for i in prange(p.size):
+        if KEEP:
+            previous[i] = p[i]
         gi = g[i] + l2 * p[i]
         mi = beta1 * m[i] + one_minus_beta1 * gi
         vi = beta2 * v[i] + one_minus_beta2 * (gi * gi)
@@ -104,23 +122,37 @@ def _flat(a):
     return a.reshape(-1)
 
 
-def sgd_update_numba(param, grad, velocity, lr, momentum, weight_decay, nesterov):
+def _previous(param, previous):
+    """The kernel's ``previous`` argument: the array (checked), or ``param`` itself as a
+    placeholder the KEEP=False version never touches."""
+    if previous is None:
+        return _flat(param)
+    if previous.shape != param.shape or previous.dtype != param.dtype:
+        raise ValueError(f"previous has shape {previous.shape} and dtype {previous.dtype}; "
+                         f"expected the parameter's {param.shape} and {param.dtype}")
+    return _flat(previous)
+
+
+def sgd_update_numba(param, grad, velocity, lr, momentum, weight_decay, nesterov,
+                     previous=None):
     t = param.dtype.type
     vel = velocity if velocity is not None else param
-    _sgd(_flat(param), np.ascontiguousarray(grad, dtype=param.dtype).reshape(-1), _flat(vel),
-         t(lr), t(momentum), t(weight_decay), bool(nesterov), velocity is not None,
-         t(np.finfo(param.dtype).tiny), size=param.size)
+    _sgd.specialize(KEEP=previous is not None)(
+        _flat(param), np.ascontiguousarray(grad, dtype=param.dtype).reshape(-1), _flat(vel),
+        _previous(param, previous), t(lr), t(momentum), t(weight_decay), bool(nesterov),
+        velocity is not None, tiny(param.dtype), size=param.size)
 
 
 def adam_update_numba(param, grad, m, v, lr, beta1, beta2, eps, weight_decay, step,
-                      decoupled):
+                      decoupled, previous=None):
     t = param.dtype.type
     l2 = 0.0 if decoupled else weight_decay          # Adam: wd p joins the gradient
     decay = 1.0 - lr * weight_decay if decoupled else 1.0  # AdamW: p shrinks first
-    _adam(_flat(param), np.ascontiguousarray(grad, dtype=param.dtype).reshape(-1), _flat(m),
-          _flat(v), t(beta1), t(1 - beta1), t(beta2), t(1 - beta2), t(eps), t(l2), t(decay),
-          t(lr / (1 - beta1 ** step)), t(1 / np.sqrt(1 - beta2 ** step)),
-          t(np.finfo(param.dtype).tiny), size=param.size)
+    _adam.specialize(KEEP=previous is not None)(
+        _flat(param), np.ascontiguousarray(grad, dtype=param.dtype).reshape(-1), _flat(m),
+        _flat(v), _previous(param, previous), t(beta1), t(1 - beta1), t(beta2), t(1 - beta2),
+        t(eps), t(l2), t(decay), t(lr / (1 - beta1 ** step)), t(1 / np.sqrt(1 - beta2 ** step)),
+        tiny(param.dtype), size=param.size)
 
 
 register("sgd_update", numpy=sgd_update_numpy, numba=sgd_update_numba)
@@ -192,7 +224,10 @@ def _device_grad(op, param, grad, *buffers):
 
 
 @_cuda.uses(SGD_CUDA, SGD_MOMENTUM_CUDA)
-def sgd_update_cupy(param, grad, velocity, lr, momentum, weight_decay, nesterov):
+def sgd_update_cupy(param, grad, velocity, lr, momentum, weight_decay, nesterov,
+                    previous=None):
+    if previous is not None:
+        previous[...] = param
     t = param.dtype.type
     decay = np.int32(bool(weight_decay))
     if velocity is None:
@@ -201,20 +236,22 @@ def sgd_update_cupy(param, grad, velocity, lr, momentum, weight_decay, nesterov)
     else:
         grad = _device_grad("sgd_update", param, grad, velocity)
         SGD_MOMENTUM_CUDA(grad, t(weight_decay), t(lr), t(momentum),
-                          t(np.finfo(param.dtype).tiny), decay, np.int32(bool(nesterov)),
+                          tiny(param.dtype), decay, np.int32(bool(nesterov)),
                           param, velocity)
 
 
 @_cuda.uses(ADAM_CUDA)
 def adam_update_cupy(param, grad, m, v, lr, beta1, beta2, eps, weight_decay, step,
-                     decoupled):
+                     decoupled, previous=None):
+    if previous is not None:
+        previous[...] = param
     grad = _device_grad("adam_update", param, grad, m, v)
     t = param.dtype.type
     mode = 0 if not weight_decay else (2 if decoupled else 1)
     ADAM_CUDA(grad, t(weight_decay), t(beta1), t(1 - beta1), t(beta2), t(1 - beta2),
               t(lr * weight_decay), t(lr / (1 - beta1 ** step)),
               np.float64(np.sqrt(1 - beta2 ** step)), np.float64(eps),
-              t(np.finfo(param.dtype).tiny), np.int32(mode), param, m, v)
+              tiny(param.dtype), np.int32(mode), param, m, v)
 
 
 register("sgd_update", cupy=sgd_update_cupy)
