@@ -93,48 +93,21 @@ def supported():
 def _mxcsr_functions():
     """``get() -> int`` and ``set(int)`` of the calling thread's MXCSR register,
     compiled by Numba from the LLVM intrinsics ``llvm.x86.sse.stmxcsr`` and
-    ``ldmxcsr`` (no C compiler needed; cached on disk like the kernels)."""
+    ``ldmxcsr`` (see :mod:`minigrad.kernels._math`; no C compiler needed)."""
     global _mxcsr
-    if _mxcsr is not None:
-        return _mxcsr
-    import numba
-    from llvmlite import ir
-    from numba import types
-    from numba.extending import intrinsic
+    if _mxcsr is None:
+        from .kernels import _jit, _math
+        numba = _jit._numba()  # installs the intrinsics
 
-    i8p = ir.IntType(8).as_pointer()
-    i32 = ir.IntType(32)
+        @numba.njit(cache=True, nogil=True)
+        def get_mxcsr():
+            return _math.read_mxcsr()
 
-    def call(builder, name, slot):
-        fn = builder.module.declare_intrinsic(name, fnty=ir.FunctionType(ir.VoidType(), [i8p]))
-        builder.call(fn, [builder.bitcast(slot, i8p)])
+        @numba.njit(cache=True, nogil=True)
+        def set_mxcsr(value):
+            _math.write_mxcsr(numba.uint32(value))
 
-    @intrinsic
-    def stmxcsr(typingctx):
-        def codegen(context, builder, signature, args):
-            slot = builder.alloca(i32)
-            call(builder, "llvm.x86.sse.stmxcsr", slot)
-            return builder.load(slot)
-        return types.uint32(), codegen
-
-    @intrinsic
-    def ldmxcsr(typingctx, value):
-        def codegen(context, builder, signature, args):
-            slot = builder.alloca(i32)
-            builder.store(builder.trunc(args[0], i32), slot)
-            call(builder, "llvm.x86.sse.ldmxcsr", slot)
-            return context.get_dummy_value()
-        return types.void(value), codegen
-
-    @numba.njit(cache=True, nogil=True)
-    def get_mxcsr():
-        return stmxcsr()
-
-    @numba.njit(cache=True, nogil=True)
-    def set_mxcsr(value):
-        ldmxcsr(numba.uint64(value))
-
-    _mxcsr = (get_mxcsr, set_mxcsr)
+        _mxcsr = (get_mxcsr, set_mxcsr)
     return _mxcsr
 
 

@@ -230,3 +230,48 @@ def test_a_custom_loop_inside_flush_denormals_makes_none_on_the_reference_backen
                 opt.step()
         assert sum(subnormal(p.grad) for p in model.parameters()) == 0
         assert sum(subnormal(a) for a in opt.m + opt.v) == 0
+
+
+# ----------------------------------------------------------------------------
+# the Numba kernels compute with FTZ/DAZ on, and leave every thread as it was
+# ----------------------------------------------------------------------------
+
+@X86
+@pytest.mark.parametrize("parallel", [False, True])
+def test_numba_kernels_restore_the_flags_of_every_thread_they_run_on(parallel, monkeypatch):
+    pytest.importorskip("numba", reason="the Numba kernels need numba")
+    import numba
+    from minigrad.kernels import _jit, _math
+    monkeypatch.setattr(_jit, "PARALLEL_MIN_SIZE", 1 if parallel else 1 << 62)
+    table = kernels.table("numba")
+    _jit._numba()
+
+    @numba.njit(parallel=True)
+    def flags_of_worker_threads(n):
+        out = np.empty(n, np.uint32)
+        for i in numba.prange(n):
+            out[i] = _math.read_mxcsr()
+        return out
+
+    before = set(flags_of_worker_threads(64) & denormals.FTZ)
+    x = np.full((64, 33), -100.0, np.float32)
+    table["bce_with_logits_forward_backward"](x, np.zeros_like(x), 1 / 64)
+    table["dense_backward"](np.full((64, 33), 1e-39, np.float32), np.ones((64, 33), np.float32),
+                            "relu", 0.01)
+    p = np.ones(4096, np.float32)
+    table["adam_update"](p, p.copy(), np.zeros_like(p), np.zeros_like(p), 1e-3, 0.9, 0.999,
+                         1e-8, 0.0, 1, False)
+    assert denormals.thread_flags() == (False, False)          # the calling thread
+    assert set(flags_of_worker_threads(64) & denormals.FTZ) == before == {0}
+
+
+@X86
+def test_a_kernel_computes_with_flush_to_zero_even_outside_the_block():
+    """The intermediate e^-88 * 0.5 is subnormal; with FTZ on inside the kernel the
+    sigmoid of a saturated logit is exactly 0 before it is scaled."""
+    pytest.importorskip("numba", reason="the Numba kernels need numba")
+    table = kernels.table("numba")
+    x = np.full((2, 3), -87.5, np.float32)
+    grad = table["bce_with_logits_backward"](x, np.zeros_like(x), 1.0)
+    assert subnormal(grad) == 0
+    assert denormals.thread_flags() == (False, False)

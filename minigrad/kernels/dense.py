@@ -32,7 +32,7 @@ from ..denormals import flush_subnormals, tiny
 from . import _cuda, register
 from . import _jit
 from ._jit import kernel, prange, scalar
-from ._math import exp_neg, log1p_unit, one_minus_exp_neg, tanh
+from ._math import exp_neg, ftz_enter, ftz_exit, log1p_unit, one_minus_exp_neg, tanh
 
 ACTIVATIONS = ("identity", "relu", "leaky_relu", "sigmoid", "tanh", "softplus")
 _CODE = {name: i for i, name in enumerate(ACTIVATIONS)}
@@ -151,14 +151,21 @@ def _flush(v, tiny, zero):
 
 
 @kernel
-def _dense_forward(z, bias, slope, tiny):
+def _dense_forward(z, bias, slope, tiny, blocks):
     """z[i] = act(z[i] + bias) for every row i, in place (an ``out`` array that is
-    z would fail LLVM's run-time overlap check and take its scalar path)."""
+    z would fail LLVM's run-time overlap check and take its scalar path); one block
+    of rows per thread."""
     zero, one = z.dtype.type(0), z.dtype.type(1)
-    for i in prange(z.shape[0]):
-        row = z[i]
-        for j in range(row.size):
-            row[j] = _flush(_act(row[j] + bias[j], ACTIVATION, slope, zero, one), tiny, zero)
+    n = z.shape[0]
+    rows = (n + blocks - 1) // blocks
+    for b in prange(blocks):
+        saved = ftz_enter()
+        for i in range(b * rows, min(n, (b + 1) * rows)):
+            row = z[i]
+            for j in range(row.size):
+                row[j] = _flush(_act(row[j] + bias[j], ACTIVATION, slope, zero, one), tiny,
+                                zero)
+        ftz_exit(saved)
 
 
 @kernel
@@ -170,6 +177,7 @@ def _dense_backward(grad_y, y, slope, tiny, grad_z, partial):
     blocks = partial.shape[0]
     rows = (n + blocks - 1) // blocks
     for b in prange(blocks):
+        saved = ftz_enter()
         acc = partial[b]
         acc[:] = zero
         for i in range(b * rows, min(n, (b + 1) * rows)):
@@ -179,6 +187,7 @@ def _dense_backward(grad_y, y, slope, tiny, grad_z, partial):
                                 tiny, zero)
             for j in range(out.size):  # a second pass, still in L1: both loops vectorize
                 acc[j] += out[j]
+        ftz_exit(saved)
 
 
 def _code(activation):
@@ -203,11 +212,18 @@ def _rows(a):
 _COST = {"identity": 1, "relu": 1, "leaky_relu": 1, "sigmoid": 4, "tanh": 5, "softplus": 6}
 
 
+def _blocks(size, rows):
+    """Blocks of rows: one per thread where the parallel version will run, else one."""
+    return _jit.threads() if size >= _jit.PARALLEL_MIN_SIZE and rows > 1 else 1
+
+
 def dense_forward_numba(z, bias, activation, slope=0.01):
+    code = _code(activation)
     z = _contiguous(z)
-    _dense_forward.specialize(ACTIVATION=_code(activation))(
+    size = z.size * _COST[activation]
+    _dense_forward.specialize(ACTIVATION=code)(
         z, _contiguous(bias).astype(z.dtype, copy=False), z.dtype.type(slope), tiny(z.dtype),
-        size=z.size * _COST[activation])
+        _blocks(size, z.shape[0]), size=size)
     return z
 
 
@@ -219,8 +235,7 @@ def dense_backward_numba(grad_y, y, activation, slope=0.01):
 def _backward(grad_y, y, activation, slope):
     grad_z = np.empty_like(y)
     size = y.size * _COST[activation]
-    # one block of rows per thread where the parallel version runs, else one block
-    blocks = _jit.threads() if size >= _jit.PARALLEL_MIN_SIZE and y.shape[0] > 1 else 1
+    blocks = _blocks(size, y.shape[0])
     partial = np.empty((blocks, y.shape[1]), dtype=y.dtype)
     _dense_backward.specialize(ACTIVATION=_code(activation))(
         grad_y, y, y.dtype.type(slope), tiny(y.dtype), grad_z, partial, size=size)
@@ -230,10 +245,12 @@ def _backward(grad_y, y, activation, slope):
 
 
 def activation_forward_numba(x, activation, slope=0.01):
+    code = _code(activation)
     out = np.array(_rows(x), order="C")  # a copy, then in place
-    _dense_forward.specialize(ACTIVATION=_code(activation))(
+    size = out.size * _COST[activation]
+    _dense_forward.specialize(ACTIVATION=code)(
         out, np.zeros(out.shape[1], out.dtype), out.dtype.type(slope), tiny(out.dtype),
-        size=out.size * _COST[activation])
+        _blocks(size, out.shape[0]), size=size)
     return out.reshape(np.shape(x))
 
 
