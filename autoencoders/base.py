@@ -364,6 +364,7 @@ class Autoencoder(nn.Module):
                                   for s in numpy.random.SeedSequence(seed).spawn(2))
         params = self.parameters()
         last_good = [p.data.copy() for p in params]
+        own_arrays = [p.data for p in params]  # given back to the parameters at the end
         n, n_batches = len(X), math.ceil(len(X) / batch_size)
         history = {}
         self.history_ = history
@@ -401,6 +402,7 @@ class Autoencoder(nn.Module):
             bar.close()
             self._end_fit()
             self.train(was_training)
+            _give_back_arrays(params, own_arrays)
         return history
 
     def _step(self, xb, opt, noise_rng, params, last_good, where):
@@ -419,7 +421,7 @@ class Autoencoder(nn.Module):
                 f"loss (try a smaller lr)")
         total.backward()
         if self._keeps_previous:
-            opt.step(previous=last_good)  # keeps these weights in last_good as it updates
+            opt.step(previous=last_good)  # these weights move to last_good, untouched
         else:                             # an Optimizer subclass with a step() of its own
             for p, good in zip(params, last_good):
                 good[...] = p.data
@@ -671,6 +673,18 @@ def _move_optimizer(opt, device):
     for name in opt._buffer_names:
         setattr(opt, name, [_move(b, device) if hasattr(b, "shape") else b
                             for b in getattr(opt, name)])
+
+
+def _give_back_arrays(params, arrays):
+    """During fit a parameter's ``.data`` alternates between two arrays (see
+    ``Optimizer.step(previous=...)``); afterwards each has its own array again, with
+    the final values, so references to ``p.data`` taken before fit stay current."""
+    for p, own in zip(params, arrays):
+        if p.data is not own:
+            if own.shape == p.data.shape and own.dtype == p.data.dtype and \
+                    type(own) is type(p.data):
+                own[...] = p.data
+                p.data = own
 
 
 def _keeps_previous(opt):

@@ -50,23 +50,34 @@ class Optimizer:
             p.grad = None
 
     def step(self, previous=None):  # pragma: no cover - abstract
-        """One update of every parameter that has a gradient.  ``previous``: None, or
-        one array per parameter (its shape and dtype) that receives the parameter's
-        values from before this update, read in the update's own pass (what ``fit``
-        keeps to restore the last good weights)."""
+        """One update of every parameter that has a gradient.
+
+        ``previous``: None, or a list with one array per parameter (of its shape and
+        dtype, on its device, not sharing its memory).  After the step,
+        ``previous[i]`` holds parameter i's values from before it -- what ``fit``
+        keeps to restore the last good weights.  The arrays are traded, not copied:
+        the update writes the new values into the array that was in ``previous[i]``,
+        which becomes the parameter's ``.data``, and the list receives the old
+        ``.data`` (so there is no memory traffic beyond the update's own).
+        """
         raise NotImplementedError
 
     def _hyper(self):  # pragma: no cover - abstract
         raise NotImplementedError
 
     def _updates(self, kernel, previous=None):
-        """Count a step and yield ``(i, parameter, update kernel)`` for each parameter
-        with a gradient; the kernel is that of the device the parameter is on.  The
-        ``previous`` arrays of parameters without a gradient get their values here."""
+        """Count a step and yield ``(i, parameter, update, out)`` for each parameter with
+        a gradient: ``update`` is the kernel of the device the parameter is on, ``out``
+        the array for the new values (None: in place).  With ``previous``, each
+        updated parameter then trades arrays with it (see :meth:`step`); parameters
+        without a gradient copy their values into theirs."""
         self.step_count += 1
         for i, p in enumerate(self.params):
             if p.grad is not None:
-                yield i, p, backend_for(p.device).kernel(kernel)
+                out = None if previous is None else previous[i]
+                yield i, p, backend_for(p.device).kernel(kernel), out
+                if out is not None:
+                    previous[i], p.data = p.data, out
             elif previous is not None:
                 previous[i][...] = p.data
 
@@ -115,10 +126,6 @@ class Optimizer:
         return p.xp.array(value, dtype=p.dtype, order="C")
 
 
-def _kept(previous, i):
-    return None if previous is None else previous[i]
-
-
 def _check(owner, what, value, ok, message):
     if not ok(value):
         raise ValueError(f"{owner}: {what} {message}, got {value!r}")
@@ -159,11 +166,11 @@ class SGD(Optimizer):
     def step(self, previous=None):
         """One update of every parameter that has a gradient (``previous``: see
         :meth:`Optimizer.step`)."""
-        for i, p, update in self._updates("sgd_update", previous):
+        for i, p, update, out in self._updates("sgd_update", previous):
             if self.momentum and self.velocity[i] is None:
                 self.velocity[i] = p.xp.zeros_like(p.data)
             update(p.data, p.grad, self.velocity[i], self.lr, self.momentum,
-                   self.weight_decay, self.nesterov, _kept(previous, i))
+                   self.weight_decay, self.nesterov, out)
 
 
 class Adam(Optimizer):
@@ -200,11 +207,10 @@ class Adam(Optimizer):
     def step(self, previous=None):
         """One update of every parameter that has a gradient (``previous``: see
         :meth:`Optimizer.step`)."""
-        for i, p, update in self._updates("adam_update", previous):
+        for i, p, update, out in self._updates("adam_update", previous):
             self.steps[i] += 1
             update(p.data, p.grad, self.m[i], self.v[i], self.lr, self.beta1, self.beta2,
-                   self.eps, self.weight_decay, self.steps[i], self.decoupled,
-                   _kept(previous, i))
+                   self.eps, self.weight_decay, self.steps[i], self.decoupled, out)
 
 
 class AdamW(Adam):

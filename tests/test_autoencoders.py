@@ -459,3 +459,16 @@ def test_saving_a_model_built_from_your_own_modules(tmp_path):
     loaded = Autoencoder.load(path, encoder=encoder, decoder=decoder)
     assert loaded.weight == 0.5
     np.testing.assert_array_equal(loaded.transform(X), model.transform(X))
+
+
+def test_fit_leaves_each_parameter_its_own_array_with_the_final_weights():
+    """fit trades each weight array with its last-good copy every step (no copy);
+    afterwards every parameter has its original array back, holding the trained
+    values, so a reference to p.data taken before fit sees the result."""
+    model = build("vanilla")
+    arrays = [p.data for p in model.parameters()]
+    before = [a.copy() for a in arrays]
+    model.fit(X, epochs=1, batch_size=13, progress=False)   # 5 steps: an odd number
+    for p, a, b in zip(model.parameters(), arrays, before):
+        assert p.data is a
+        assert not np.array_equal(a, b)

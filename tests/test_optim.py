@@ -213,3 +213,58 @@ def test_optimizer_state_dict_mismatches_are_named():
 def test_optimizer_argument_errors(make, error, match):
     with pytest.raises(error, match=match):
         make(nn.Parameter(np.ones(2, np.float32)))
+
+
+# ----------------------------------------------------------------------------
+# step(previous=...): the old weights are kept by trading arrays, not by copying
+# ----------------------------------------------------------------------------
+
+@pytest.mark.parametrize("make", [lambda ps: optim.Adam(ps, lr=0.1, weight_decay=0.01),
+                                  lambda ps: optim.AdamW(ps, lr=0.1),
+                                  lambda ps: optim.SGD(ps, lr=0.1, momentum=0.9),
+                                  lambda ps: optim.SGD(ps, lr=0.1)])
+def test_step_with_previous_equals_the_in_place_step_and_keeps_the_old_weights(backend, make):
+    rng = np.random.default_rng(0)
+    start = [rng.standard_normal((3, 4)).astype(np.float32),
+             rng.standard_normal(4).astype(np.float32), np.ones(2, np.float32)]
+    a = [nn.Parameter(v.copy()) for v in start]
+    b = [nn.Parameter(v.copy()) for v in start]
+    opt_a, opt_b = make(a), make(b)
+    previous = [p.xp.zeros_like(p.data) for p in b]
+    for t in range(4):
+        before = [host(p) for p in b]
+        arrays = [p.data for p in b]
+        for pa, pb in zip(a, b):
+            g = rng.standard_normal(pa.shape).astype(np.float32)
+            pa.grad, pb.grad = on_device(pa, g), on_device(pb, g)
+        b[2].grad = None                   # a parameter without a gradient this step
+        a[2].grad = None
+        opt_a.step()
+        opt_b.step(previous=previous)
+        for pa, pb, old, kept, array in zip(a, b, before, previous, arrays):
+            np.testing.assert_array_equal(host(pb), host(pa))  # the same update, bit for bit
+            np.testing.assert_array_equal(host(kept), old)     # the weights before it
+        assert previous[0] is arrays[0] and b[0].data is not arrays[0]  # traded, not copied
+        assert previous[2] is not arrays[2] and b[2].data is arrays[2]  # no gradient: copied
+
+
+def test_update_kernels_write_out_and_leave_the_parameter(backend):
+    if backend == "cupy":
+        pytest.skip("the GPU versions copy, then update in place (tested bit for bit above)")
+    from minigrad import kernels
+    table = kernels.table(mg.get_backend().name)
+    rng = np.random.default_rng(1)
+    p = rng.standard_normal(37).astype(np.float32)
+    g = rng.standard_normal(37).astype(np.float32)
+    m, v, out = np.zeros_like(p), np.zeros_like(p), np.empty_like(p)
+    reference = p.copy()
+    table["adam_update"](reference, g, m.copy(), v.copy(), 1e-2, 0.9, 0.999, 1e-8, 0.0, 1, False)
+    kept = p.copy()
+    table["adam_update"](p, g, m, v, 1e-2, 0.9, 0.999, 1e-8, 0.0, 1, False, out)
+    np.testing.assert_array_equal(p, kept)
+    np.testing.assert_array_equal(out, reference)
+    with pytest.raises(ValueError, match="shape"):
+        table["adam_update"](p, g, m, v, 1e-2, 0.9, 0.999, 1e-8, 0.0, 1, False, out[:5])
+    if mg.get_backend().name == "numba":
+        with pytest.raises(ValueError, match="overlap"):
+            table["sgd_update"](p, g, None, 0.1, 0.0, 0.0, False, p)

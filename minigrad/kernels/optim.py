@@ -1,18 +1,19 @@
 """Kernels of the optimizer updates, in place over one parameter each call.
 
 * ``sgd_update(param, grad, velocity, lr, momentum, weight_decay, nesterov,
-  previous=None)``:
+  out=None)``:
       g <- g + wd p;   v <- mu v + g;   p <- p - lr (g + mu v if nesterov else v)
   (``velocity`` is None when momentum is 0: then p <- p - lr g);
 * ``adam_update(param, grad, m, v, lr, beta1, beta2, eps, weight_decay, step,
-  decoupled, previous=None)``, bias-corrected Adam; ``decoupled=True`` is AdamW:
+  decoupled, out=None)``, bias-corrected Adam; ``decoupled=True`` is AdamW:
       g <- g + wd p  (Adam)      or      p <- p - lr wd p  (AdamW)
       m <- b1 m + (1 - b1) g;   v <- b2 v + (1 - b2) g^2
       p <- p - lr (m / (1 - b1^t)) / (sqrt(v / (1 - b2^t)) + eps)
 
-``previous``, when given, receives the parameter's values from before the update,
-in the same pass that reads them (``fit`` keeps the last good weights this way,
-for less memory traffic than a copy of its own).
+``out``, when given (an array of the parameter's shape and dtype), receives the
+updated values and ``param`` is left as it was: an optimizer that must keep the
+weights from before the step (``fit`` does, to restore the last good ones) then
+trades the two arrays instead of copying -- no memory traffic beyond the update's.
 
 Denormals: a unit whose gradient is exactly 0 (a dead ReLU) has moments that
 decay geometrically and, after a few hundred steps, fall below the smallest
@@ -37,9 +38,10 @@ from ._math import ftz_enter, ftz_exit
 # ----------------------------------------------------------------------------
 
 def sgd_update_numpy(param, grad, velocity, lr, momentum, weight_decay, nesterov,
-                     previous=None):
-    if previous is not None:
-        previous[...] = param
+                     out=None):
+    if out is not None:
+        out[...] = param
+        param = out
     g = grad + weight_decay * param if weight_decay else grad
     if velocity is not None:
         velocity *= momentum
@@ -51,9 +53,10 @@ def sgd_update_numpy(param, grad, velocity, lr, momentum, weight_decay, nesterov
 
 
 def adam_update_numpy(param, grad, m, v, lr, beta1, beta2, eps, weight_decay, step,
-                      decoupled, previous=None):
-    if previous is not None:
-        previous[...] = param
+                      decoupled, out=None):
+    if out is not None:
+        out[...] = param
+        param = out
     g = grad
     if weight_decay and not decoupled:
         g = g + weight_decay * param
@@ -77,18 +80,16 @@ def adam_update_numpy(param, grad, m, v, lr, beta1, beta2, eps, weight_decay, st
 
 # The scalars arrive already typed as the parameter's dtype (see the wrappers):
 # mixing in Python floats would promote float32 arithmetic to float64 and halve
-# the SIMD width of these memory-bound loops.  ``KEEP`` (frozen per compiled
-# version, see ``kernel.specialize``) writes p's old values into ``previous``.
-
-KEEP = False
+# the SIMD width of these memory-bound loops.  The new values go to ``out`` when
+# ``to_out``, else back into ``p`` (``out`` is then ``p`` as a placeholder): a flag
+# rather than out=p, because LLVM's run-time overlap check sends a loop whose
+# output aliases an input to its scalar version (9x slower).
 
 
 @scalar
-def _sgd_chunk(p, g, vel, previous, keep, lr, momentum, wd, nesterov, has_velocity, tiny):
+def _sgd_chunk(p, g, vel, out, to_out, lr, momentum, wd, nesterov, has_velocity, tiny):
     zero = p.dtype.type(0)
     for i in range(p.size):
-        if keep:
-            previous[i] = p[i]
         gi = g[i] + wd * p[i]
         if has_velocity:
             vi = momentum * vel[i] + gi
@@ -96,11 +97,15 @@ def _sgd_chunk(p, g, vel, previous, keep, lr, momentum, wd, nesterov, has_veloci
             vel[i] = vi
             gi = gi + momentum * vi if nesterov else vi
         pi = p[i] - lr * gi
-        p[i] = zero if abs(pi) < tiny else pi
+        pi = zero if abs(pi) < tiny else pi
+        if to_out:
+            out[i] = pi
+        else:
+            p[i] = pi
 
 
 @kernel
-def _sgd(p, g, vel, previous, lr, momentum, wd, nesterov, has_velocity, tiny, blocks):
+def _sgd(p, g, vel, out, to_out, lr, momentum, wd, nesterov, has_velocity, tiny, blocks):
     n = p.size
     chunk = (n + blocks - 1) // blocks
     for b in prange(blocks):
@@ -108,18 +113,16 @@ def _sgd(p, g, vel, previous, lr, momentum, wd, nesterov, has_velocity, tiny, bl
         lo, hi = b * chunk, min(n, (b + 1) * chunk)
         # a chunk as slices, looped from 0 by a helper: LLVM vectorizes that loop,
         # not one over lo..hi of the whole arrays (measured: 9x slower)
-        _sgd_chunk(p[lo:hi], g[lo:hi], vel[lo:hi], previous[lo:hi], KEEP, lr, momentum, wd,
+        _sgd_chunk(p[lo:hi], g[lo:hi], vel[lo:hi], out[lo:hi], to_out, lr, momentum, wd,
                    nesterov, has_velocity, tiny)
         ftz_exit(saved)
 
 
 @scalar
-def _adam_chunk(p, g, m, v, previous, keep, beta1, one_minus_beta1, beta2, one_minus_beta2,
-                eps, l2, decay, step_size, inv_root_correction, tiny):
+def _adam_chunk(p, g, m, v, out, to_out, beta1, one_minus_beta1, beta2, one_minus_beta2, eps,
+                l2, decay, step_size, inv_root_correction, tiny):
     zero = p.dtype.type(0)
     for i in range(p.size):
-        if keep:
-            previous[i] = p[i]
         gi = g[i] + l2 * p[i]
         mi = beta1 * m[i] + one_minus_beta1 * gi
         vi = beta2 * v[i] + one_minus_beta2 * (gi * gi)
@@ -128,18 +131,22 @@ def _adam_chunk(p, g, m, v, previous, keep, beta1, one_minus_beta1, beta2, one_m
         m[i] = mi
         v[i] = vi
         pi = p[i] * decay - step_size * mi / (np.sqrt(vi) * inv_root_correction + eps)
-        p[i] = zero if abs(pi) < tiny else pi
+        pi = zero if abs(pi) < tiny else pi
+        if to_out:
+            out[i] = pi
+        else:
+            p[i] = pi
 
 
 @kernel
-def _adam(p, g, m, v, previous, beta1, one_minus_beta1, beta2, one_minus_beta2, eps, l2, decay,
-          step_size, inv_root_correction, tiny, blocks):
+def _adam(p, g, m, v, out, to_out, beta1, one_minus_beta1, beta2, one_minus_beta2, eps, l2,
+          decay, step_size, inv_root_correction, tiny, blocks):
     n = p.size
     chunk = (n + blocks - 1) // blocks
     for b in prange(blocks):
         saved = ftz_enter()
         lo, hi = b * chunk, min(n, (b + 1) * chunk)
-        _adam_chunk(p[lo:hi], g[lo:hi], m[lo:hi], v[lo:hi], previous[lo:hi], KEEP, beta1,
+        _adam_chunk(p[lo:hi], g[lo:hi], m[lo:hi], v[lo:hi], out[lo:hi], to_out, beta1,
                     one_minus_beta1, beta2, one_minus_beta2, eps, l2, decay, step_size,
                     inv_root_correction, tiny)
         ftz_exit(saved)
@@ -157,37 +164,38 @@ def _flat(a):
     return a.reshape(-1)
 
 
-def _previous(param, previous):
-    """The kernel's ``previous`` argument: the array (checked), or ``param`` itself as a
-    placeholder the KEEP=False version never touches."""
-    if previous is None:
+def _out(param, out):
+    """The kernel's ``out``: the array given (checked), or ``param`` (in place)."""
+    if out is None:
         return _flat(param)
-    if previous.shape != param.shape or previous.dtype != param.dtype:
-        raise ValueError(f"previous has shape {previous.shape} and dtype {previous.dtype}; "
-                         f"expected the parameter's {param.shape} and {param.dtype}")
-    return _flat(previous)
+    if out.shape != param.shape or out.dtype != param.dtype:
+        raise ValueError(f"out has shape {out.shape} and dtype {out.dtype}; expected the "
+                         f"parameter's {param.shape} and {param.dtype}")
+    if np.may_share_memory(out, param):
+        raise ValueError("out must not overlap the parameter (it receives the new values "
+                         "while the parameter keeps the old ones)")
+    return _flat(out)
 
 
 def sgd_update_numba(param, grad, velocity, lr, momentum, weight_decay, nesterov,
-                     previous=None):
+                     out=None):
     t = param.dtype.type
     vel = velocity if velocity is not None else param
-    _sgd.specialize(KEEP=previous is not None)(
-        _flat(param), np.ascontiguousarray(grad, dtype=param.dtype).reshape(-1), _flat(vel),
-        _previous(param, previous), t(lr), t(momentum), t(weight_decay), bool(nesterov),
-        velocity is not None, tiny(param.dtype), _blocks(param.size), size=param.size)
+    _sgd(_flat(param), np.ascontiguousarray(grad, dtype=param.dtype).reshape(-1), _flat(vel),
+         _out(param, out), out is not None, t(lr), t(momentum), t(weight_decay), bool(nesterov),
+         velocity is not None, tiny(param.dtype), _blocks(param.size), size=param.size)
 
 
 def adam_update_numba(param, grad, m, v, lr, beta1, beta2, eps, weight_decay, step,
-                      decoupled, previous=None):
+                      decoupled, out=None):
     t = param.dtype.type
     l2 = 0.0 if decoupled else weight_decay          # Adam: wd p joins the gradient
     decay = 1.0 - lr * weight_decay if decoupled else 1.0  # AdamW: p shrinks first
-    _adam.specialize(KEEP=previous is not None)(
-        _flat(param), np.ascontiguousarray(grad, dtype=param.dtype).reshape(-1), _flat(m),
-        _flat(v), _previous(param, previous), t(beta1), t(1 - beta1), t(beta2), t(1 - beta2),
-        t(eps), t(l2), t(decay), t(lr / (1 - beta1 ** step)), t(1 / np.sqrt(1 - beta2 ** step)),
-        tiny(param.dtype), _blocks(param.size), size=param.size)
+    _adam(_flat(param), np.ascontiguousarray(grad, dtype=param.dtype).reshape(-1), _flat(m),
+          _flat(v), _out(param, out), out is not None, t(beta1), t(1 - beta1), t(beta2),
+          t(1 - beta2), t(eps), t(l2), t(decay), t(lr / (1 - beta1 ** step)),
+          t(1 / np.sqrt(1 - beta2 ** step)), tiny(param.dtype), _blocks(param.size),
+          size=param.size)
 
 
 register("sgd_update", numpy=sgd_update_numpy, numba=sgd_update_numba)
@@ -260,9 +268,10 @@ def _device_grad(op, param, grad, *buffers):
 
 @_cuda.uses(SGD_CUDA, SGD_MOMENTUM_CUDA)
 def sgd_update_cupy(param, grad, velocity, lr, momentum, weight_decay, nesterov,
-                    previous=None):
-    if previous is not None:
-        previous[...] = param
+                    out=None):
+    if out is not None:  # the GPU has bandwidth to spare: copy, then update in place
+        out[...] = param
+        param = out
     t = param.dtype.type
     decay = np.int32(bool(weight_decay))
     if velocity is None:
@@ -277,9 +286,10 @@ def sgd_update_cupy(param, grad, velocity, lr, momentum, weight_decay, nesterov,
 
 @_cuda.uses(ADAM_CUDA)
 def adam_update_cupy(param, grad, m, v, lr, beta1, beta2, eps, weight_decay, step,
-                     decoupled, previous=None):
-    if previous is not None:
-        previous[...] = param
+                     decoupled, out=None):
+    if out is not None:
+        out[...] = param
+        param = out
     grad = _device_grad("adam_update", param, grad, m, v)
     t = param.dtype.type
     mode = 0 if not weight_decay else (2 if decoupled else 1)
