@@ -8,11 +8,14 @@ minigrad trains through the product's own path (``VariationalAutoencoder.fit``,
 with its per-step loss check); the peers run the same network from the same
 initial weights over the same shuffled batches, with their own noise for the
 reparameterization.  Each framework runs in its own subprocess (thread settings
-do not leak between them), and the epochs are interleaved: epoch 1 of every
-framework, then epoch 2 of every framework, and so on, one process computing at a
-time.  These machines are shared, and a neighbour's load comes and goes over
-tens of seconds; interleaving puts the same epoch of every framework in the same
-stretch of time, so the per-epoch ratios compare like with like.
+do not leak between them), and the frameworks take turns: each epoch is cut into
+``--chunks`` runs of consecutive steps, and chunk k of epoch e runs for every
+framework before chunk k + 1 does, one process computing at a time (the others
+wait on a pipe, and a pause between turns lets the last one's BLAS threads go
+idle).  These machines are shared, and a neighbour's load comes and goes over
+seconds to minutes; taking turns puts the same stretch of every framework's
+training into the same stretch of time, so the per-epoch ratios compare like with
+like.  An epoch's time is the sum of its chunks' (waiting excluded).
 
 Why epochs, not steps: as the VAE learns the black background its decoder
 logits fall far below zero, and the gradient sigmoid(z) - x lands in the float32
@@ -75,16 +78,32 @@ def epoch_orders(n, epochs, seed=5):
 
 
 def wait_for_go():
-    """Block until the parent says "go" (one epoch), or "stop"; the parent runs one
-    framework at a time."""
-    line = sys.stdin.readline().strip()
-    if line not in ("go", "stop"):
-        raise SystemExit(f"main_job worker: unexpected command {line!r}")
-    return line == "go"
+    """Block until the parent says "go"; False on "stop" or a closed pipe."""
+    return sys.stdin.readline().strip() == "go"
 
 
-def report_epoch(seconds, loss):
-    print(f"EPOCH {seconds!r} {loss!r}", flush=True)
+class Turns:
+    """Runs the steps of this worker in the parent's turns: ``step()`` after every
+    training step pauses at the end of each chunk of the epoch, reports the chunk's
+    seconds (from its first step to its last) and waits for the next turn."""
+
+    def __init__(self, steps_per_epoch, chunks):
+        self.per_epoch = steps_per_epoch
+        self.chunk = -(-steps_per_epoch // chunks)
+        self.done = 0
+        self.started = None
+
+    def begin(self):
+        wait_for_go()
+        self.started = time.perf_counter()
+
+    def step(self):
+        self.done += 1
+        in_epoch = self.done % self.per_epoch
+        if in_epoch % self.chunk == 0:  # in_epoch == 0: the epoch's last step
+            print(f"CHUNK {time.perf_counter() - self.started!r}", flush=True)
+            wait_for_go()
+            self.started = time.perf_counter()
 
 
 def count_subnormal(arrays):
@@ -96,30 +115,30 @@ def count_subnormal(arrays):
 # the frameworks: each trains `epochs` epochs and returns per-epoch seconds
 # ----------------------------------------------------------------------------
 
-def run_minigrad(X, epochs, backend):
+def run_minigrad(X, epochs, backend, chunks):
     sys.path.insert(0, ROOT)
+    from autoencoders import base
     model = initial_model()
-    times, last = [], [0.0]
+    turns = Turns(-(-len(X) // BATCH), chunks)
+    # fit's progress hook runs after every step: the turns are taken there, so the
+    # product's own training loop is what is timed
+    batch_hook = base._Progress.batch
 
-    def between_epochs(model_, epoch, logs):
-        times.append(time.perf_counter() - last[0])
-        report_epoch(times[-1], logs["total"])
-        if epoch + 1 < epochs:
-            wait_for_go()
-        last[0] = time.perf_counter()
+    def batch(self, epoch, running_loss):
+        batch_hook(self, epoch, running_loss)
+        turns.step()
 
-    wait_for_go()
-    last[0] = time.perf_counter()
+    base._Progress.batch = batch
+    turns.begin()
     history = model.fit(X, epochs=epochs, batch_size=BATCH, lr=LR, seed=0, progress=False,
-                        callbacks=[between_epochs], backend=backend)
+                        backend=backend)
     grads = [p.grad for p in model.parameters() if p.grad is not None]
     opt = model.optimizer_
-    return {"epochs_s": times, "loss": history["total"],
-            "subnormal_grads": count_subnormal(grads),
+    return {"loss": history["total"], "subnormal_grads": count_subnormal(grads),
             "subnormal_moments": count_subnormal(opt.m + opt.v)}
 
 
-def run_torch(X, epochs):
+def run_torch(X, epochs, chunks):
     import torch
     weights = initial_weights()
 
@@ -139,10 +158,10 @@ def run_torch(X, epochs):
     opt = torch.optim.Adam(params, lr=LR)
     torch.manual_seed(0)
     Xt = torch.from_numpy(X)
-    times, losses = [], []
+    losses = []
+    turns = Turns(-(-len(X) // BATCH), chunks)
+    turns.begin()
     for order in epoch_orders(len(X), epochs):
-        wait_for_go()
-        started = time.perf_counter()
         total = 0.0
         for i in range(0, len(X), BATCH):
             x = Xt[order[i:i + BATCH]]
@@ -158,13 +177,12 @@ def run_torch(X, epochs):
             loss.backward()
             opt.step()
             total += loss.item() * len(x)
-        times.append(time.perf_counter() - started)
+            turns.step()
         losses.append(total / len(X))
-        report_epoch(times[-1], losses[-1])
-    return {"epochs_s": times, "loss": losses}
+    return {"loss": losses}
 
 
-def run_jax(X, epochs):
+def run_jax(X, epochs, chunks):
     import jax
     import jax.numpy as jnp
     params = [(jnp.asarray(w), jnp.asarray(b)) for w, b in initial_weights()]
@@ -195,10 +213,10 @@ def run_jax(X, epochs):
             lambda p, a, b: p - LR * (a / c1) / (jnp.sqrt(b / c2) + 1e-8), params, m, v)
         return params, m, v, loss
 
-    times, losses = [], []
+    losses = []
+    turns = Turns(-(-len(X) // BATCH), chunks)
+    turns.begin()
     for order in epoch_orders(len(X), epochs):
-        wait_for_go()
-        started = time.perf_counter()
         total = 0.0
         for i in range(0, len(X), BATCH):
             x = X[order[i:i + BATCH]]
@@ -207,25 +225,25 @@ def run_jax(X, epochs):
             state["params"], state["m"], state["v"], loss = update(
                 state["params"], state["m"], state["v"], state["t"], x, key)
             total = total + loss * len(x)  # stays on the device: no wait per step
-        jax.block_until_ready(state["params"])
-        times.append(time.perf_counter() - started)
+            if (i // BATCH + 1) % turns.chunk == 0 or i + BATCH >= len(X):
+                jax.block_until_ready(state["params"])  # the chunk's work, all of it
+            turns.step()
         losses.append(float(total) / len(X))
-        report_epoch(times[-1], losses[-1])
-    return {"epochs_s": times, "loss": losses}
+    return {"loss": losses}
 
 
 FRAMEWORKS = {
-    "minigrad-numba": lambda X, e: run_minigrad(X, e, "numba"),
-    "minigrad-numpy": lambda X, e: run_minigrad(X, e, "numpy"),
+    "minigrad-numba": lambda X, e, c: run_minigrad(X, e, "numba", c),
+    "minigrad-numpy": lambda X, e, c: run_minigrad(X, e, "numpy", c),
     "torch": run_torch,
     "jax": run_jax,
 }
 
 
-def worker(name, n, epochs):
+def worker(name, n, epochs, chunks):
     X = load_data(n)
     started = time.perf_counter()
-    result = FRAMEWORKS[name](X, epochs)
+    result = FRAMEWORKS[name](X, epochs, chunks)
     result.update(framework=name, wall_s=time.perf_counter() - started)
     print("RESULT " + json.dumps(result), flush=True)
 
@@ -236,14 +254,14 @@ class Worker:
     def __init__(self, name, args):
         self.name = name
         cmd = [sys.executable, os.path.abspath(__file__), "--worker", name, "--n", str(args.n),
-               "--epochs", str(args.epochs)]
+               "--epochs", str(args.epochs), "--chunks", str(args.chunks)]
         self.err = tempfile.TemporaryFile(mode="w+")  # a pipe could fill up and block
         self.proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
                                      stderr=self.err, text=True, bufsize=1)
         self.failed = None
 
-    def epoch(self):
-        """Run one epoch; its seconds, or None if the worker failed."""
+    def turn(self):
+        """Run one chunk of steps; its seconds, or None if the worker failed."""
         if self.failed:
             return None
         try:
@@ -255,7 +273,7 @@ class Worker:
             line = self.proc.stdout.readline()
             if not line:
                 return self._fail()
-            if line.startswith("EPOCH "):
+            if line.startswith("CHUNK "):
                 return float(line.split()[1])
 
     def _stderr(self):
@@ -283,14 +301,24 @@ class Worker:
 
 def run_interleaved(names, args):
     workers = [Worker(n, args) for n in names]
+    epochs = {n: [0.0] * args.epochs for n in names}
     for epoch in range(args.epochs):
-        for w in workers:
-            seconds = w.epoch()
-            if seconds is not None:
-                print(f"  epoch {epoch + 1}: {w.name:<16} {seconds:6.2f} s", file=sys.stderr,
-                      flush=True)
-            time.sleep(0.3)  # let the last process's BLAS threads go idle
-    return {w.name: w.result() for w in workers}
+        for _ in range(args.chunks):
+            for w in workers:
+                seconds = w.turn()
+                if seconds is not None:
+                    epochs[w.name][epoch] += seconds
+                time.sleep(args.pause)  # the last process's BLAS threads stop spinning
+        print(f"  epoch {epoch + 1}: " + "  ".join(f"{w.name} {epochs[w.name][epoch]:.2f} s"
+                                                   for w in workers if not w.failed),
+              file=sys.stderr, flush=True)
+    results = {}
+    for w in workers:
+        result = w.result()
+        if result is not None:
+            result["epochs_s"] = epochs[w.name]
+        results[w.name] = result
+    return results
 
 
 def report(results, args):
@@ -342,12 +370,16 @@ def main(argv=None):
     parser.add_argument("--epochs", type=int, default=15,
                         help="(default: %(default)s, the main job's)")
     parser.add_argument("--n", type=int, default=80_000, help="training images")
+    parser.add_argument("--chunks", type=int, default=5,
+                        help="turns per epoch (default: %(default)s)")
+    parser.add_argument("--pause", type=float, default=0.25,
+                        help="seconds between turns (default: %(default)s)")
     parser.add_argument("--out", default=os.path.join(ROOT, "benchmarks", "results",
                                                       "main_job.json"))
     parser.add_argument("--worker", default=None, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.worker:
-        return worker(args.worker, args.n, args.epochs)
+        return worker(args.worker, args.n, args.epochs, args.chunks)
     results = run_interleaved(args.frameworks.split(","), args)
     text = report(results, args)
     print(text)

@@ -178,8 +178,10 @@ def array_namespace(*arrays):
     here: a CuPy array brings its module along.
     """
     for a in arrays:
-        module = type(a).__module__
-        if module.startswith("cupy"):
+        kind = type(a)
+        if kind is numpy.ndarray:
+            continue
+        if kind.__module__.startswith("cupy"):
             import cupy
             return cupy
     return numpy
@@ -187,7 +189,8 @@ def array_namespace(*arrays):
 
 def device_of(array):
     """"cuda" for a CuPy array, "cpu" otherwise."""
-    return "cuda" if type(array).__module__.startswith("cupy") else "cpu"
+    kind = type(array)
+    return "cpu" if kind is numpy.ndarray or not kind.__module__.startswith("cupy") else "cuda"
 
 
 def _numpy_backend():

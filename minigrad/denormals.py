@@ -67,10 +67,10 @@ _blas = None                    # [(path, shutdown function)] of the OpenBLAS li
 
 def tiny(dtype):
     """The smallest normal number of a float ``dtype``, as a scalar of that dtype."""
-    dtype = numpy.dtype(dtype)
     value = _TINY.get(dtype)
     if value is None:
-        value = _TINY[dtype] = dtype.type(numpy.finfo(dtype).tiny)
+        as_dtype = numpy.dtype(dtype)
+        value = _TINY[dtype] = as_dtype.type(numpy.finfo(as_dtype).tiny)
     return value
 
 

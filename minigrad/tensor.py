@@ -118,6 +118,8 @@ def _to_tensors(op, inputs):
     lists and NumPy arrays are copied there, but a CuPy array next to host tensors
     is an error (no silent copy back from the GPU).  Errors name both devices.
     """
+    if all(isinstance(x, Tensor) and isinstance(x.data, _HOST_KINDS) for x in inputs):
+        return list(inputs)  # the common case: tensors, all on the host
     ref = next((x for x in inputs if isinstance(x, Tensor)), None)
     devices = {x.device for x in inputs if isinstance(x, Tensor)}
     if len(devices) > 1:
@@ -137,6 +139,9 @@ def _to_tensors(op, inputs):
         else:
             out.append(Tensor(x))
     return out
+
+
+_HOST_KINDS = (numpy.ndarray, numpy.generic)
 
 
 def _device_mismatch(op, inputs):

@@ -187,6 +187,9 @@ def _dense_backward(grad_y, y, slope, tiny, grad_z, partial):
                                 tiny, zero)
             for j in range(out.size):  # a second pass, still in L1: both loops vectorize
                 acc[j] += out[j]
+        if blocks == 1:  # the bias gradient: a sum of flushed values can be subnormal
+            for j in range(acc.size):
+                acc[j] = _flush(acc[j], tiny, zero)
         ftz_exit(saved)
 
 
@@ -239,9 +242,10 @@ def _backward(grad_y, y, activation, slope):
     partial = np.empty((blocks, y.shape[1]), dtype=y.dtype)
     _dense_backward.specialize(ACTIVATION=_code(activation))(
         grad_y, y, y.dtype.type(slope), tiny(y.dtype), grad_z, partial, size=size)
+    if blocks == 1:
+        return grad_z, partial[0]  # flushed by the kernel
     # the sum of flushed values can itself be subnormal (terms of opposite signs)
-    grad_bias = partial[0] if blocks == 1 else partial.sum(axis=0)
-    return grad_z, flush_subnormals(grad_bias)
+    return grad_z, flush_subnormals(partial.sum(axis=0))
 
 
 def activation_forward_numba(x, activation, slope=0.01):

@@ -186,16 +186,28 @@ def sgd_update_numba(param, grad, velocity, lr, momentum, weight_decay, nesterov
          velocity is not None, tiny(param.dtype), _blocks(param.size), size=param.size)
 
 
+def _typed(dtype, values, _cache={}):
+    """``values`` as scalars of ``dtype`` (cached: the same hyper-parameters come
+    with every parameter of every step)."""
+    key = (dtype, values)
+    typed = _cache.get(key)
+    if typed is None:
+        if len(_cache) > 256:  # a schedule that changes lr every step
+            _cache.clear()
+        typed = _cache[key] = tuple(dtype.type(v) for v in values)
+    return typed
+
+
 def adam_update_numba(param, grad, m, v, lr, beta1, beta2, eps, weight_decay, step,
                       decoupled, out=None):
-    t = param.dtype.type
     l2 = 0.0 if decoupled else weight_decay          # Adam: wd p joins the gradient
     decay = 1.0 - lr * weight_decay if decoupled else 1.0  # AdamW: p shrinks first
-    _adam(_flat(param), np.ascontiguousarray(grad, dtype=param.dtype).reshape(-1), _flat(m),
-          _flat(v), _out(param, out), out is not None, t(beta1), t(1 - beta1), t(beta2),
-          t(1 - beta2), t(eps), t(l2), t(decay), t(lr / (1 - beta1 ** step)),
-          t(1 / np.sqrt(1 - beta2 ** step)), tiny(param.dtype), _blocks(param.size),
-          size=param.size)
+    dtype = param.dtype
+    _adam(_flat(param), np.ascontiguousarray(grad, dtype=dtype).reshape(-1), _flat(m),
+          _flat(v), _out(param, out), out is not None,
+          *_typed(dtype, (beta1, 1 - beta1, beta2, 1 - beta2, eps, l2, decay,
+                          lr / (1 - beta1 ** step), 1 / np.sqrt(1 - beta2 ** step))),
+          tiny(dtype), _blocks(param.size), size=param.size)
 
 
 register("sgd_update", numpy=sgd_update_numpy, numba=sgd_update_numba)
