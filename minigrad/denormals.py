@@ -86,7 +86,14 @@ def flush_subnormals(a):
 
 
 def supported():
-    """True where the flush-to-zero flags exist (x86-64)."""
+    """True where the flush-to-zero flags can be set: x86-64, with Numba (which
+    compiles the two instructions that read and write them)."""
+    global _X86_64
+    if _X86_64:
+        try:
+            _mxcsr_functions()
+        except ImportError:  # no Numba: the kernels' own flushing is what remains
+            _X86_64 = False
     return _X86_64
 
 
@@ -113,7 +120,7 @@ def _mxcsr_functions():
 
 def thread_flags():
     """``(ftz, daz)`` of the calling thread (``(False, False)`` where unsupported)."""
-    if not _X86_64:
+    if not supported():
         return False, False
     value = int(_mxcsr_functions()[0]())
     return bool(value & FTZ), bool(value & DAZ)
@@ -161,7 +168,7 @@ def _restart_blas_workers():
 def flush_denormals():
     """Inside: FTZ and DAZ set on this thread and the BLAS worker threads (see the
     module doc); on exit both are as before.  Nests; thread-safe."""
-    if not _X86_64:
+    if not supported():
         yield
         return
     get_mxcsr, set_mxcsr = _mxcsr_functions()
