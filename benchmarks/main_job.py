@@ -383,12 +383,8 @@ def main(argv=None):
     results = run_interleaved(args.frameworks.split(","), args)
     text = report(results, args)
     print(text)
-    os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
-    tmp = args.out + ".tmp"
-    with open(tmp, "w") as f:
-        json.dump({"argv": sys.argv, "results": results, "report": text}, f, indent=1)
-    os.replace(tmp, args.out)
-    print(f"\nwrote {args.out}")
+    from train_step import save_results  # this folder is on sys.path when run as a script
+    save_results(args.out, results, text)
 
 
 if __name__ == "__main__":

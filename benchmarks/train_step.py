@@ -569,12 +569,17 @@ def main(argv=None):
         everything[state] = results
     text = "\n\n".join(texts)
     print(text)
-    os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
-    tmp = args.out + ".tmp"
+    save_results(args.out, everything, text)
+
+
+def save_results(path, results, text):
+    """``{"argv", "results", "report"}`` as JSON at ``path``, written atomically."""
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    tmp = path + ".tmp"
     with open(tmp, "w") as f:
-        json.dump({"argv": sys.argv, "results": everything, "report": text}, f, indent=1)
-    os.replace(tmp, args.out)
-    print(f"\nwrote {args.out}")
+        json.dump({"argv": sys.argv, "results": results, "report": text}, f, indent=1)
+    os.replace(tmp, path)
+    print(f"\nwrote {path}")
 
 
 if __name__ == "__main__":

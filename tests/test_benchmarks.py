@@ -1,0 +1,45 @@
+"""The benchmarks still run (tiny settings, no timing asserted): the main job's
+turn-taking protocol end to end with minigrad alone, and the step benchmark's
+targets table naming the fastest peer."""
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+BENCH = os.path.join(ROOT, "benchmarks")
+
+
+def test_main_job_benchmark_runs_in_turns_and_counts_subnormals(tmp_path):
+    pytest.importorskip("numba", reason="the default backend's benchmark needs numba")
+    out = tmp_path / "main_job.json"
+    proc = subprocess.run(
+        [sys.executable, os.path.join(BENCH, "main_job.py"), "--frameworks", "minigrad-numba",
+         "--epochs", "2", "--n", "512", "--chunks", "2", "--pause", "0", "--out", str(out)],
+        capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    result = json.loads(out.read_text())["results"]["minigrad-numba"]
+    assert len(result["epochs_s"]) == 2 and all(s > 0 for s in result["epochs_s"])
+    assert len(result["loss"]) == 2 and result["loss"][1] < result["loss"][0]
+    assert result["subnormal_grads"] == 0 and result["subnormal_moments"] == 0
+    assert "seconds per epoch" in proc.stdout and "numba last epoch / first" in proc.stdout
+
+
+def test_step_benchmark_targets_compare_with_the_fastest_peer():
+    sys.path.insert(0, BENCH)
+    try:
+        import train_step
+    finally:
+        sys.path.remove(BENCH)
+
+    def timed(ms):
+        return {"step": {str(b): {"median_ms": ms} for b in (64, 256, 1024)}}
+
+    rows = train_step.targets({"minigrad-numba": timed(9.0), "torch": timed(12.0),
+                               "torch-fused": timed(10.0), "jax": timed(8.0),
+                               "floor": timed(8.5)})
+    text = "\n".join(rows)
+    assert "fastest peer (jax), batch 1024" in text and "1.12" in text and "MISSED" in text
+    assert "matrix-product floor, batch 1024" in text and "1.06" in text and "met" in text
