@@ -58,11 +58,14 @@ def load_data(n):
     return images.reshape(n, -1)
 
 
-def initial_model():
-    """The minigrad model the job trains (its weights seed every framework)."""
+def initial_model(backend="numpy"):
+    """The minigrad model the job trains (its weights seed every framework), made on
+    ``backend``'s device whatever MINIGRAD_BACKEND says."""
     sys.path.insert(0, ROOT)
+    import minigrad
     from autoencoders import VariationalAutoencoder
-    return VariationalAutoencoder(SIZES, seed=0)
+    with minigrad.set_backend(backend):
+        return VariationalAutoencoder(SIZES, seed=0)
 
 
 def initial_weights():
@@ -118,7 +121,7 @@ def count_subnormal(arrays):
 def run_minigrad(X, epochs, backend, chunks):
     sys.path.insert(0, ROOT)
     from autoencoders import base
-    model = initial_model()
+    model = initial_model(backend)
     turns = Turns(-(-len(X) // BATCH), chunks)
     # fit's progress hook runs after every step: the turns are taken there, so the
     # product's own training loop is what is timed
