@@ -39,12 +39,12 @@ import json
 import os
 import platform
 import statistics
-import subprocess
 import sys
-import tempfile
 import time
 
 import numpy as np
+
+from train_step import Worker, end_turn, save_results, wait_for_go  # (this folder)
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SIZES = [784, 512, 256, 2]
@@ -80,11 +80,6 @@ def epoch_orders(n, epochs, seed=5):
     return [rng.permutation(n) for _ in range(epochs)]
 
 
-def wait_for_go():
-    """Block until the parent says "go"; False on "stop" or a closed pipe."""
-    return sys.stdin.readline().strip() == "go"
-
-
 class Turns:
     """Runs the steps of this worker in the parent's turns: ``step()`` after every
     training step pauses at the end of each chunk of the epoch, reports the chunk's
@@ -104,7 +99,7 @@ class Turns:
         self.done += 1
         in_epoch = self.done % self.per_epoch
         if in_epoch % self.chunk == 0:  # in_epoch == 0: the epoch's last step
-            print(f"CHUNK {time.perf_counter() - self.started!r}", flush=True)
+            end_turn(time.perf_counter() - self.started)
             wait_for_go()
             self.started = time.perf_counter()
 
@@ -251,59 +246,10 @@ def worker(name, n, epochs, chunks):
     print("RESULT " + json.dumps(result), flush=True)
 
 
-class Worker:
-    """One framework's subprocess, driven an epoch at a time."""
-
-    def __init__(self, name, args):
-        self.name = name
-        cmd = [sys.executable, os.path.abspath(__file__), "--worker", name, "--n", str(args.n),
-               "--epochs", str(args.epochs), "--chunks", str(args.chunks)]
-        self.err = tempfile.TemporaryFile(mode="w+")  # a pipe could fill up and block
-        self.proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                                     stderr=self.err, text=True, bufsize=1)
-        self.failed = None
-
-    def turn(self):
-        """Run one chunk of steps; its seconds, or None if the worker failed."""
-        if self.failed:
-            return None
-        try:
-            self.proc.stdin.write("go\n")
-            self.proc.stdin.flush()
-        except BrokenPipeError:
-            return self._fail()
-        while True:
-            line = self.proc.stdout.readline()
-            if not line:
-                return self._fail()
-            if line.startswith("CHUNK "):
-                return float(line.split()[1])
-
-    def _stderr(self):
-        self.err.seek(0)
-        return self.err.read().strip()
-
-    def _fail(self):
-        err = self._stderr().splitlines()[-3:]
-        self.failed = " | ".join(err) or "no output"
-        print(f"  {self.name}: skipped ({self.failed})", file=sys.stderr)
-        return None
-
-    def result(self):
-        if self.failed:
-            return None
-        self.proc.stdin.close()
-        out = self.proc.stdout.read()  # the same buffered reader as the epochs' lines
-        self.proc.wait(timeout=600)
-        for line in out.splitlines():
-            if line.startswith("RESULT "):
-                return json.loads(line[len("RESULT "):])
-        print(f"  {self.name}: no result ({self._stderr()[-300:]})", file=sys.stderr)
-        return None
-
-
 def run_interleaved(names, args):
-    workers = [Worker(n, args) for n in names]
+    cmd = [sys.executable, os.path.abspath(__file__), "--n", str(args.n), "--epochs",
+           str(args.epochs), "--chunks", str(args.chunks)]
+    workers = [Worker(n, cmd + ["--worker", n]) for n in names]
     epochs = {n: [0.0] * args.epochs for n in names}
     for epoch in range(args.epochs):
         for _ in range(args.chunks):
@@ -386,7 +332,6 @@ def main(argv=None):
     results = run_interleaved(args.frameworks.split(","), args)
     text = report(results, args)
     print(text)
-    from train_step import save_results  # this folder is on sys.path when run as a script
     save_results(args.out, results, text)
 
 

@@ -13,9 +13,10 @@ framework starts from the same weights and sees the same batches, in two states:
   below zero on the black background, where the BCE gradient would be a float32
   subnormal (random or fresh data never gets there).
 
-Each framework runs in its own subprocess, one after the other in this run, so
-thread settings do not leak between them and the peak memory (max RSS) is its
-own.  Reported per batch size: median [min-max] ms per step over many steps
+Each framework runs in its own subprocess, so thread settings do not leak between
+them and the peak memory (max RSS) is its own; the processes take turns, one
+computing at a time, in rounds (see ``run_interleaved``), so that a neighbour's
+load on a shared machine falls on every framework alike.  Reported per batch size: median [min-max] ms per step over many steps
 after warm-up; the ratios minigrad / PyTorch and minigrad / floor, where the
 floor is the time of the step's matrix products alone (NumPy on the CPU, CuPy on
 the GPU); then one epoch of 60,000 samples at batch 128 in samples/s, run for
@@ -44,6 +45,7 @@ import resource
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
 
 import numpy as np
@@ -309,18 +311,22 @@ FRAMEWORKS = {
 # worker: one framework, in its own process
 # ----------------------------------------------------------------------------
 
-def worker(name, batch_sizes, min_seconds, epochs, check_steps):
+def worker(name, batch_sizes, min_seconds, epochs, check_steps, rounds):
     if name.startswith("minigrad"):
         # a training loop of one's own runs inside flush_denormals, as fit's does:
         # FTZ/DAZ on this thread and the BLAS threads (minigrad.denormals)
         sys.path.insert(0, ROOT)
         import minigrad
         with minigrad.flush_denormals():
-            return _worker(name, batch_sizes, min_seconds, epochs, check_steps)
-    return _worker(name, batch_sizes, min_seconds, epochs, check_steps)
+            return _worker(name, batch_sizes, min_seconds, epochs, check_steps, rounds)
+    return _worker(name, batch_sizes, min_seconds, epochs, check_steps, rounds)
 
 
-def _worker(name, batch_sizes, min_seconds, epochs, check_steps):
+def _worker(name, batch_sizes, min_seconds, epochs, check_steps, rounds):
+    """One framework, in the parent's turns (see :func:`run_interleaved`): its set-up
+    and first step, then ``rounds`` turns per batch size, then one per epoch; after
+    the last turn, the untimed loss check."""
+    wait_for_go()
     X, data_name = load_data()
     started = time.perf_counter()
     step, sync, to_float = FRAMEWORKS[name]()
@@ -332,36 +338,45 @@ def _worker(name, batch_sizes, min_seconds, epochs, check_steps):
     to_float(step(x0))
     sync()
     result["first_step_s"] = time.perf_counter() - started
+    end_turn(time.perf_counter() - started)
 
     result["step"] = {}
     for batch in batch_sizes:
         stream = batches(X, batch, 10 ** 9, seed=batch)
-        for _ in range(10):  # warm-up
-            step(next(stream))
-        sync()
-        times, spent = [], 0.0
-        while spent < min_seconds or len(times) < 30:
-            x = next(stream)
-            t0 = time.perf_counter()
-            step(x)
+        times = []
+        for r in range(rounds):
+            wait_for_go()
+            started = time.perf_counter()
+            for _ in range(10 if r == 0 else 3):  # warm-up (after the other frameworks)
+                step(next(stream))
             sync()
-            dt = time.perf_counter() - t0
-            times.append(dt)
-            spent += dt
-            if len(times) >= 2000:
-                break
+            spent, timed = 0.0, 0
+            while spent < min_seconds / rounds or timed < 30 / rounds:
+                x = next(stream)
+                t0 = time.perf_counter()
+                step(x)
+                sync()
+                dt = time.perf_counter() - t0
+                times.append(dt)
+                spent += dt
+                timed += 1
+                if timed >= 2000 / rounds:
+                    break
+            end_turn(time.perf_counter() - started)
         result["step"][str(batch)] = summarize(times)
 
     if epochs and not name.startswith("floor"):
         result["epochs_s"] = []
         order_rng = np.random.default_rng(5)
         for _ in range(epochs):
+            wait_for_go()
             order = order_rng.permutation(len(X))
             t0 = time.perf_counter()
             for i in range(0, len(X), 128):
                 step(X[order[i:i + 128]])
             sync()
             result["epochs_s"].append(time.perf_counter() - t0)
+            end_turn(result["epochs_s"][-1])
         result["samples_per_s"] = [len(X) / s for s in result["epochs_s"]]
         if hasattr(step, "moments"):
             # Adam moments that have decayed into the subnormal range (0 < |m| < tiny):
@@ -382,22 +397,93 @@ def _worker(name, batch_sizes, min_seconds, epochs, check_steps):
 
 
 # ----------------------------------------------------------------------------
-# the parent: run the workers, print the table, write JSON
+# turns: the frameworks' processes compute one at a time, in rounds
 # ----------------------------------------------------------------------------
+# These machines are shared; a neighbour's load comes and goes over seconds to
+# minutes and can slow everything by half.  So the frameworks take turns: every
+# worker process starts at once, then the parent lets one compute at a time, in
+# rounds (round k of batch size b for every framework, then round k + 1), with a
+# pause between turns so the last process's BLAS threads stop spinning.  Each
+# framework's numbers are then spread over the same stretch of time as its peers'.
 
-def run_worker(name, args):
-    cmd = [sys.executable, os.path.abspath(__file__), "--worker", name,
-           "--batch", ",".join(map(str, args.batch)), "--seconds", str(args.seconds),
-           "--epochs", str(args.epochs), "--check-steps", str(args.check_steps),
-           "--state", args.state_now]
-    print(f"  running {name} ({args.state_now} state) ...", flush=True, file=sys.stderr)
-    proc = subprocess.run(cmd, capture_output=True, text=True)
-    for line in proc.stdout.splitlines():
-        if line.startswith("RESULT "):
-            return json.loads(line[len("RESULT "):])
-    tail = (proc.stderr or proc.stdout).strip().splitlines()[-3:]
-    print(f"  {name}: skipped ({' | '.join(tail)})", file=sys.stderr)
-    return None
+def wait_for_go():
+    """(In a worker) block until the parent says "go"; False on "stop" or a closed pipe."""
+    return sys.stdin.readline().strip() == "go"
+
+
+def end_turn(seconds):
+    """(In a worker) tell the parent this turn is over, and how long its work took."""
+    print(f"CHUNK {seconds!r}", flush=True)
+
+
+class Worker:
+    """(In the parent) one framework's subprocess, driven a turn at a time."""
+
+    def __init__(self, name, cmd):
+        self.name = name
+        self.err = tempfile.TemporaryFile(mode="w+")  # a pipe could fill up and block
+        self.proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                                     stderr=self.err, text=True, bufsize=1)
+        self.failed = None
+
+    def turn(self):
+        """Let the worker run its next turn; the seconds it reports, or None if it failed."""
+        if self.failed:
+            return None
+        try:
+            self.proc.stdin.write("go\n")
+            self.proc.stdin.flush()
+        except BrokenPipeError:
+            return self._fail()
+        while True:
+            line = self.proc.stdout.readline()
+            if not line:
+                return self._fail()
+            if line.startswith("CHUNK "):
+                return float(line.split()[1])
+
+    def _stderr(self):
+        self.err.seek(0)
+        return self.err.read().strip()
+
+    def _fail(self):
+        err = self._stderr().splitlines()[-3:]
+        self.failed = " | ".join(err) or "no output"
+        print(f"  {self.name}: skipped ({self.failed})", file=sys.stderr)
+        return None
+
+    def result(self):
+        """Close the worker's input (it finishes) and return its RESULT, or None."""
+        if self.failed:
+            return None
+        self.proc.stdin.close()
+        out = self.proc.stdout.read()  # the same buffered reader as the turns' lines
+        self.proc.wait(timeout=1800)
+        for line in out.splitlines():
+            if line.startswith("RESULT "):
+                return json.loads(line[len("RESULT "):])
+        print(f"  {self.name}: no result ({self._stderr()[-300:]})", file=sys.stderr)
+        return None
+
+
+def run_interleaved(names, args):
+    """Every framework's worker at once, computing in turns: the set-up turn, then
+    ``args.rounds`` turns per batch size, then one per epoch (the floor has none)."""
+    cmd = [sys.executable, os.path.abspath(__file__), "--batch", ",".join(map(str, args.batch)),
+           "--seconds", str(args.seconds), "--epochs", str(args.epochs),
+           "--check-steps", str(args.check_steps), "--state", args.state_now,
+           "--rounds", str(args.rounds)]
+    print(f"  {args.state_now} state: {', '.join(names)}, taking turns ...", file=sys.stderr,
+          flush=True)
+    workers = [Worker(n, cmd + ["--worker", n]) for n in names]
+    step_turns = 1 + len(args.batch) * args.rounds
+    for turn in range(step_turns + args.epochs):
+        for w in workers:
+            if turn >= step_turns and w.name.startswith("floor"):
+                continue
+            w.turn()
+            time.sleep(args.pause)
+    return {w.name: w.result() for w in workers}
 
 
 def cold_first_step():
@@ -542,6 +628,10 @@ def main(argv=None):
                         help="fresh (He-normal weights, real images), saturated (weights "
                              "trained %d epochs on block images, block batches), or both "
                              "(default: %%(default)s)" % SATURATED_EPOCHS)
+    parser.add_argument("--rounds", type=int, default=4,
+                        help="turns per batch size (see run_interleaved; default: %(default)s)")
+    parser.add_argument("--pause", type=float, default=0.25,
+                        help="seconds between turns (default: %(default)s)")
     parser.add_argument("--worker", default=None, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.batch is None:
@@ -549,7 +639,8 @@ def main(argv=None):
     if args.worker:
         global STATE
         STATE = args.state
-        return worker(args.worker, args.batch, args.seconds, args.epochs, args.check_steps)
+        return worker(args.worker, args.batch, args.seconds, args.epochs, args.check_steps,
+                      args.rounds)
     if args.frameworks:
         names = args.frameworks.split(",")
     elif args.backend == "cpu":
@@ -562,7 +653,7 @@ def main(argv=None):
         args.state_now = state
         if state == "saturated":
             saturated_weights()  # trained once here (cached), not in every worker
-        results = {n: run_worker(n, args) for n in names}
+        results = run_interleaved(names, args)
         if results.get("minigrad-numba") and not args.no_cold_compile and state == "fresh":
             results["minigrad-numba"]["cold_first_step_s"] = cold_first_step()
         texts.append(f"=== {state} state ===\n" + report(results, args))

@@ -43,3 +43,20 @@ def test_step_benchmark_targets_compare_with_the_fastest_peer():
     text = "\n".join(rows)
     assert "fastest peer (jax), batch 1024" in text and "1.12" in text and "MISSED" in text
     assert "matrix-product floor, batch 1024" in text and "1.06" in text and "met" in text
+
+
+def test_step_benchmark_runs_its_frameworks_in_turns(tmp_path):
+    pytest.importorskip("numba", reason="the default backend's benchmark needs numba")
+    out = tmp_path / "train_step.json"
+    proc = subprocess.run(
+        [sys.executable, os.path.join(BENCH, "train_step.py"), "--frameworks",
+         "minigrad-numba,floor", "--batch", "32", "--seconds", "0.2", "--epochs", "1",
+         "--check-steps", "2", "--no-cold-compile", "--rounds", "2", "--pause", "0",
+         "--state", "fresh", "--out", str(out)],
+        capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    results = json.loads(out.read_text())["results"]["fresh"]
+    mine, floor = results["minigrad-numba"], results["floor"]
+    assert mine["step"]["32"]["steps"] >= 30 and floor["step"]["32"]["steps"] >= 30
+    assert len(mine["epochs_s"]) == 1 and "epochs_s" not in floor
+    assert mine["subnormal_moments"] == 0 and len(mine["check_losses"]) == 2
