@@ -397,9 +397,12 @@ class Tensor:
                 if not isinstance(parent_grads, tuple):
                     parent_grads = (parent_grads,)
                 for parent, pg in zip(node.parents, parent_grads):
-                    if pg is None or not parent.requires_grad:
+                    if pg is None or not parent._requires_grad:
                         continue
-                    pg = unbroadcast(pg, parent.shape, parent.dtype)
+                    data = parent.data
+                    if not (type(pg) is numpy.ndarray and pg.shape == data.shape
+                            and pg.dtype == data.dtype):  # (the common case needs nothing)
+                        pg = unbroadcast(pg, tuple(data.shape), data.dtype)
                     key = id(parent)
                     grads[key] = pg if key not in grads else grads[key] + pg
                 del parent_grads, g
@@ -474,7 +477,7 @@ def _topological_order(root):
         stack.append((tensor, True))
         if tensor._node is not None:
             for parent in reversed(tensor._node.parents):
-                if parent.requires_grad and id(parent) not in visited:
+                if parent._requires_grad and id(parent) not in visited:
                     stack.append((parent, False))
     postorder.reverse()
     return postorder
