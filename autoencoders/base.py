@@ -359,12 +359,12 @@ class Autoencoder(nn.Module):
         batch_size = _positive_int("batch_size", batch_size)
         opt = self._optimizer(optimizer, lr)
         self.optimizer_ = opt
-        self._keeps_previous = _keeps_previous(opt)
         shuffle_rng, noise_rng = (numpy.random.default_rng(s)
                                   for s in numpy.random.SeedSequence(seed).spawn(2))
         params = self.parameters()
         last_good = [p.data.copy() for p in params]
         own_arrays = [p.data for p in params]  # given back to the parameters at the end
+        update = _update_keeping(opt, params, last_good)
         n, n_batches = len(X), math.ceil(len(X) / batch_size)
         history = {}
         self.history_ = history
@@ -382,7 +382,7 @@ class Autoencoder(nn.Module):
                 with minigrad.flush_denormals():
                     for b in range(n_batches):
                         xb = self._tensor(X[order[b * batch_size:(b + 1) * batch_size]])
-                        terms = self._step(xb, opt, noise_rng, params, last_good,
+                        terms = self._step(xb, opt, update, noise_rng, params, last_good,
                                            f"epoch {epoch + 1} of {epochs}, batch {b + 1} of "
                                            f"{n_batches}")
                         for key, value in terms.items():
@@ -405,10 +405,10 @@ class Autoencoder(nn.Module):
             _give_back_arrays(params, own_arrays)
         return history
 
-    def _step(self, xb, opt, noise_rng, params, last_good, where):
+    def _step(self, xb, opt, update, noise_rng, params, last_good, where):
         """One training step on batch ``xb``; returns its loss terms as floats.  A
         non-finite loss restores the weights of the last batch with a finite one
-        (kept in ``last_good``) and raises."""
+        (kept in ``last_good`` by ``update``) and raises."""
         opt.zero_grad()
         total, terms = self._loss(xb, noise_rng)
         terms = _floats(total, terms)
@@ -420,12 +420,7 @@ class Autoencoder(nn.Module):
                 f"stopped and the model keeps the weights of the last batch with a finite "
                 f"loss (try a smaller lr)")
         total.backward()
-        if self._keeps_previous:
-            opt.step(previous=last_good)  # these weights move to last_good, untouched
-        else:                             # an Optimizer subclass with a step() of its own
-            for p, good in zip(params, last_good):
-                good[...] = p.data
-            opt.step()
+        update()
         return terms
 
     def _optimizer(self, optimizer, lr):
@@ -687,12 +682,23 @@ def _give_back_arrays(params, arrays):
                 p.data = own
 
 
-def _keeps_previous(opt):
-    """Whether ``opt.step`` takes ``previous`` (every minigrad.optim optimizer does)."""
+def _update_keeping(opt, params, last_good):
+    """The optimizer step of ``fit``, which leaves the weights from before it in
+    ``last_good``: traded rather than copied where ``opt.step`` takes ``previous``
+    (every minigrad.optim optimizer does), else copied first (a subclass with a
+    ``step()`` of its own)."""
     try:
-        return "previous" in inspect.signature(opt.step).parameters
+        trades = "previous" in inspect.signature(opt.step).parameters
     except (TypeError, ValueError):
-        return False
+        trades = False
+    if trades:
+        return lambda: opt.step(previous=last_good)
+
+    def copy_then_step():
+        for p, good in zip(params, last_good):
+            good[...] = p.data
+        opt.step()
+    return copy_then_step
 
 
 def _positive_int(name, value):

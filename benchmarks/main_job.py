@@ -44,7 +44,8 @@ import time
 
 import numpy as np
 
-from train_step import Worker, end_turn, save_results, wait_for_go  # (this folder)
+from train_step import (Worker, count_subnormal, end_turn, jax_adam,  # (this folder)
+                        save_results, wait_for_go)
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SIZES = [784, 512, 256, 2]
@@ -83,11 +84,13 @@ def epoch_orders(n, epochs, seed=5):
 class Turns:
     """Runs the steps of this worker in the parent's turns: ``step()`` after every
     training step pauses at the end of each chunk of the epoch, reports the chunk's
-    seconds (from its first step to its last) and waits for the next turn."""
+    seconds (from its first step to its last, ``sync()`` included: JAX computes
+    asynchronously) and waits for the next turn."""
 
-    def __init__(self, steps_per_epoch, chunks):
+    def __init__(self, steps_per_epoch, chunks, sync=lambda: None):
         self.per_epoch = steps_per_epoch
         self.chunk = -(-steps_per_epoch // chunks)
+        self.sync = sync
         self.done = 0
         self.started = None
 
@@ -99,14 +102,10 @@ class Turns:
         self.done += 1
         in_epoch = self.done % self.per_epoch
         if in_epoch % self.chunk == 0:  # in_epoch == 0: the epoch's last step
+            self.sync()
             end_turn(time.perf_counter() - self.started)
             wait_for_go()
             self.started = time.perf_counter()
-
-
-def count_subnormal(arrays):
-    tiny = np.finfo(np.float32).tiny
-    return int(sum(np.count_nonzero((a != 0) & (np.abs(a) < tiny)) for a in arrays))
 
 
 # ----------------------------------------------------------------------------
@@ -201,18 +200,11 @@ def run_jax(X, epochs, chunks):
         kl = 0.5 * jnp.mean(jnp.sum(jnp.exp(log_var) + mu * mu - 1 - log_var, axis=1))
         return rec + kl
 
-    @jax.jit
-    def update(params, m, v, t, x, key):
-        loss, grads = jax.value_and_grad(loss_fn)(params, x, key)
-        m = jax.tree_util.tree_map(lambda a, g: 0.9 * a + 0.1 * g, m, grads)
-        v = jax.tree_util.tree_map(lambda a, g: 0.999 * a + 0.001 * g * g, v, grads)
-        c1, c2 = 1 - 0.9 ** t, 1 - 0.999 ** t
-        params = jax.tree_util.tree_map(
-            lambda p, a, b: p - LR * (a / c1) / (jnp.sqrt(b / c2) + 1e-8), params, m, v)
-        return params, m, v, loss
+    update = jax_adam(loss_fn)
 
     losses = []
-    turns = Turns(-(-len(X) // BATCH), chunks)
+    turns = Turns(-(-len(X) // BATCH), chunks,
+                  sync=lambda: jax.block_until_ready(state["params"]))
     turns.begin()
     for order in epoch_orders(len(X), epochs):
         total = 0.0
@@ -223,8 +215,6 @@ def run_jax(X, epochs, chunks):
             state["params"], state["m"], state["v"], loss = update(
                 state["params"], state["m"], state["v"], state["t"], x, key)
             total = total + loss * len(x)  # stays on the device: no wait per step
-            if (i // BATCH + 1) % turns.chunk == 0 or i + BATCH >= len(X):
-                jax.block_until_ready(state["params"])  # the chunk's work, all of it
             turns.step()
         losses.append(float(total) / len(X))
     return {"loss": losses}

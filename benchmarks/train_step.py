@@ -92,31 +92,18 @@ def saturated_weights():
     if not os.path.exists(path):
         sys.path.insert(0, ROOT)
         import minigrad as mg
-        from minigrad import losses, nn, optim
         from autoencoders import datasets
-        with mg.set_backend("numba"):
-            layers = []
-            for i, (w, b) in enumerate(fresh_weights()):
-                dense = nn.Dense(w.shape[0], w.shape[1],
-                                 activation="relu" if i < len(SIZES) - 2 else None)
-                dense.weight.data[...] = w
-                layers.append(dense)
-            model = nn.Sequential(*layers)
-            opt = optim.Adam(model.parameters(), lr=LR)
-            images, _, _ = datasets.blocks(60_000, seed=0)
-            X = images.reshape(len(images), -1)
-            order_rng = np.random.default_rng(7)
-            with mg.flush_denormals():
-                for _ in range(SATURATED_EPOCHS):
-                    order = order_rng.permutation(len(X))
-                    for i in range(0, len(X), 128):
-                        opt.zero_grad()
-                        loss = losses.binary_cross_entropy_with_logits(
-                            model(mg.Tensor(X[order[i:i + 128]])), mg.Tensor(X[order[i:i + 128]]))
-                        loss.backward()
-                        opt.step()
-        arrays = {f"{k}{i}": getattr(layer, k).numpy() for i, layer in enumerate(layers)
-                  for k in ("weight", "bias")}
+        step, _, _ = make_minigrad("numba", fresh_weights())
+        images, _, _ = datasets.blocks(60_000, seed=0)
+        X = images.reshape(len(images), -1)
+        order_rng = np.random.default_rng(7)
+        with mg.flush_denormals():
+            for _ in range(SATURATED_EPOCHS):
+                order = order_rng.permutation(len(X))
+                for i in range(0, len(X), 128):
+                    step(X[order[i:i + 128]])
+        arrays = {f"{k}{i}": a for i, layer in enumerate(step.weights())
+                  for k, a in zip(("weight", "bias"), layer)}
         os.makedirs(os.path.dirname(path), exist_ok=True)
         tmp = path + ".tmp.npz"
         np.savez(tmp, **arrays)
@@ -160,14 +147,15 @@ def peak_rss_mb():
 # the frameworks: each returns step(x) -> loss (a float), plus a sync function
 # ----------------------------------------------------------------------------
 
-def make_minigrad(backend):
+def make_minigrad(backend, weights=None):
+    """minigrad's step from ``weights`` (default: :func:`initial_weights`)."""
     sys.path.insert(0, ROOT)
     import minigrad as mg
     from minigrad import losses, nn, optim
     mg.set_backend(backend)
     xp = mg.get_backend().xp
     layers = []
-    for i, (w, b) in enumerate(initial_weights()):
+    for i, (w, b) in enumerate(initial_weights() if weights is None else weights):
         dense = nn.Dense(w.shape[0], w.shape[1],
                          activation="relu" if i < len(SIZES) - 2 else None)
         dense.weight.data[...] = xp.asarray(w)
@@ -190,6 +178,7 @@ def make_minigrad(backend):
 
     step.moments = lambda: [np.asarray(a.get() if hasattr(a, "get") else a)
                             for a in opt.m + opt.v]
+    step.weights = lambda: [(d.weight.numpy(), d.bias.numpy()) for d in layers]
     return step, sync, lambda loss: float(loss.item())
 
 
@@ -227,6 +216,31 @@ def make_torch(device="cpu", flush_denormal=False, fused_adam=False, compile=Fal
     return step, sync, lambda loss: float(loss.item())
 
 
+def jax_adam(loss_fn):
+    """One jitted step of ``loss_fn(params, *batch)`` with bias-corrected Adam (lr LR,
+    betas 0.9 / 0.999, eps 1e-8): ``update(params, m, v, t, *batch) -> (params, m, v,
+    loss)``, the whole step compiled by XLA as JAX users write it."""
+    import jax
+    import jax.numpy as jnp
+
+    @jax.jit
+    def update(params, m, v, t, *batch):
+        loss, grads = jax.value_and_grad(loss_fn)(params, *batch)
+        m = jax.tree_util.tree_map(lambda a, g: 0.9 * a + 0.1 * g, m, grads)
+        v = jax.tree_util.tree_map(lambda a, g: 0.999 * a + 0.001 * g * g, v, grads)
+        c1, c2 = 1 - 0.9 ** t, 1 - 0.999 ** t
+        params = jax.tree_util.tree_map(
+            lambda p, a, b: p - LR * (a / c1) / (jnp.sqrt(b / c2) + 1e-8), params, m, v)
+        return params, m, v, loss
+    return update
+
+
+def count_subnormal(arrays):
+    """Entries of ``arrays`` in the float32 subnormal range (0 < |a| < 1.18e-38)."""
+    tiny = np.finfo(np.float32).tiny
+    return int(sum(np.count_nonzero((a != 0) & (np.abs(a) < tiny)) for a in arrays))
+
+
 def make_jax():
     import jax
     import jax.numpy as jnp
@@ -243,15 +257,7 @@ def make_jax():
                 h = jax.nn.relu(h)
         return jnp.mean(jnp.maximum(h, 0) - h * x + jnp.log1p(jnp.exp(-jnp.abs(h))))
 
-    @jax.jit
-    def update(params, m, v, t, x):
-        loss, grads = jax.value_and_grad(loss_fn)(params, x)
-        m = jax.tree_util.tree_map(lambda a, g: 0.9 * a + 0.1 * g, m, grads)
-        v = jax.tree_util.tree_map(lambda a, g: 0.999 * a + 0.001 * g * g, v, grads)
-        c1, c2 = 1 - 0.9 ** t, 1 - 0.999 ** t
-        params = jax.tree_util.tree_map(
-            lambda p, a, b: p - LR * (a / c1) / (jnp.sqrt(b / c2) + 1e-8), params, m, v)
-        return params, m, v, loss
+    update = jax_adam(loss_fn)
 
     def step(x):
         state["t"] += 1
@@ -382,9 +388,7 @@ def _worker(name, batch_sizes, min_seconds, epochs, check_steps, rounds):
             # Adam moments that have decayed into the subnormal range (0 < |m| < tiny):
             # each costs a slow microcode path on every later step
             moments = step.moments()
-            tiny = np.finfo(np.float32).tiny
-            result["subnormal_moments"] = int(sum(np.count_nonzero((m != 0) & (np.abs(m) < tiny))
-                                                  for m in moments))
+            result["subnormal_moments"] = count_subnormal(moments)
             result["moments"] = int(sum(m.size for m in moments))
 
     if check_steps and not name.startswith("floor"):

@@ -43,20 +43,15 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
-import platform
+import sys
 import threading
 
 import numpy
 
-__all__ = ["flush_denormals", "flush_subnormals", "tiny", "supported", "thread_flags",
-           "blas_libraries", "FTZ", "DAZ"]
+from .kernels._math import DAZ, FTZ, X86_64  # plain Python: imports no Numba
 
-#: MXCSR bit 15: results that would be subnormal are written as 0.
-FTZ = 0x8000
-#: MXCSR bit 6: subnormal operands are read as 0.
-DAZ = 0x0040
-
-_X86_64 = platform.machine().lower() in ("x86_64", "amd64")
+__all__ = ["flush_denormals", "flush_subnormals", "smallest_normal", "supported",
+           "thread_flags", "blas_libraries", "FTZ", "DAZ"]
 
 _state = threading.local()      # per thread: depth of nested blocks, saved MXCSR
 _blas_lock = threading.Lock()   # the BLAS workers are shared by the process
@@ -65,7 +60,7 @@ _mxcsr = None                   # (get, set), compiled by Numba on first use
 _blas = None                    # [(path, shutdown function)] of the OpenBLAS libraries
 
 
-def tiny(dtype):
+def smallest_normal(dtype):
     """The smallest normal number of a float ``dtype``, as a scalar of that dtype."""
     value = _TINY.get(dtype)
     if value is None:
@@ -81,20 +76,23 @@ def flush_subnormals(a):
     """Set every entry of ``a`` (a NumPy or CuPy float array) whose magnitude is below
     the smallest normal number of its dtype to 0, in place; NaN stays.  Returns ``a``.
     What every kernel does to what it writes (the NumPy references call this)."""
-    a[abs(a) < tiny(a.dtype)] = 0
+    a[abs(a) < smallest_normal(a.dtype)] = 0
     return a
 
 
 def supported():
     """True where the flush-to-zero flags can be set: x86-64, with Numba (which
     compiles the two instructions that read and write them)."""
-    global _X86_64
-    if _X86_64:
+    global _supported
+    if _supported is None:
         try:
-            _mxcsr_functions()
+            _supported = X86_64 and _mxcsr_functions() is not None
         except ImportError:  # no Numba: the kernels' own flushing is what remains
-            _X86_64 = False
-    return _X86_64
+            _supported = False
+    return _supported
+
+
+_supported = None
 
 
 def _mxcsr_functions():
@@ -208,9 +206,8 @@ def _leave_blas(restore_flags):
 def _ensure_numba_threads():
     """Start Numba's worker threads (if Numba is in use) before the flags are set
     anywhere they could be inherited: threads started inside the block would keep
-    the flags for good.  The kernels flush their outputs themselves, so those
-    threads need no flags."""
-    import sys
+    the flags for good.  The kernels set the flags for their own duration, so those
+    threads need none."""
     numba = sys.modules.get("numba")
     if numba is not None:
         numba.get_num_threads()

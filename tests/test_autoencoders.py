@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 import minigrad as mg
-from minigrad import Tensor, nn
+from minigrad import Tensor, nn, optim
 from autoencoders import (Autoencoder, ContractiveAutoencoder, DenoisingAutoencoder,
                           SparseAutoencoder, VanillaAutoencoder, VariationalAutoencoder)
 from autoencoders import base
@@ -472,3 +472,23 @@ def test_fit_leaves_each_parameter_its_own_array_with_the_final_weights():
     for p, a, b in zip(model.parameters(), arrays, before):
         assert p.data is a
         assert not np.array_equal(a, b)
+
+
+def test_fit_with_an_optimizer_whose_step_takes_no_previous_keeps_last_good_weights():
+    """An Optimizer subclass with a step() of its own: fit copies the last good
+    weights itself, and a NaN loss still restores them."""
+    class PlainSGD(optim.SGD):
+        def step(self):
+            super().step()
+
+    rng = np.random.default_rng(0)
+    decoder = Poison(nn.Dense(4, 64, rng=rng), at=7)
+    model = VanillaAutoencoder(encoder=nn.Dense(64, 4, activation="tanh", rng=rng),
+                               decoder=decoder, input_dim=64)
+    decoder.calls = 0
+    object.__setattr__(decoder, "model", model)
+    with pytest.raises(FloatingPointError, match=r"nan at epoch 2 of 5, batch 3 of 4"):
+        model.fit(X, epochs=5, batch_size=16, progress=False,
+                  optimizer=PlainSGD(model.parameters(), lr=0.1))
+    for p, seen in zip(model.parameters(), decoder.seen):
+        np.testing.assert_array_equal(p.numpy(), seen)

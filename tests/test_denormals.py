@@ -266,12 +266,14 @@ def test_numba_kernels_restore_the_flags_of_every_thread_they_run_on(parallel, m
 
 
 @X86
-def test_a_kernel_computes_with_flush_to_zero_even_outside_the_block():
-    """The intermediate e^-88 * 0.5 is subnormal; with FTZ on inside the kernel the
-    sigmoid of a saturated logit is exactly 0 before it is scaled."""
+def test_a_numba_kernel_computes_with_flush_to_zero_even_outside_the_block():
+    """p - t is subnormal (tiny / 2) although p, t and the scaled result are normal:
+    with FTZ/DAZ on inside the kernel the difference is 0, and so is the gradient;
+    the NumPy reference, computed without the flags, keeps it (2 tiny)."""
     pytest.importorskip("numba", reason="the Numba kernels need numba")
-    table = kernels.table("numba")
-    x = np.full((2, 3), -87.5, np.float32)
-    grad = table["bce_with_logits_backward"](x, np.zeros_like(x), 1.0)
-    assert subnormal(grad) == 0
+    p = np.full((2, 3), 2 * TINY32, np.float32)
+    t = np.full((2, 3), 1.5 * TINY32, np.float32)
+    assert denormals.thread_flags() == (False, False)
+    np.testing.assert_array_equal(kernels.table("numpy")["mse_backward"](p, t, 2.0), 2 * TINY32)
+    np.testing.assert_array_equal(kernels.table("numba")["mse_backward"](p, t, 2.0), 0)
     assert denormals.thread_flags() == (False, False)

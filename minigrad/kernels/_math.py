@@ -33,8 +33,11 @@ import platform
 
 import numpy as np
 
+from ._jit import scalar
+
 __all__ = ["exp_neg", "log1p_unit", "tanh", "one_minus_exp_neg", "two_to_minus",
-           "ftz_enter", "ftz_exit", "read_mxcsr", "write_mxcsr", "install"]
+           "flush", "ftz_enter", "ftz_exit", "read_mxcsr", "write_mxcsr", "FTZ", "DAZ",
+           "X86_64", "install"]
 
 
 # ----------------------------------------------------------------------------
@@ -150,8 +153,16 @@ def _one_minus_exp_neg_f32(y):
 # before it returns: ``saved = ftz_enter()`` ... ``ftz_exit(saved)``, once per
 # block of work (ldmxcsr is not free).  Elsewhere than x86-64 both do nothing.
 
-_X86_64 = platform.machine().lower() in ("x86_64", "amd64")
-FTZ_DAZ = 0x8040  # MXCSR bits 15 (flush-to-zero) and 6 (denormals-are-zero)
+X86_64 = platform.machine().lower() in ("x86_64", "amd64")
+FTZ = 0x8000  # MXCSR bit 15: results that would be subnormal are written as 0
+DAZ = 0x0040  # MXCSR bit 6: subnormal operands are read as 0
+
+
+@scalar
+def flush(v, tiny, zero):
+    """0 for |v| < tiny (a subnormal, ``tiny`` being the smallest normal number of the
+    dtype), else v; NaN passes.  What every kernel applies to what it writes."""
+    return zero if abs(v) < tiny else v
 
 
 def read_mxcsr():
@@ -259,13 +270,13 @@ def _install_mxcsr(intrinsic, overload, types, ir):
             return context.get_dummy_value()
         return types.void(value), codegen
 
-    if _X86_64:
+    if X86_64:
         overload(read_mxcsr, inline="always")(lambda: lambda: stmxcsr())
         overload(write_mxcsr, inline="always")(lambda value: lambda value: ldmxcsr(value))
 
         def enter():
             saved = stmxcsr()
-            ldmxcsr(saved | np.uint32(FTZ_DAZ))
+            ldmxcsr(saved | np.uint32(FTZ | DAZ))
             return saved
         overload(ftz_enter, inline="always")(lambda: enter)
         overload(ftz_exit, inline="always")(lambda saved: lambda saved: ldmxcsr(saved))

@@ -28,11 +28,11 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..denormals import flush_subnormals, tiny
+from ..denormals import flush_subnormals, smallest_normal
 from . import _cuda, register
 from . import _jit
 from ._jit import kernel, prange, scalar
-from ._math import exp_neg, ftz_enter, ftz_exit, log1p_unit, one_minus_exp_neg, tanh
+from ._math import exp_neg, flush, ftz_enter, ftz_exit, log1p_unit, one_minus_exp_neg, tanh
 
 ACTIVATIONS = ("identity", "relu", "leaky_relu", "sigmoid", "tanh", "softplus")
 _CODE = {name: i for i, name in enumerate(ACTIVATIONS)}
@@ -144,12 +144,6 @@ def _deriv(y, code, slope, zero, one):
     return one
 
 
-@scalar
-def _flush(v, tiny, zero):
-    """0 for |v| < tiny (a subnormal), else v; NaN passes."""
-    return zero if abs(v) < tiny else v
-
-
 @kernel
 def _dense_forward(z, bias, slope, tiny, blocks):
     """z[i] = act(z[i] + bias) for every row i, in place (an ``out`` array that is
@@ -163,7 +157,7 @@ def _dense_forward(z, bias, slope, tiny, blocks):
         for i in range(b * rows, min(n, (b + 1) * rows)):
             row = z[i]
             for j in range(row.size):
-                row[j] = _flush(_act(row[j] + bias[j], ACTIVATION, slope, zero, one), tiny,
+                row[j] = flush(_act(row[j] + bias[j], ACTIVATION, slope, zero, one), tiny,
                                 zero)
         ftz_exit(saved)
 
@@ -183,13 +177,13 @@ def _dense_backward(grad_y, y, slope, tiny, grad_z, partial):
         for i in range(b * rows, min(n, (b + 1) * rows)):
             g_row, y_row, out = grad_y[i], y[i], grad_z[i]
             for j in range(out.size):
-                out[j] = _flush(g_row[j] * _deriv(y_row[j], ACTIVATION, slope, zero, one),
+                out[j] = flush(g_row[j] * _deriv(y_row[j], ACTIVATION, slope, zero, one),
                                 tiny, zero)
             for j in range(out.size):  # a second pass, still in L1: both loops vectorize
                 acc[j] += out[j]
         if blocks == 1:  # the bias gradient: a sum of flushed values can be subnormal
             for j in range(acc.size):
-                acc[j] = _flush(acc[j], tiny, zero)
+                acc[j] = flush(acc[j], tiny, zero)
         ftz_exit(saved)
 
 
@@ -225,8 +219,8 @@ def dense_forward_numba(z, bias, activation, slope=0.01):
     z = _contiguous(z)
     size = z.size * _COST[activation]
     _dense_forward.specialize(ACTIVATION=code)(
-        z, _contiguous(bias).astype(z.dtype, copy=False), z.dtype.type(slope), tiny(z.dtype),
-        _blocks(size, z.shape[0]), size=size)
+        z, _contiguous(bias).astype(z.dtype, copy=False), z.dtype.type(slope),
+        smallest_normal(z.dtype), _blocks(size, z.shape[0]), size=size)
     return z
 
 
@@ -241,7 +235,7 @@ def _backward(grad_y, y, activation, slope):
     blocks = _blocks(size, y.shape[0])
     partial = np.empty((blocks, y.shape[1]), dtype=y.dtype)
     _dense_backward.specialize(ACTIVATION=_code(activation))(
-        grad_y, y, y.dtype.type(slope), tiny(y.dtype), grad_z, partial, size=size)
+        grad_y, y, y.dtype.type(slope), smallest_normal(y.dtype), grad_z, partial, size=size)
     if blocks == 1:
         return grad_z, partial[0]  # flushed by the kernel
     # the sum of flushed values can itself be subnormal (terms of opposite signs)
@@ -253,8 +247,8 @@ def activation_forward_numba(x, activation, slope=0.01):
     out = np.array(_rows(x), order="C")  # a copy, then in place
     size = out.size * _COST[activation]
     _dense_forward.specialize(ACTIVATION=code)(
-        out, np.zeros(out.shape[1], out.dtype), out.dtype.type(slope), tiny(out.dtype),
-        _blocks(size, out.shape[0]), size=size)
+        out, np.zeros(out.shape[1], out.dtype), out.dtype.type(slope),
+        smallest_normal(out.dtype), _blocks(size, out.shape[0]), size=size)
     return out.reshape(np.shape(x))
 
 

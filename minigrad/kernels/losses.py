@@ -22,10 +22,10 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..denormals import flush_subnormals, tiny
+from ..denormals import flush_subnormals, smallest_normal
 from . import _cuda, _jit, register
 from ._jit import kernel, prange, scalar
-from ._math import exp_neg, ftz_enter, ftz_exit, log1p_unit
+from ._math import exp_neg, flush, ftz_enter, ftz_exit, log1p_unit
 
 
 # ----------------------------------------------------------------------------
@@ -79,12 +79,6 @@ def _add_row(acc, terms):
         acc[j] += terms[j]
 
 
-@scalar
-def _flush(v, tiny, zero):
-    """0 for |v| < tiny (a subnormal), else v; NaN passes."""
-    return zero if abs(v) < tiny else v
-
-
 @kernel
 def _bce(x, t, grad, partial, scale, tiny):
     zero, one = x.dtype.type(0), x.dtype.type(1)
@@ -105,7 +99,7 @@ def _bce(x, t, grad, partial, scale, tiny):
                 e = exp_neg(abs(v))                # e^-|x| <= 1: nothing overflows
                 if MODE != LOSS:
                     r = one / (one + e)
-                    gr[j] = _flush(((r if v >= zero else e * r) - tr[j]) * scale, tiny, zero)
+                    gr[j] = flush(((r if v >= zero else e * r) - tr[j]) * scale, tiny, zero)
                 if MODE != GRAD:
                     terms[j] = e                   # handed to the second loop
             if MODE != GRAD:
@@ -132,7 +126,7 @@ def _mse(p, t, grad, partial, scale, tiny):
             for j in range(m):
                 d = pr[j] - tr[j]
                 if MODE != LOSS:
-                    gr[j] = _flush(d * scale, tiny, zero)
+                    gr[j] = flush(d * scale, tiny, zero)
                 if MODE != GRAD:
                     terms[j] = d * d
             if MODE != GRAD:
@@ -159,7 +153,7 @@ def _run(kernel_, pred, target, scale, mode):
     blocks = _jit.threads() if size >= _jit.PARALLEL_MIN_SIZE and x.shape[0] > 1 else 1
     partial = np.empty((blocks, x.shape[1]), dtype=np.float64)
     kernel_.specialize(MODE=mode)(x, t, grad, partial, x.dtype.type(scale),
-                                  tiny(x.dtype), size=size)
+                                  smallest_normal(x.dtype), size=size)
     total = float(partial.sum()) if mode != GRAD else None
     return total, (grad.reshape(np.shape(pred)) if mode != LOSS else None)
 

@@ -26,11 +26,11 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..denormals import flush_subnormals, tiny
+from ..denormals import flush_subnormals, smallest_normal
 from . import _cuda, register
 from . import _jit
 from ._jit import kernel, prange, scalar
-from ._math import ftz_enter, ftz_exit
+from ._math import flush, ftz_enter, ftz_exit
 
 
 # ----------------------------------------------------------------------------
@@ -92,12 +92,10 @@ def _sgd_chunk(p, g, vel, out, to_out, lr, momentum, wd, nesterov, has_velocity,
     for i in range(p.size):
         gi = g[i] + wd * p[i]
         if has_velocity:
-            vi = momentum * vel[i] + gi
-            vi = zero if abs(vi) < tiny else vi
+            vi = flush(momentum * vel[i] + gi, tiny, zero)
             vel[i] = vi
             gi = gi + momentum * vi if nesterov else vi
-        pi = p[i] - lr * gi
-        pi = zero if abs(pi) < tiny else pi
+        pi = flush(p[i] - lr * gi, tiny, zero)
         if to_out:
             out[i] = pi
         else:
@@ -124,14 +122,12 @@ def _adam_chunk(p, g, m, v, out, to_out, beta1, one_minus_beta1, beta2, one_minu
     zero = p.dtype.type(0)
     for i in range(p.size):
         gi = g[i] + l2 * p[i]
-        mi = beta1 * m[i] + one_minus_beta1 * gi
-        vi = beta2 * v[i] + one_minus_beta2 * (gi * gi)
-        mi = zero if abs(mi) < tiny else mi
-        vi = zero if vi < tiny else vi
+        mi = flush(beta1 * m[i] + one_minus_beta1 * gi, tiny, zero)
+        vi = flush(beta2 * v[i] + one_minus_beta2 * (gi * gi), tiny, zero)
         m[i] = mi
         v[i] = vi
-        pi = p[i] * decay - step_size * mi / (np.sqrt(vi) * inv_root_correction + eps)
-        pi = zero if abs(pi) < tiny else pi
+        pi = flush(p[i] * decay - step_size * mi / (np.sqrt(vi) * inv_root_correction + eps),
+                   tiny, zero)
         if to_out:
             out[i] = pi
         else:
@@ -183,7 +179,8 @@ def sgd_update_numba(param, grad, velocity, lr, momentum, weight_decay, nesterov
     vel = velocity if velocity is not None else param
     _sgd(_flat(param), np.ascontiguousarray(grad, dtype=param.dtype).reshape(-1), _flat(vel),
          _out(param, out), out is not None, t(lr), t(momentum), t(weight_decay), bool(nesterov),
-         velocity is not None, tiny(param.dtype), _blocks(param.size), size=param.size)
+         velocity is not None, smallest_normal(param.dtype), _blocks(param.size),
+         size=param.size)
 
 
 def _typed(dtype, values, _cache={}):
@@ -207,7 +204,7 @@ def adam_update_numba(param, grad, m, v, lr, beta1, beta2, eps, weight_decay, st
           _flat(v), _out(param, out), out is not None,
           *_typed(dtype, (beta1, 1 - beta1, beta2, 1 - beta2, eps, l2, decay,
                           lr / (1 - beta1 ** step), 1 / np.sqrt(1 - beta2 ** step))),
-          tiny(dtype), _blocks(param.size), size=param.size)
+          smallest_normal(dtype), _blocks(param.size), size=param.size)
 
 
 register("sgd_update", numpy=sgd_update_numpy, numba=sgd_update_numba)
@@ -292,7 +289,7 @@ def sgd_update_cupy(param, grad, velocity, lr, momentum, weight_decay, nesterov,
     else:
         grad = _device_grad("sgd_update", param, grad, velocity)
         SGD_MOMENTUM_CUDA(grad, t(weight_decay), t(lr), t(momentum),
-                          tiny(param.dtype), decay, np.int32(bool(nesterov)),
+                          smallest_normal(param.dtype), decay, np.int32(bool(nesterov)),
                           param, velocity)
 
 
@@ -308,7 +305,7 @@ def adam_update_cupy(param, grad, m, v, lr, beta1, beta2, eps, weight_decay, ste
     ADAM_CUDA(grad, t(weight_decay), t(beta1), t(1 - beta1), t(beta2), t(1 - beta2),
               t(lr * weight_decay), t(lr / (1 - beta1 ** step)),
               np.float64(np.sqrt(1 - beta2 ** step)), np.float64(eps),
-              tiny(param.dtype), np.int32(mode), param, m, v)
+              smallest_normal(param.dtype), np.int32(mode), param, m, v)
 
 
 register("sgd_update", cupy=sgd_update_cupy)
