@@ -344,9 +344,9 @@ class Autoencoder(nn.Module):
             return self._fit(X, epochs, batch_size, lr, optimizer, validation_data, seed,
                              callbacks, progress)
         with minigrad.set_backend(backend) as active:
-            self.to(active.device)
+            self.to(active.type)
             if isinstance(optimizer, optim.Optimizer):
-                _move_optimizer(optimizer, active.device)
+                _move_optimizer(optimizer, active.type)
             return self._fit(X, epochs, batch_size, lr, optimizer, validation_data, seed,
                              callbacks, progress)
 
@@ -664,9 +664,9 @@ def _check_sizes(name, sizes, minimum):
 
 def _move_optimizer(opt, device):
     """Move an optimizer's per-parameter arrays to ``device`` (counts stay as they are)."""
-    from minigrad.tensor import _move
+    from minigrad.device import move
     for name in opt._buffer_names:
-        setattr(opt, name, [_move(b, device) if hasattr(b, "shape") else b
+        setattr(opt, name, [move(b, device) if hasattr(b, "shape") else b
                             for b in getattr(opt, name)])
 
 

@@ -26,8 +26,7 @@ they are equal.
 """
 from __future__ import annotations
 
-import minigrad
-from minigrad import Tensor, nn
+from minigrad import activations, nn
 
 from .base import Autoencoder
 
@@ -93,19 +92,10 @@ def jacobian_norms(encoder, x):
 
 
 def _derivative(name, h, slope):
-    """s'(z) from the activation's output h = s(z), as a Tensor shaped like h."""
-    if name == "sigmoid":
-        return h * (1.0 - h)
-    if name == "tanh":
-        return 1.0 - h * h
-    if name == "softplus":                             # s' = sigmoid(z) = 1 - e^(-h)
-        return 1.0 - minigrad.exp(-h)
-    xp, positive = h.xp, h.data > 0
-    if name == "relu":
-        return Tensor(positive.astype(h.dtype), device=h.device)
-    if name == "leaky_relu":
-        return Tensor(xp.where(positive, 1.0, slope).astype(h.dtype), device=h.device)
-    return Tensor(xp.ones(h.shape, dtype=h.dtype), device=h.device)     # identity
+    """s'(z) from the activation's output h = s(z), as a Tensor shaped like h: the
+    activation table's derivative (minigrad.activations), applied to the Tensor h so
+    that the penalty's gradient flows through it."""
+    return activations.activation(name).derivative(h, h.dtype.type(slope))
 
 
 def _flatten(module):

@@ -44,8 +44,8 @@ import time
 
 import numpy as np
 
-from train_step import (Worker, count_subnormal, end_turn, jax_adam,  # (this folder)
-                        save_results, wait_for_go)
+from train_step import (Worker, baseline_workers, count_subnormal,  # (this folder)
+                        end_turn, jax_adam, save_results, wait_for_go)
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SIZES = [784, 512, 256, 2]
@@ -240,7 +240,8 @@ def run_interleaved(names, args):
     cmd = [sys.executable, os.path.abspath(__file__), "--n", str(args.n), "--epochs",
            str(args.epochs), "--chunks", str(args.chunks)]
     workers = [Worker(n, cmd + ["--worker", n]) for n in names]
-    epochs = {n: [0.0] * args.epochs for n in names}
+    workers += baseline_workers(names, cmd, args)
+    epochs = {w.name: [0.0] * args.epochs for w in workers}
     for epoch in range(args.epochs):
         for _ in range(args.chunks):
             for w in workers:
@@ -272,6 +273,13 @@ def report(results, args):
         t = results[n]["epochs_s"]
         lines.append(f"{n:<16}" + "".join(f"{s:7.2f}" for s in t)
                      + f"{statistics.median(t):9.2f}{t[-1] / t[0]:12.2f}")
+    for n in names:
+        if n.endswith("@baseline") and results.get(n[:-len("@baseline")]):
+            now, before = results[n[:-len("@baseline")]]["epochs_s"], results[n]["epochs_s"]
+            r = [a / b for a, b in zip(now, before)]
+            lines += ["", f"{n[:-len('@baseline')]} / {n}, per epoch:",
+                      f"{'':<16}" + "".join(f"{x:7.2f}" for x in r)
+                      + f"   median {statistics.median(now) / statistics.median(before):.3f}"]
     if results.get("jax"):
         lines += ["", "each epoch / the same epoch of JAX jit:"]
         ref = results["jax"]["epochs_s"]
@@ -315,6 +323,10 @@ def main(argv=None):
                         help="seconds between turns (default: %(default)s)")
     parser.add_argument("--out", default=os.path.join(ROOT, "benchmarks", "results",
                                                       "main_job.json"))
+    parser.add_argument("--baseline", default=None, metavar="DIR",
+                        help="also run the minigrad frameworks of the checkout in DIR (a git "
+                             "worktree of an earlier commit, say), as <name>@baseline, in the "
+                             "same turns: before against after in one run")
     parser.add_argument("--worker", default=None, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.worker:

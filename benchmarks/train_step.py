@@ -480,6 +480,7 @@ def run_interleaved(names, args):
     print(f"  {args.state_now} state: {', '.join(names)}, taking turns ...", file=sys.stderr,
           flush=True)
     workers = [Worker(n, cmd + ["--worker", n]) for n in names]
+    workers += baseline_workers(names, cmd, args)
     step_turns = 1 + len(args.batch) * args.rounds
     for turn in range(step_turns + args.epochs):
         for w in workers:
@@ -488,6 +489,20 @@ def run_interleaved(names, args):
             w.turn()
             time.sleep(args.pause)
     return {w.name: w.result() for w in workers}
+
+
+def baseline_workers(names, cmd, args):
+    """With ``--baseline DIR``: each minigrad framework once more, run by the same
+    benchmark script of the checkout in DIR (e.g. a ``git worktree`` of an earlier
+    commit), as "<name>@baseline", taking its turns with the others."""
+    if not args.baseline:
+        return []
+    script = os.path.join(os.path.abspath(args.baseline), "benchmarks",
+                          os.path.basename(cmd[1]))
+    if not os.path.isfile(script):
+        raise SystemExit(f"--baseline {args.baseline}: no {script}")
+    return [Worker(f"{n}@baseline", [cmd[0], script] + cmd[2:] + ["--worker", n])
+            for n in names if n.startswith("minigrad")]
 
 
 def cold_first_step():
@@ -528,7 +543,7 @@ def report(results, args):
                                           for b in args.batch))
     mine = [n for n in names if n.startswith("minigrad")]
     refs = [n for n in names if n.startswith("torch") or n == "jax" or n.startswith("floor")]
-    refs += [n for n in mine if n == "minigrad-numpy"]
+    refs += [n for n in mine if n == "minigrad-numpy" or n.endswith("@baseline")]
     if mine and refs:
         lines += ["", "ratios of medians (lower is faster for minigrad):"]
         for m in mine:
@@ -636,6 +651,10 @@ def main(argv=None):
                         help="turns per batch size (see run_interleaved; default: %(default)s)")
     parser.add_argument("--pause", type=float, default=0.25,
                         help="seconds between turns (default: %(default)s)")
+    parser.add_argument("--baseline", default=None, metavar="DIR",
+                        help="also run the minigrad frameworks of the checkout in DIR (a git "
+                             "worktree of an earlier commit, say), as <name>@baseline, in the "
+                             "same turns: before against after in one run")
     parser.add_argument("--worker", default=None, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.batch is None:

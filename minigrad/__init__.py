@@ -9,26 +9,28 @@ array([2., 4., 6.], dtype=float32)
 
 The pieces, in reading order: :mod:`minigrad.tensor` (Tensor, Function, the
 backward pass), :mod:`minigrad.functions` (the primitives, forward and backward
-side by side), :mod:`minigrad.backend` (the array namespace and kernel table),
+side by side), :mod:`minigrad.activations` (each activation written once, for
+every place that computes one), :mod:`minigrad.device` (where data lives: the
+array namespace and the fused kernels, :mod:`minigrad.kernels`),
 :mod:`minigrad.gradcheck` (finite-difference checks), :mod:`minigrad.denormals`
 (why and how training keeps subnormal numbers out of the arithmetic).
 """
-from .backend import available_backends, backend_for, get_backend, set_backend
+from .device import Device, available_backends, get_backend, set_backend
 from .tensor import Function, Tensor, as_tensor, enable_grad, is_grad_enabled, no_grad
-from .functions import (abs, add, broadcast_to, clip, concatenate, div, exp, getitem,
+from .functions import (abs, activate, add, broadcast_to, clip, concatenate, div, exp, getitem,
                         leaky_relu, log, log_sigmoid, logsumexp, matmul, max, maximum,
                         mean, minimum, mul, neg, pow, relu, reshape, sigmoid, softplus,
                         sqrt, sub, sum, tanh, transpose, where)
 from .gradcheck import gradcheck
 from .denormals import flush_denormals
-from . import denormals, losses, nn, optim
+from . import activations, denormals, losses, nn, optim
 
 __version__ = "0.1.0"
 
 __all__ = [
     "Tensor", "Function", "as_tensor", "no_grad", "enable_grad", "is_grad_enabled",
-    "gradcheck", "nn", "losses", "optim", "get_backend", "set_backend", "backend_for",
-    "available_backends", "flush_denormals", "denormals",
+    "gradcheck", "nn", "losses", "optim", "get_backend", "set_backend", "Device",
+    "available_backends", "activate", "activations", "flush_denormals", "denormals",
     "abs", "add", "broadcast_to", "clip", "concatenate", "div", "exp", "getitem",
     "leaky_relu", "log", "log_sigmoid", "logsumexp", "matmul", "max", "maximum", "mean",
     "minimum", "mul", "neg", "pow", "relu", "reshape", "sigmoid", "softplus", "sqrt",

@@ -21,11 +21,11 @@ import math
 import numpy
 
 from . import functions as F
-from .backend import backend_for
 from .denormals import flush_subnormals
 from .tensor import Function, as_tensor, is_grad_enabled
 
-__all__ = ["GaussianKL", "mse", "binary_cross_entropy", "binary_cross_entropy_with_logits",
+__all__ = ["GaussianKL", "FusedSumLoss", "mse", "binary_cross_entropy",
+           "binary_cross_entropy_with_logits",
            "kl_divergence", "gaussian_kl", "l1", "bernoulli_kl"]
 
 _REDUCTIONS = ("mean", "sum", "batchmean", "none")
@@ -56,60 +56,50 @@ def _same_shape(op, a, b, names=("input", "target")):
     return a, b
 
 
-class _FusedSumLoss(Function):
-    """scale * sum of a per-element loss as one node, on the backend's kernels.
+class FusedSumLoss(Function):
+    """scale * sum of a per-element loss as one node, on its device's fused kernel
+    (``kernel``: "bce_with_logits" or "mse", see :mod:`minigrad.kernels.losses`).
 
-    ``name`` picks the kernels: "bce_with_logits" (x, t) -> softplus(x) - t x,
-    whose derivative is sigmoid(x) - t; "mse" (p, t) -> (p - t)^2, derivative
-    2 (p - t).  d/dt: -x and -2 (p - t).
-
-    When a gradient will be wanted, the forward runs the ``*_forward_backward``
-    kernel: one pass gives the loss and d(loss)/d(pred) for a seed of 1, which
-    backward then only scales by the seed (the common seed, 1, costs nothing).
+    forward: the kernel's one pass gives the sum and, when a gradient will be
+    wanted, d(loss)/d(pred) for a seed of 1;
+    backward: that gradient times the seed g (a seed of 1, the usual one, costs
+    nothing); d/dt is -x g scale for BCE, -2 (p - t) g scale for MSE.
     """
 
-    def forward(self, pred, target, name, scale, kernels, want_grad):
-        self.loss_name, self.scale, self.kernels = name, scale, kernels
+    def forward(self, pred, target, kernel, scale, want_grad):
+        self.loss, self.scale = kernel, scale
+        self.kernel = getattr(self.device.kernels, kernel)
         self.save_for_backward(pred, target)
-        self.grad_pred = None
-        if want_grad:
-            total, self.grad_pred = kernels[name + "_forward_backward"](pred, target, scale)
-        else:
-            total = kernels[name + "_forward"](pred, target)
+        total, self.grad_pred = self.kernel(pred, target, scale, want_grad)
         return self.xp.asarray(total * scale, dtype=pred.dtype)
 
     def backward(self, g):
         pred, target = self.saved
-        # a NumPy seed as a number; a CuPy one stays on the device (no wait for it)
-        seed = float(g) if self.xp is numpy else g
         grad_pred, self.grad_pred = self.grad_pred, None  # handed over once: the engine
         if grad_pred is None:                             # may add into it in place
-            grad_pred = self.kernels[self.loss_name + "_backward"](pred, target,
-                                                                   self.scale * seed)
-        elif self.xp is not numpy or seed != 1.0:
-            grad_pred *= pred.dtype.type(seed) if self.xp is numpy else seed
+            _, grad_pred = self.kernel(pred, target, self.scale, True)  # a second backward
+        # on the host, a seed of 1 is seen for free; on the GPU reading g would wait
+        # for the device, so the product is always taken there
+        if self.device.type != "cpu" or g != 1:
+            grad_pred *= g.astype(pred.dtype, copy=False)
             flush_subnormals(grad_pred)  # scaling down can make subnormals again
-        grad_target = (_target_grad(self.loss_name, pred, target, self.scale * seed)
-                       if self.needs_input_grad[1] else None)
+        grad_target = None
+        if self.needs_input_grad[1]:
+            # d/dt of softplus(x) - x t is -x; of (p - t)^2 it is -2 (p - t)
+            d_target = -2 * (pred - target) if self.loss == "mse" else -pred
+            grad_target = d_target * (g * self.scale)
         return grad_pred, grad_target
 
 
-def _target_grad(name, pred, target, scale):
-    if name == "mse":
-        return (target - pred) * (2 * scale)
-    return -pred * scale
-
-
-def _fused(name, pred, target, reduction):
-    """The fused kernel node, where the backend has one and the reduction allows."""
-    backend = backend_for(pred.device)
-    if (not backend.fused or reduction not in ("mean", "sum", "batchmean")
+def _fused(kernel, pred, target, reduction):
+    """The fused kernel node, where the data's device fuses and the reduction allows
+    (the one place a loss decides between the fused kernel and the primitives)."""
+    if (not pred.device.fused or reduction not in ("mean", "sum", "batchmean")
             or pred.dtype != target.dtype or pred.size == 0):
         return None
     scale = {"mean": 1.0 / pred.size, "sum": 1.0, "batchmean": 1.0 / _batch_size(pred)}[reduction]
     want_grad = is_grad_enabled() and (pred.requires_grad or target.requires_grad)
-    return _FusedSumLoss.apply(pred, target, name=name, scale=scale, kernels=backend.kernels,
-                               want_grad=want_grad)
+    return FusedSumLoss.apply(pred, target, kernel=kernel, scale=scale, want_grad=want_grad)
 
 
 def mse(pred, target, reduction="mean"):

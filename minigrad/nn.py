@@ -10,8 +10,9 @@ import math
 
 import numpy
 
+from . import activations
 from . import functions as F
-from .backend import backend_for, get_backend
+from .device import device_type, get_backend, move
 from .tensor import Function, Tensor
 
 __all__ = ["Parameter", "Module", "Dense", "DenseFunction", "Sequential", "ReLU", "LeakyReLU", "Sigmoid",
@@ -84,14 +85,13 @@ class Module:
         references to them remain valid; a moved parameter's gradient is dropped
         (it lived on the old device).  Optimizer buffers are not moved: build the
         optimizer after the move.  The layers then compute on ``device`` whatever
-        backend is active (the kernels follow the data, see ``backend_for``); an
+        backend is active (the kernels follow the data: ``tensor.device``); an
         input must be on the same device.
         """
-        from .tensor import _check_device, _move
-        device = _check_device(device)
+        device = device_type(device)
         for p in self.parameters():
             if p.device != device:
-                p.data = _move(p.data, device)
+                p.data = move(p.data, device)
                 p.grad = None
         return self
 
@@ -144,22 +144,8 @@ class Module:
 # Activations
 # ----------------------------------------------------------------------------
 
-_ACTIVATIONS = {
-    "identity": lambda x, slope: x,
-    "relu": lambda x, slope: F.relu(x),
-    "leaky_relu": lambda x, slope: F.leaky_relu(x, slope),
-    "sigmoid": lambda x, slope: F.sigmoid(x),
-    "tanh": lambda x, slope: F.tanh(x),
-    "softplus": lambda x, slope: F.softplus(x),
-}
-
-
 def _activation_name(activation):
-    name = "identity" if activation is None else str(activation).lower()
-    if name not in _ACTIVATIONS:
-        raise ValueError(f"unknown activation {activation!r}; expected one of "
-                         f"{sorted(_ACTIVATIONS)} or None")
-    return name
+    return activations.activation(activation).name  # a ValueError lists the names
 
 
 class _Activation(Module):
@@ -170,7 +156,7 @@ class _Activation(Module):
         self.negative_slope = float(negative_slope)
 
     def forward(self, x):
-        return _ACTIVATIONS[self.name](x, self.negative_slope)
+        return x if self.name == "identity" else F.activate(x, self.name, self.negative_slope)
 
 
 class Identity(_Activation):
@@ -225,15 +211,15 @@ class DenseFunction(Function):
               gW = x^T gz;  gx = gz W^T (each skipped when nobody needs it).
     """
 
-    def forward(self, x, weight, bias, activation, slope, kernels):
-        self.activation, self.slope, self.kernels = activation, slope, kernels
-        y = kernels["dense_forward"](self.xp.matmul(x, weight), bias, activation, slope)
+    def forward(self, x, weight, bias, activation, slope):
+        self.activation, self.slope = activation, slope
+        y = self.device.kernels.dense_forward(self.xp.matmul(x, weight), bias, activation, slope)
         self.save_for_backward(x, weight, y)
         return y
 
     def backward(self, g):
         x, weight, y = self.saved
-        gz, gb = self.kernels["dense_backward"](g, y, self.activation, self.slope)
+        gz, gb = self.device.kernels.dense_backward(g, y, self.activation, self.slope)
         need_x, need_w, need_b = self.needs_input_grad
         gx = gz @ weight.T if need_x else None
         gw = x.T @ gz if need_w else None  # a frozen weight costs no product
@@ -275,13 +261,17 @@ class Dense(Module):
         if x.ndim == 0 or x.shape[-1] != self.in_features:
             raise ValueError(f"Dense({self.in_features}, {self.out_features}): input has shape "
                              f"{x.shape}; expected (..., {self.in_features})")
-        backend = backend_for(x.device)  # the kernels of the device the data is on
-        if backend.fused and x.ndim == 2 and x.dtype == self.weight.dtype:
-            return DenseFunction.apply(x, self.weight, self.bias, activation=self.activation,
-                                       slope=self.negative_slope, kernels=backend.kernels)
-        # the reference: the same layer built from primitives
+        # The one place that decides: the fused kernels of the device the data is on,
+        # or -- on the NumPy reference backend, and for other shapes -- the same layer
+        # built from primitives.
+        if x.device.fused and x.ndim == 2 and x.dtype == self.weight.dtype:
+            return DenseFunction.apply(x, self.weight, self.bias,
+                                       activation=activations.activation(self.activation),
+                                       slope=self.negative_slope)
         z = F.matmul(x, self.weight) + self.bias
-        return _ACTIVATIONS[self.activation](z, self.negative_slope)
+        if self.activation == "identity":
+            return z
+        return F.activate(z, self.activation, self.negative_slope)
 
     def extra_repr(self):
         return (f"{self.in_features}, {self.out_features}, activation={self.activation!r}, "

@@ -3,10 +3,9 @@
 Each updates its parameters' data in place from their ``.grad``; parameters
 without a gradient are skipped (and, for Adam, do not advance their own step
 count, so their bias correction starts when they first receive a gradient, as
-in PyTorch).  The update of one parameter is one kernel of the backend that
-computes on the parameter's device (:func:`minigrad.backend.backend_for`;
-``sgd_update`` / ``adam_update`` in :mod:`minigrad.kernels.optim`, where the
-equations are written out and the NumPy reference sits beside the fused
+in PyTorch).  The update of one parameter is one kernel of the parameter's
+device (``p.device.kernels.adam_update``; :mod:`minigrad.kernels.optim`, where
+the equations are written out and the NumPy reference sits beside the fused
 versions).  The update kernels flush moments that fall below the smallest
 normal number to 0, so a long run never slows down on subnormal arithmetic.
 """
@@ -14,7 +13,6 @@ from __future__ import annotations
 
 import numpy
 
-from .backend import backend_for
 from .tensor import Tensor
 
 __all__ = ["Optimizer", "SGD", "Adam", "AdamW"]
@@ -65,17 +63,17 @@ class Optimizer:
     def _hyper(self):  # pragma: no cover - abstract
         raise NotImplementedError
 
-    def _updates(self, kernel, previous=None):
-        """Count a step and yield ``(i, parameter, update, out)`` for each parameter with
-        a gradient: ``update`` is the kernel of the device the parameter is on, ``out``
-        the array for the new values (None: in place).  With ``previous``, each
+    def _updates(self, previous=None):
+        """Count a step and yield ``(i, parameter, kernels, out)`` for each parameter
+        with a gradient: ``kernels`` are those of the parameter's device, ``out`` the
+        array for the new values (None: in place).  With ``previous``, each
         updated parameter then trades arrays with it (see :meth:`step`); parameters
         without a gradient copy their values into theirs."""
         self.step_count += 1
         for i, p in enumerate(self.params):
             if p.grad is not None:
                 out = None if previous is None else previous[i]
-                yield i, p, backend_for(p.device).kernel(kernel), out
+                yield i, p, p.device.kernels, out
                 if out is not None:
                     previous[i], p.data = p.data, out
             elif previous is not None:
@@ -166,10 +164,10 @@ class SGD(Optimizer):
     def step(self, previous=None):
         """One update of every parameter that has a gradient (``previous``: see
         :meth:`Optimizer.step`)."""
-        for i, p, update, out in self._updates("sgd_update", previous):
+        for i, p, kernels, out in self._updates(previous):
             if self.momentum and self.velocity[i] is None:
                 self.velocity[i] = p.xp.zeros_like(p.data)
-            update(p.data, p.grad, self.velocity[i], self.lr, self.momentum,
+            kernels.sgd_update(p.data, p.grad, self.velocity[i], self.lr, self.momentum,
                    self.weight_decay, self.nesterov, out)
 
 
@@ -207,9 +205,9 @@ class Adam(Optimizer):
     def step(self, previous=None):
         """One update of every parameter that has a gradient (``previous``: see
         :meth:`Optimizer.step`)."""
-        for i, p, update, out in self._updates("adam_update", previous):
+        for i, p, kernels, out in self._updates(previous):
             self.steps[i] += 1
-            update(p.data, p.grad, self.m[i], self.v[i], self.lr, self.beta1, self.beta2,
+            kernels.adam_update(p.data, p.grad, self.m[i], self.v[i], self.lr, self.beta1, self.beta2,
                    self.eps, self.weight_decay, self.steps[i], self.decoupled, out)
 
 

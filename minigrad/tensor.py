@@ -1,12 +1,12 @@
-"""Tensor, Function and the backward pass.
+"""Tensor and Function.
 
 A :class:`Tensor` wraps an array: NumPy's on the host ("cpu"), CuPy's on the
 GPU ("cuda"); new tensors go to the active backend's device unless told
-otherwise.  Applying a
-:class:`Function` to tensors computes the result's array and, when any input
-requires a gradient, remembers the function application (the *node*) on the
-result.  :meth:`Tensor.backward` then walks those nodes from the output back to
-the leaves, calling each node's ``backward`` -- its vector-Jacobian product.
+otherwise.  Applying a :class:`Function` to tensors computes the result's array
+and, when any input requires a gradient, remembers the function application
+(the *node*) on the result.  :meth:`Tensor.backward` then walks those nodes from
+the output back to the leaves (:mod:`minigrad.backward`), calling each node's
+``backward`` -- its vector-Jacobian product.
 
 Two rules keep the primitives short:
 
@@ -22,7 +22,8 @@ import numbers
 
 import numpy
 
-from .backend import array_namespace, device_of, get_backend
+from .backward import backward_pass, unbroadcast
+from .device import device_of, device_type, get_backend, move
 
 __all__ = ["Tensor", "Function", "no_grad", "enable_grad", "is_grad_enabled",
            "unbroadcast", "as_tensor"]
@@ -71,12 +72,14 @@ class Function:
     A subclass defines ``forward(self, *arrays, **params) -> array`` and
     ``backward(self, grad) -> gradient or tuple of gradients`` (one per tensor
     input, ``None`` for a non-differentiable one).  ``self`` is the node: it
-    keeps what backward needs through :meth:`save_for_backward` and knows the
-    array namespace as ``self.xp``.
+    keeps what backward needs through :meth:`save_for_backward`, and knows the
+    :class:`~minigrad.device.Device` of its inputs as ``self.device`` and that
+    device's array namespace as ``self.xp``.
     """
 
-    def __init__(self, xp):
-        self.xp = xp
+    def __init__(self, device):
+        self.device = device
+        self.xp = device.xp
         self.parents = ()
         self.saved = ()
         self.needs_input_grad = ()
@@ -95,7 +98,7 @@ class Function:
         """Run ``forward`` on the inputs' data and record the node if needed."""
         tensors = _to_tensors(cls.__name__, inputs)
         data = [t.data for t in tensors]
-        node = cls(array_namespace(*data))
+        node = cls(device_of(*data))
         out = node.forward(*data, **params)
         requires_grad = _grad_enabled and any(t.requires_grad for t in tensors)
         result = Tensor._wrap(out, requires_grad)
@@ -165,38 +168,6 @@ def _is_float(dtype):
 
 
 # ----------------------------------------------------------------------------
-# Broadcasting: gradients are reduced back to the input shape here, and only here
-# ----------------------------------------------------------------------------
-
-def unbroadcast(grad, shape, dtype):
-    """Sum ``grad`` (in a broadcast shape) back to ``shape`` and cast to ``dtype``.
-
-    NumPy broadcasting prepends axes and stretches axes of length 1; the
-    gradient of a broadcast is the sum over exactly those axes.
-    """
-    if type(grad) is numpy.ndarray and grad.shape == shape and grad.dtype == dtype:
-        return grad  # the common case: nothing to reduce or cast
-    xp = array_namespace(grad)
-    shape = tuple(shape)
-    if grad.shape != shape:
-        extra = grad.ndim - len(shape)
-        if extra < 0:
-            raise RuntimeError(f"internal error: gradient of shape {grad.shape} for an "
-                               f"input of shape {shape}")
-        if extra:
-            grad = grad.sum(axis=tuple(range(extra)))
-        stretched = tuple(i for i, n in enumerate(shape) if n == 1 and grad.shape[i] != 1)
-        if stretched:
-            grad = grad.sum(axis=stretched, keepdims=True)
-        if grad.shape != shape:
-            raise RuntimeError(f"internal error: cannot reduce a gradient of shape "
-                               f"{grad.shape} to the input shape {shape}")
-    if grad.dtype != dtype:
-        grad = grad.astype(dtype)
-    return xp.asarray(grad)
-
-
-# ----------------------------------------------------------------------------
 # Tensor
 # ----------------------------------------------------------------------------
 
@@ -211,15 +182,15 @@ def _as_array(data, dtype, device=None):
     it is, without a copy.  ``.numpy()`` always gives a host array back.
     """
     if device is None:
-        xp = array_namespace(data)
+        xp = device_of(data).xp
         if xp is numpy:
             xp = get_backend().xp
-    elif _check_device(device) == "cpu":
+    elif device_type(device) == "cpu":
         if device_of(data) == "cuda":
             data = data.get()
         xp = numpy
     else:
-        from .backend import require_cupy
+        from .device import require_cupy
         xp = require_cupy()
     if dtype is not None:
         return xp.asarray(data, dtype=dtype)
@@ -298,10 +269,11 @@ class Tensor:
 
     @property
     def xp(self):
-        return array_namespace(self.data)
+        return device_of(self.data).xp
 
     @property
     def device(self):
+        """The :class:`~minigrad.device.Device` of the data (equal to "cpu" or "cuda")."""
         return device_of(self.data)
 
     @property
@@ -332,7 +304,7 @@ class Tensor:
 
         Differentiable: the gradient travels back to the original device.
         """
-        device = _check_device(device)
+        device = device_type(device)
         if device == self.device:
             return self
         return ToDevice.apply(self, device=device)
@@ -382,105 +354,18 @@ class Tensor:
                 raise ValueError(f"backward: grad has shape {tuple(grad.shape)}, expected the "
                                  f"output's shape {self.shape}")
 
-        order = _topological_order(self)
-        grads = {id(self): grad}
-        handed_out = {id(grad)}  # arrays a leaf may not adopt (see _accumulate_leaf)
-        for tensor in order:
-            g = grads.pop(id(tensor), None)  # dropped here: freed once used
-            node = tensor._node
-            if node is None:
-                if tensor._released:
-                    raise RuntimeError("backward: part of this graph was already released "
-                                       "by an earlier backward(); pass retain_graph=True to it")
-                if g is not None:
-                    _accumulate_leaf(tensor, g, handed_out)
-                continue
-            if g is not None:
-                parent_grads = node.backward(g)
-                if not isinstance(parent_grads, tuple):
-                    parent_grads = (parent_grads,)
-                for parent, pg in zip(node.parents, parent_grads):
-                    if pg is None or not parent._requires_grad:
-                        continue
-                    pg = unbroadcast(pg, parent.data.shape, parent.data.dtype)
-                    key = id(parent)
-                    grads[key] = pg if key not in grads else grads[key] + pg
-                del parent_grads, g
-            if not retain_graph:
-                tensor._node = None
-                tensor._released = True
-        return None
-
-
-def _check_device(device):
-    device = str(device).lower()
-    if device.startswith("cuda"):
-        return "cuda"
-    if device == "cpu":
-        return "cpu"
-    raise ValueError(f"to: unknown device {device!r}; expected 'cpu' or 'cuda'")
-
-
-def _move(array, device):
-    """``array`` copied to ``device``."""
-    if device == "cpu":
-        return array.get() if device_of(array) == "cuda" else array
-    from .backend import require_cupy
-    return require_cupy().asarray(array)
+        backward_pass(self, grad, retain_graph)
 
 
 class ToDevice(Function):
     """y = x on another device.   backward: g moved back to x's device"""
 
     def forward(self, x, device):
-        self.source = device_of(x)
-        return _move(x, device)
+        self.source = device_of(x).type
+        return move(x, device)
 
     def backward(self, g):
-        return _move(g, self.source)
-
-
-def _accumulate_leaf(tensor, g, handed_out):
-    """Add ``g`` to ``tensor.grad``.  A first gradient is adopted without a copy when
-    the leaf may own it: an array of its own memory, writable, of the leaf's dtype,
-    and not handed to anyone else in this pass (``Add`` passes one array to both
-    of its inputs; the seed belongs to the caller).  Otherwise it is copied, so a
-    later ``grad += ...`` can never write into another tensor's gradient."""
-    if tensor.grad is not None:
-        tensor.grad += g
-        return
-    flags = g.flags
-    if (flags.owndata and getattr(flags, "writeable", True) and g.dtype == tensor.dtype
-            and id(g) not in handed_out):
-        tensor.grad = g
-    else:
-        tensor.grad = tensor.xp.array(g, dtype=tensor.dtype, copy=True)
-    handed_out.add(id(tensor.grad))
-
-
-def _topological_order(root):
-    """Tensors reachable from ``root`` through recorded nodes, outputs first.
-
-    Iterative depth-first search, parents visited in argument order, so the
-    order is deterministic and graph depth is limited only by memory.
-    """
-    postorder, visited = [], set()
-    stack = [(root, False)]
-    while stack:
-        tensor, children_done = stack.pop()
-        if children_done:
-            postorder.append(tensor)
-            continue
-        if id(tensor) in visited:
-            continue
-        visited.add(id(tensor))
-        stack.append((tensor, True))
-        if tensor._node is not None:
-            for parent in reversed(tensor._node.parents):
-                if parent._requires_grad and id(parent) not in visited:
-                    stack.append((parent, False))
-    postorder.reverse()
-    return postorder
+        return move(g, self.source)
 
 
 def as_tensor(x):

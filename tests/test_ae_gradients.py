@@ -20,23 +20,21 @@ from autoencoders import (ContractiveAutoencoder, DenoisingAutoencoder, SparseAu
 from autoencoders.contractive import jacobian_norms
 from autoencoders.variational import reparameterize
 
+from helpers import CPU_DEVICES
+
 SETTINGS = settings(max_examples=20, deadline=None,
-                    suppress_health_check=[HealthCheck.too_slow])
-BACKENDS = ["numpy", "numba"]
+                    suppress_health_check=[HealthCheck.too_slow,
+                                           HealthCheck.function_scoped_fixture])
+
+#: the gradient checks run on both CPU backends (the ``device`` fixture, which skips
+#: "numba" saying why when Numba is missing)
+on_cpu = pytest.mark.parametrize("device", CPU_DEVICES, indirect=True)
 
 
 @pytest.fixture(autouse=True)
 def numpy_backend():
     with mg.set_backend("numpy"):
         yield
-
-
-def use_backend(name):
-    """Switch to backend ``name`` for the rest of the test, or skip saying why."""
-    try:
-        return mg.set_backend(name)
-    except Exception as e:  # not registered, or Numba missing
-        pytest.skip(f"backend {name!r} unavailable: {type(e).__name__}: {e}")
 
 
 @st.composite
@@ -68,61 +66,56 @@ def check_loss_gradients(model, batch, seed):
     assert mg.gradcheck(total, model.parameters(), names=names)
 
 
-@pytest.mark.parametrize("backend", BACKENDS)
+@on_cpu
 @SETTINGS
 @given(common(), st.sampled_from([None, "relu", "tanh", "sigmoid"]))
-def test_vanilla_gradients(backend, opts, latent_activation):
-    with use_backend(backend):
-        options, batch = opts
-        model = VanillaAutoencoder(latent_activation=latent_activation, **options)
-        check_loss_gradients(model, batch, options["seed"])
+def test_vanilla_gradients(device, opts, latent_activation):
+    options, batch = opts
+    model = VanillaAutoencoder(latent_activation=latent_activation, **options)
+    check_loss_gradients(model, batch, options["seed"])
 
 
-@pytest.mark.parametrize("backend", BACKENDS)
+@on_cpu
 @SETTINGS
 @given(common(), st.sampled_from(["l1", "kl"]), st.sampled_from([None, "relu", "tanh"]),
        st.floats(0.01, 1.0), st.floats(0.05, 0.5))
-def test_sparse_gradients(backend, opts, sparsity, latent_activation, weight, rho):
-    with use_backend(backend):
-        options, batch = opts
-        if sparsity == "kl":
-            latent_activation = "sigmoid"
-        model = SparseAutoencoder(sparsity=sparsity, l1=weight, kl_weight=weight, rho=rho,
-                                  latent_activation=latent_activation, **options)
-        check_loss_gradients(model, batch, options["seed"])
+def test_sparse_gradients(device, opts, sparsity, latent_activation, weight, rho):
+    options, batch = opts
+    if sparsity == "kl":
+        latent_activation = "sigmoid"
+    model = SparseAutoencoder(sparsity=sparsity, l1=weight, kl_weight=weight, rho=rho,
+                              latent_activation=latent_activation, **options)
+    check_loss_gradients(model, batch, options["seed"])
 
 
-@pytest.mark.parametrize("backend", BACKENDS)
+@on_cpu
 @SETTINGS
 @given(common(), st.sampled_from(["gaussian", "masking", "salt_and_pepper"]),
        st.floats(0.05, 0.5))
-def test_denoising_gradients(backend, opts, noise, level):
-    with use_backend(backend):
-        options, batch = opts
-        model = DenoisingAutoencoder(noise=noise, noise_level=level, **options)
-        check_loss_gradients(model, batch, options["seed"])
+def test_denoising_gradients(device, opts, noise, level):
+    options, batch = opts
+    model = DenoisingAutoencoder(noise=noise, noise_level=level, **options)
+    check_loss_gradients(model, batch, options["seed"])
 
 
-@pytest.mark.parametrize("backend", BACKENDS)
+@on_cpu
 @SETTINGS
 @given(common(activations=("relu", "tanh", "sigmoid", "softplus")),
        st.sampled_from(["sigmoid", "tanh", "relu", None]), st.floats(0.1, 3.0))
-def test_contractive_gradients(backend, opts, latent_activation, weight):
-    with use_backend(backend):
-        options, batch = opts
-        model = ContractiveAutoencoder(weight=weight, latent_activation=latent_activation,
-                                       **options)
-        check_loss_gradients(model, batch, options["seed"])
+def test_contractive_gradients(device, opts, latent_activation, weight):
+    options, batch = opts
+    model = ContractiveAutoencoder(weight=weight, latent_activation=latent_activation,
+                                   **options)
+    check_loss_gradients(model, batch, options["seed"])
 
 
-@pytest.mark.parametrize("backend", BACKENDS)
+@on_cpu
 @SETTINGS
 @given(common(), st.floats(0.0, 4.0))
-def test_variational_gradients(backend, opts, beta):
-    with use_backend(backend):
-        options, batch = opts
-        model = VariationalAutoencoder(beta=beta, **options)
-        check_loss_gradients(model, batch, options["seed"])
+def test_variational_gradients(device, opts, beta):
+    options, batch = opts
+    model = VariationalAutoencoder(beta=beta, **options)
+    check_loss_gradients(model, batch, options["seed"])
 
 
 # ----------------------------------------------------------------------------

@@ -12,6 +12,7 @@ pytest.importorskip("matplotlib", reason="the figures need matplotlib (the 'viz'
 
 import minigrad as mg  # noqa: E402
 from autoencoders import cli, datasets  # noqa: E402
+from helpers import GPU_DEVICES  # noqa: E402
 
 SMALL = ["--epochs", "1", "--hidden", "32", "--batch-size", "64", "--no-progress",
          "--backend", "numpy"]
@@ -137,11 +138,13 @@ def test_module_entry_point_help():
         assert command in out.stdout
 
 
+@pytest.mark.parametrize("device", GPU_DEVICES, indirect=True)
 @pytest.mark.parametrize("command, extra", [
     ("retrieve", ["--latent", "8"]),
     ("features", ["--latent", "8", "--labels", "300"]),
     ("denoise", ["--latent", "16"])])
-def test_experiments_with_backend_cupy_match_the_cpu(gpu, tmp_path, fashion_dir, command, extra):
+def test_experiments_with_backend_cupy_match_the_cpu(device, tmp_path, fashion_dir, command,
+                                                     extra):
     """Each experiment with --backend cupy: the same metrics as on the CPU."""
     if command == "features":
         pytest.importorskip("sklearn", reason="features needs scikit-learn (the 'features' extra)")

@@ -1,7 +1,7 @@
 """Every CUDA kernel of the CuPy backend compiles -- with NVRTC, which needs no GPU.
 
-For each kernel registered with a CuPy version (``kernels.table("cupy")``), the CUDA
-specs its CuPy version records (``fn.cuda_specs``, see ``minigrad/kernels/_cuda.py``)
+For each kernel's CuPy version (``kernels.Kernels("cupy")``), the CUDA specs it
+records (``fn.cuda_specs``, see ``minigrad/kernels/_cuda.py``)
 are compiled to machine code for the oldest architecture CUDA 13 supports (sm_75)
 and for Hopper (sm_90):
 
@@ -12,12 +12,12 @@ and for Hopper (sm_90):
     ``CArray``/``CIndexer`` parameters, CuPy's compile options), obtained from
     CuPy's private code generator without a device -- skipped, saying why, if this
     CuPy version does not offer it in the expected form;
-  - always, a hand-written equivalent harness (tests/cuda_sources.py
+  - always, a hand-written equivalent harness (tests/support/cuda_sources.py
     ``elementwise_harness``): the same preamble and the same operation in the same
     grid-stride loop over flat arrays, so the kernel's own code is compiled even
     when CuPy's generator is out of reach.
 
-The parametrisation comes from the registry, so a new kernel is compiled without
+The parametrisation comes from ``kernels.names()``, so a new kernel is compiled without
 touching this file, and a CuPy kernel that records no CUDA source fails
 ``test_every_cupy_kernel_records_its_cuda_source``.  A compile error fails the test
 with NVRTC's log.  The whole module skips, printing why, only when NVRTC cannot
@@ -26,7 +26,7 @@ nvidia-cuda-nvrtc).
 """
 import pytest
 
-import cuda_sources as cs
+from support import cuda_sources as cs
 from minigrad.kernels import _cuda, dense, losses, optim
 
 try:
@@ -117,8 +117,7 @@ def test_cupy_generated_elementwise_source_compiles(spec, dtype):
 
 
 def test_a_kernel_that_does_not_compile_fails_with_the_log(monkeypatch):
-    spec = _cuda.Elementwise("mg_broken", "T x", "T y", "y = mg_no_such_function(x)",
-                             preamble=_cuda.MATH)
+    spec = _cuda.Elementwise("mg_broken", "T x", "T y", "y = mg_no_such_function(x)")
     source, name, _ = cs.elementwise_harness(spec, "float32")
     with pytest.raises(pytest.fail.Exception, match="mg_no_such_function"):
         nvrtc_compile(source, name, options(spec, "sm_90"))

@@ -1,16 +1,17 @@
 """The CuPy backend: kernel parity with NumPy, gradients across backends, devices.
 
-Kernel tests run once per *device*:
+Kernel tests run once per GPU *device* (the ``device`` fixture with
+``helpers.GPU_DEVICES``, the 'cupy' backend active for the test):
 
 * ``cupy`` -- the real thing on a GPU; skipped, with the reason, when CuPy or a
   CUDA device is missing;
 * ``cupy-emulated`` -- the same CUDA code and the same Python wrappers on the host:
   every kernel compiled by a C++ compiler (each CUDA block's threads run as
-  std::threads meeting at a barrier, see tests/cuda_sources.py) and a stand-in for
-  the few CuPy calls the wrappers make.  It checks the kernels' arithmetic,
-  indexing, reductions and launch arithmetic without a GPU -- not CuPy itself,
-  nor the GPU's math library or memory model.  Skipped, with the reason, without
-  a C++20 compiler.
+  std::threads meeting at a barrier, see tests/support/cuda_sources.py) and a
+  stand-in for the few CuPy calls the wrappers make.  It checks the kernels'
+  arithmetic, indexing, reductions and launch arithmetic without a GPU -- not CuPy
+  itself, nor the GPU's math library or memory model.  Skipped, with the reason,
+  without a C++20 compiler.
 
 Backend tests (Dense and loss gradients, every autoencoder flavor's loss and
 gradients, ``fit(backend="cupy")``) need the GPU.  The last section runs
@@ -24,20 +25,21 @@ import sys
 import numpy as np
 import pytest
 
-import cupy_emulation
 import minigrad as mg
-from conftest import GPU_MISSING, host
-from minigrad import kernels, losses, nn
+from helpers import GPU_DEVICES, GPU_MISSING, host, needs_gpu
+from minigrad import activations, kernels, losses, nn
 from minigrad.kernels import _cuda, dense
 from minigrad.kernels import losses as loss_kernels
+from support import cupy_emulation
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-ACTIVATIONS = dense.ACTIVATIONS
+ACTIVATIONS = list(activations.ACTIVATIONS)
 DTYPES = [np.float32, np.float64]
 
+#: the test runs once on each GPU device: the real one, and CuPy emulated on the host
+on_gpu = pytest.mark.parametrize("device", GPU_DEVICES, indirect=True)
 
-needs_gpu = pytest.mark.skipif(GPU_MISSING is not None,
-                               reason=f"needs CuPy and a CUDA device: {GPU_MISSING}")
+act = activations.activation
 
 
 def tol(dtype):
@@ -48,36 +50,8 @@ def tol(dtype):
     return dict(rtol=1e-12, atol=1e-13)
 
 
-# ----------------------------------------------------------------------------
-# devices
-# ----------------------------------------------------------------------------
-
-class Device:
-    def __init__(self, name, to_device, to_host):
-        self.name, self.to_device, self.to_host = name, to_device, to_host
-
-    def __repr__(self):
-        return self.name
-
-
-@pytest.fixture(params=["cupy", "cupy-emulated"])
-def device(request, monkeypatch):
-    if request.param == "cupy":
-        if GPU_MISSING is not None:
-            pytest.skip(f"needs CuPy and a CUDA device: {GPU_MISSING}")
-        import cupy
-        return Device("cupy", lambda a: cupy.array(a, copy=True), cupy.asnumpy)
-    if request.config.getoption("--cupy-emulated"):
-        pytest.skip("--cupy-emulated: the 'cupy' run is the emulated one already")
-    cupy_emulation.install(monkeypatch, request.getfixturevalue("host_library"), sm_count=2)
-    return Device("cupy-emulated", cupy_emulation.device_array, cupy_emulation.host_array)
-
-
-REF = kernels.table("numpy")
-
-
-def CU(name):
-    return kernels.table("cupy")[name]
+REF = kernels.Kernels("numpy")
+CUPY = kernels.Kernels("cupy")  # (building it imports no CuPy)
 
 
 def special(dtype):
@@ -89,6 +63,7 @@ def special(dtype):
 # kernel parity with the NumPy references
 # ----------------------------------------------------------------------------
 
+@on_gpu
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("activation", ACTIVATIONS)
 @pytest.mark.parametrize("shape", [(1, 1), (37, 45), (130, 70)])
@@ -96,34 +71,39 @@ def test_dense_forward(device, dtype, activation, shape):
     rng = np.random.default_rng(1)
     z = (rng.standard_normal(shape) * 3).astype(dtype)
     bias = rng.standard_normal(shape[1]).astype(dtype)
-    expected = REF["dense_forward"](z.copy(), bias, activation, 0.2)
+    expected = REF.dense_forward(z.copy(), bias, act(activation), 0.2)
     z_dev = device.to_device(z)
-    out = CU("dense_forward")(z_dev, device.to_device(bias), activation, 0.2)
+    out = device.kernels.dense_forward(z_dev, device.to_device(bias), act(activation), 0.2)
     np.testing.assert_allclose(device.to_host(out), expected, **tol(dtype))
     # in place: a contiguous z holds the result
     np.testing.assert_allclose(device.to_host(z_dev), expected, **tol(dtype))
 
 
+@on_gpu
 @pytest.mark.parametrize("dtype", DTYPES)
 def test_dense_forward_non_contiguous_input(device, dtype):
     rng = np.random.default_rng(2)
     big = rng.standard_normal((20, 9)).astype(dtype)
     bias = rng.standard_normal(9).astype(dtype)
-    expected = REF["dense_forward"](big[::2].copy(), bias, "tanh", 0.0)
-    out = CU("dense_forward")(device.to_device(big)[::2], device.to_device(bias), "tanh", 0.0)
+    expected = REF.dense_forward(big[::2].copy(), bias, act("tanh"), 0.0)
+    out = device.kernels.dense_forward(device.to_device(big)[::2], device.to_device(bias),
+                                       act("tanh"), 0.0)
     np.testing.assert_allclose(device.to_host(out), expected, **tol(dtype))
 
 
+@on_gpu
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("activation", ACTIVATIONS)
 @pytest.mark.parametrize("shape", [(1, 1), (5, 3), (130, 45), (300, 70), (0, 4)])
 def test_dense_backward(device, dtype, activation, shape):
     rng = np.random.default_rng(3)
-    y = REF["activation_forward"](rng.standard_normal(shape).astype(dtype), activation, 0.2)
+    y = act(activation).forward(rng.standard_normal(shape).astype(dtype), dtype(0.2))
+    y = np.asarray(y, dtype=dtype)
     g = rng.standard_normal(shape).astype(dtype)
-    gz_ref, gb_ref = REF["dense_backward"](g, y, activation, 0.2)
+    gz_ref, gb_ref = REF.dense_backward(g, y, act(activation), 0.2)
     for _ in range(2):  # twice: the completion counters must be back at 0
-        gz, gb = CU("dense_backward")(device.to_device(g), device.to_device(y), activation, 0.2)
+        gz, gb = device.kernels.dense_backward(device.to_device(g), device.to_device(y),
+                                               act(activation), 0.2)
         gz, gb = device.to_host(gz), device.to_host(gb)
         assert gz.dtype == dtype and gb.dtype == dtype and gb.shape == (shape[1],)
         np.testing.assert_allclose(gz, gz_ref, **tol(dtype))
@@ -145,25 +125,39 @@ def test_dense_backward_launch_grid():
     assert loss_kernels.loss_sum_blocks(1024 * 784, 132) == 264
 
 
+@on_gpu
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("activation", ACTIVATIONS)
-def test_activation_forward_and_backward(device, dtype, activation):
+def test_activations_of_the_dense_kernels_at_special_values(device, dtype, activation):
+    """Each activation and its derivative at 0, -0, tiny, large, inf and NaN inputs:
+    the dense kernels with a zero bias (forward: act(z); backward: grad_z = g act'(y))."""
     rng = np.random.default_rng(4)
     x = np.concatenate([special(dtype), (rng.standard_normal(47) * 4).astype(dtype)])
-    x = x.reshape(3, 4, 5)
-    y_ref = REF["activation_forward"](x, activation, 0.2)
-    y = device.to_host(CU("activation_forward")(device.to_device(x), activation, 0.2))
+    x = x.reshape(12, 5)
+    zero_bias = np.zeros(5, dtype)
+    y_ref = REF.dense_forward(x.copy(), zero_bias, act(activation), 0.2)
+    y = device.to_host(device.kernels.dense_forward(device.to_device(x),
+                                                    device.to_device(zero_bias),
+                                                    act(activation), 0.2))
     np.testing.assert_allclose(y, y_ref, equal_nan=True, **tol(dtype))
     g = rng.standard_normal(x.shape).astype(dtype)
     y_ok = np.nan_to_num(y_ref, nan=0.5, posinf=1.0, neginf=-1.0).astype(dtype)
-    gx_ref = REF["activation_backward"](g, y_ok, activation, 0.2)
-    gx = CU("activation_backward")(device.to_device(g), device.to_device(y_ok), activation, 0.2)
+    gx_ref, _ = REF.dense_backward(g, y_ok, act(activation), 0.2)
+    gx, _ = device.kernels.dense_backward(device.to_device(g), device.to_device(y_ok),
+                                          act(activation), 0.2)
     np.testing.assert_allclose(device.to_host(gx), gx_ref, equal_nan=True, **tol(dtype))
 
 
+@on_gpu
 def test_unknown_activation_is_named(device):
+    """An unknown name is refused where it is looked up in the activation table, with
+    the valid names, before any kernel runs."""
+    with pytest.raises(ValueError, match="unknown activation 'swish'.*'relu'"):
+        act("swish")
     with pytest.raises(ValueError, match="unknown activation 'swish'"):
-        CU("activation_forward")(device.to_device(np.ones(3, np.float32)), "swish", 0.0)
+        nn.Dense(3, 2, "swish")
+    with pytest.raises(ValueError, match="unknown activation 'swish'"):
+        mg.activate(mg.Tensor(np.ones(3, np.float32)), "swish")
 
 
 def _loss_inputs(dtype, n, rng):
@@ -173,6 +167,7 @@ def _loss_inputs(dtype, n, rng):
     return x.reshape(-1, 3) if n % 3 == 0 else x, t.reshape(-1, 3) if n % 3 == 0 else t
 
 
+@on_gpu
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("name", ["bce_with_logits", "mse"])
 @pytest.mark.parametrize("n", [5, 999, 9000])  # 9000: several blocks, also when emulated
@@ -180,31 +175,37 @@ def test_loss_kernels(device, dtype, name, n):
     rng = np.random.default_rng(5)
     x, t = _loss_inputs(dtype, n, rng)
     xd, td = device.to_device(x), device.to_device(t)
-    expected = REF[name + "_forward"](x, t)
+    kernel, reference = getattr(device.kernels, name), getattr(REF, name)
+    scale = 1.0 / n
+    expected, grad_ref = reference(x, t, scale)
     for _ in range(2):  # twice: the completion counter must be back at 0
-        total = CU(name + "_forward")(xd, td)
+        total, grad = kernel(xd, td, scale, want_grad=False)
+        assert grad is None
         assert total.shape == () and total.dtype == np.float64  # stays on the device
         assert math.isclose(float(total), expected, rel_tol=1e-12)
-    scale = 1.0 / n
-    grad = CU(name + "_backward")(xd, td, scale)
-    np.testing.assert_allclose(device.to_host(grad), REF[name + "_backward"](x, t, scale),
-                               **tol(dtype))
-    total, grad2 = CU(name + "_forward_backward")(xd, td, scale)
+    total, grad = kernel(xd, td, scale)  # the sum and the gradient in one pass
+    assert total.shape == () and total.dtype == np.float64
     assert math.isclose(float(total), expected, rel_tol=1e-12)
+    np.testing.assert_allclose(device.to_host(grad), grad_ref, **tol(dtype))
+    assert grad.shape == x.shape and grad.dtype == dtype
+    _, grad2 = kernel(xd, td, scale)
     np.testing.assert_array_equal(device.to_host(grad2), device.to_host(grad))
     # a seed still on the device (a 0-d array) is a valid scale
     seed = device.to_device(np.array(0.5 * scale, dtype=dtype))
-    np.testing.assert_allclose(device.to_host(CU(name + "_backward")(xd, td, seed)),
-                               REF[name + "_backward"](x, t, 0.5 * scale), **tol(dtype))
+    np.testing.assert_allclose(device.to_host(kernel(xd, td, seed)[1]),
+                               reference(x, t, 0.5 * scale)[1], **tol(dtype))
 
 
+@on_gpu
 def test_loss_kernels_of_empty_arrays(device):
     empty = device.to_device(np.zeros((0, 3), np.float32))
-    assert float(CU("mse_forward")(empty, empty)) == 0.0
-    total, grad = CU("bce_with_logits_forward_backward")(empty, empty, 1.0)
+    total, grad = device.kernels.mse(empty, empty, 1.0, want_grad=False)
+    assert float(total) == 0.0 and grad is None
+    total, grad = device.kernels.bce_with_logits(empty, empty, 1.0)
     assert float(total) == 0.0 and grad.shape == (0, 3)
 
 
+@on_gpu
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("momentum,nesterov", [(0.0, False), (0.9, False), (0.9, True)])
 @pytest.mark.parametrize("weight_decay", [0.0, 0.01])
@@ -223,14 +224,15 @@ def test_sgd_update_equals_the_reference_bit_for_bit(device, dtype, momentum, ne
             if momentum:
                 velocity[:2] = 1e-39 if dtype == np.float32 else 1e-309
                 v_dev = device.to_device(velocity)
-        REF["sgd_update"](p, g, velocity, 0.1, momentum, weight_decay, nesterov)
-        CU("sgd_update")(p_dev, device.to_device(g), v_dev, 0.1, momentum, weight_decay,
-                         nesterov)
+        REF.sgd_update(p, g, velocity, 0.1, momentum, weight_decay, nesterov)
+        device.kernels.sgd_update(p_dev, device.to_device(g), v_dev, 0.1, momentum,
+                                  weight_decay, nesterov)
         np.testing.assert_array_equal(device.to_host(p_dev), p)
         if momentum:
             np.testing.assert_array_equal(device.to_host(v_dev), velocity)
 
 
+@on_gpu
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("weight_decay,decoupled", [(0.0, False), (0.1, False), (0.1, True)])
 def test_adam_update_equals_the_reference_bit_for_bit(device, dtype, weight_decay, decoupled):
@@ -243,9 +245,9 @@ def test_adam_update_equals_the_reference_bit_for_bit(device, dtype, weight_deca
     for step in range(1, 5):
         g = rng.standard_normal(p.shape).astype(dtype)
         g[0] = 0
-        REF["adam_update"](p, g, m, v, 1e-2, 0.9, 0.999, 1e-8, weight_decay, step, decoupled)
-        CU("adam_update")(p_dev, device.to_device(g), m_dev, v_dev, 1e-2, 0.9, 0.999, 1e-8,
-                          weight_decay, step, decoupled)
+        REF.adam_update(p, g, m, v, 1e-2, 0.9, 0.999, 1e-8, weight_decay, step, decoupled)
+        device.kernels.adam_update(p_dev, device.to_device(g), m_dev, v_dev, 1e-2, 0.9, 0.999,
+                                   1e-8, weight_decay, step, decoupled)
         for dev, ref in ((p_dev, p), (m_dev, m), (v_dev, v)):
             np.testing.assert_array_equal(device.to_host(dev), ref)
     if not weight_decay or decoupled:  # (Adam's L2 term makes those gradients nonzero)
@@ -255,9 +257,9 @@ def test_adam_update_equals_the_reference_bit_for_bit(device, dtype, weight_deca
 def test_cupy_kernels_refuse_host_arrays_naming_both_sides():
     a = np.zeros((2, 3), np.float32)
     with pytest.raises(TypeError, match=r"run on the GPU \(cuda\).*on the host \(cpu\)"):
-        CU("dense_forward")(a, np.zeros(3, np.float32), "relu", 0.0)
+        CUPY.dense_forward(a, np.zeros(3, np.float32), act("relu"), 0.0)
     with pytest.raises(TypeError, match="model.to\\('cuda'\\)"):
-        CU("adam_update")(a, a, a, a, 1e-3, 0.9, 0.999, 1e-8, 0.0, 1, False)
+        CUPY.adam_update(a, a, a, a, 1e-3, 0.9, 0.999, 1e-8, 0.0, 1, False)
 
 
 def test_cupy_kernels_are_written_for_float32_and_float64():
@@ -269,13 +271,17 @@ def test_cupy_kernels_are_written_for_float32_and_float64():
 # the backend on the GPU
 # ----------------------------------------------------------------------------
 
-def test_backend_selection_and_where_tensors_live(gpu):
+@on_gpu
+def test_backend_selection_and_where_tensors_live(device):
     with mg.set_backend("cupy") as backend:
-        assert (backend.name, backend.device, backend.xp, backend.fused) == \
-            ("cupy", "cuda", gpu, True)
+        assert (backend.name, backend.type, backend.xp, backend.fused) == \
+            ("cupy", "cuda", device.xp, True)
+        assert mg.get_backend() is backend and isinstance(backend, mg.Device)
+        assert backend == "cuda" and str(backend) == "cuda" and backend != "cpu"
         for data in ([1.0, 2.0], np.arange(3.0), 2.5, np.float64(1.5)):
             t = mg.Tensor(data)
-            assert t.device == "cuda" and isinstance(t.data, gpu.ndarray)
+            assert t.device == "cuda" and isinstance(t.data, device.xp.ndarray)
+            assert t.device is backend  # the Device of the data: the active 'cupy' one
             host = t.numpy()
             assert type(host) is np.ndarray
             np.testing.assert_array_equal(host, np.asarray(data, host.dtype))
@@ -293,13 +299,14 @@ def test_minigrad_backend_variable_selects_the_gpu(request):
     if request.config.getoption("--cupy-emulated"):
         pytest.skip("runs a fresh Python process, which has no emulated CuPy")
     out = subprocess.run([sys.executable, "-c", "import minigrad; b = minigrad.get_backend();"
-                          "print(b.name, b.device)"], capture_output=True, text=True,
+                          "print(b.name, b.type)"], capture_output=True, text=True,
                          cwd=ROOT, env=dict(os.environ, MINIGRAD_BACKEND="cupy"), timeout=300)
     assert out.returncode == 0, out.stderr[-2000:]
     assert out.stdout.strip() == "cupy cuda"
 
 
-def test_module_to_moves_parameters_in_place(gpu):
+@on_gpu
+def test_module_to_moves_parameters_in_place(device):
     with mg.set_backend("numpy"):
         layer = nn.Dense(4, 3, rng=0)
     weight = layer.weight
@@ -313,13 +320,14 @@ def test_module_to_moves_parameters_in_place(gpu):
     np.testing.assert_array_equal(weight.data, before)
 
 
-def test_mixing_host_and_device_tensors_names_both_devices(gpu):
+@on_gpu
+def test_mixing_host_and_device_tensors_names_both_devices(device):
     a = mg.Tensor(np.ones(3, np.float32), device="cpu")
     b = a.to("cuda")
     with pytest.raises(RuntimeError, match="cpu.*cuda|cuda.*cpu"):
         a + b
     with pytest.raises(RuntimeError, match="cpu.*cuda|cuda.*cpu"):
-        a + gpu.ones(3, np.float32)
+        a + device.xp.ones(3, np.float32)
     np.testing.assert_array_equal((b + np.ones(3, np.float32)).numpy(), 2 * np.ones(3))
 
 
@@ -335,35 +343,37 @@ def _train_steps(model, x, steps=3):
     return values
 
 
+@on_gpu
 @pytest.mark.parametrize("active", ["numpy", "numba", "cupy"])
-def test_operations_run_where_their_data_is_whatever_the_active_backend(gpu, active):
+def test_operations_run_where_their_data_is_whatever_the_active_backend(device, active):
     """A model on either device trains under any active backend: layers, losses and
     optimizer updates take the kernels of the device their data is on, and new
     operands join that device."""
     X = np.random.default_rng(12).random((8, 5))
     trained = {}
-    for device in ("cpu", "cuda"):
+    for where in ("cpu", "cuda"):
         with mg.set_backend("numpy"):
             model = nn.Sequential(nn.Dense(5, 4, "tanh", dtype="float64", rng=1),
-                                  nn.Dense(4, 5, dtype="float64", rng=2)).to(device)
+                                  nn.Dense(4, 5, dtype="float64", rng=2)).to(where)
         try:
             switch = mg.set_backend(active)
         except ImportError as error:
             pytest.skip(f"backend {active!r}: {error}")
         with switch:
-            x = mg.Tensor(X, device=device)
-            trained[device] = _train_steps(model, x)
-            assert {p.device for p in model.parameters()} == {device}
+            x = mg.Tensor(X, device=where)
+            trained[where] = _train_steps(model, x)
+            assert {p.device for p in model.parameters()} == {where}
             y = x + np.ones(5) + [1.0] * 5          # host operands join x's device
-            assert y.device == device
+            assert y.device == where
             np.testing.assert_allclose(y.numpy(), X + 2)
     np.testing.assert_allclose(trained["cuda"], trained["cpu"], rtol=1e-9)
 
 
+@on_gpu
 @pytest.mark.parametrize("dtype", ["float32", "float64"])
 @pytest.mark.parametrize("activation", ACTIVATIONS)
 @pytest.mark.parametrize("loss", ["bce", "mse"])
-def test_dense_and_loss_gradients_match_across_backends(gpu, dtype, activation, loss):
+def test_dense_and_loss_gradients_match_across_backends(device, dtype, activation, loss):
     rng = np.random.default_rng(8)
     x = rng.random((33, 20)).astype(dtype)
     results = {}
@@ -395,9 +405,10 @@ def _flavors():
             ContractiveAutoencoder, VariationalAutoencoder]
 
 
+@on_gpu
 @pytest.mark.parametrize("flavor", _flavors(), ids=lambda c: c.flavor)
 @pytest.mark.parametrize("loss", ["bce", "mse"])
-def test_autoencoder_loss_and_gradients_numpy_vs_cupy(gpu, flavor, loss):
+def test_autoencoder_loss_and_gradients_numpy_vs_cupy(device, flavor, loss):
     rng = np.random.default_rng(9)
     X = rng.random((16, 12))
     results = {}
@@ -417,18 +428,22 @@ def test_autoencoder_loss_and_gradients_numpy_vs_cupy(gpu, flavor, loss):
                                    err_msg=name)
 
 
-def test_fit_with_backend_cupy_trains_like_numpy_and_leaves_the_model_on_the_gpu(gpu):
+@on_gpu
+def test_fit_with_backend_cupy_trains_like_numpy_and_leaves_the_model_on_the_gpu(device):
     from autoencoders import VanillaAutoencoder
     X = np.random.default_rng(10).random((64, 12))
+    before = mg.get_backend()
     models = {}
     for backend in ("numpy", "cupy"):
-        model = VanillaAutoencoder([12, 6, 3], dtype="float64", seed=1)
+        with mg.set_backend("numpy"):  # made on the host: fit moves it
+            model = VanillaAutoencoder([12, 6, 3], dtype="float64", seed=1)
         history = model.fit(X, epochs=3, batch_size=16, progress=False, backend=backend)
+        assert mg.get_backend() is before  # fit restores the active backend
         models[backend] = (model, history)
     (m_np, h_np), (m_cu, h_cu) = models["numpy"], models["cupy"]
     np.testing.assert_allclose(h_cu["total"], h_np["total"], rtol=1e-9)
     assert {p.device for p in m_cu.parameters()} == {"cuda"}
-    assert mg.get_backend().name != "cupy" or os.environ.get("MINIGRAD_BACKEND") == "cupy"
+    assert {p.device for p in m_np.parameters()} == {"cpu"}
     codes = m_cu.transform(X)
     assert isinstance(codes, np.ndarray)
     with mg.set_backend("cupy"):
@@ -437,8 +452,9 @@ def test_fit_with_backend_cupy_trains_like_numpy_and_leaves_the_model_on_the_gpu
         np.testing.assert_allclose(a, b, rtol=1e-8, atol=1e-10, err_msg=name)
 
 
+@on_gpu
 @pytest.mark.parametrize("flavor", _flavors(), ids=lambda c: c.flavor)
-def test_the_autoencoder_api_on_the_gpu_gives_the_cpu_results(gpu, flavor, tmp_path):
+def test_the_autoencoder_api_on_the_gpu_gives_the_cpu_results(device, flavor, tmp_path):
     """Every public method of a flavor, on a model trained with fit(backend="cupy"),
     against the same model trained on the CPU: same numbers, host arrays out, and
     a saved GPU model loads on the CPU."""
@@ -446,7 +462,8 @@ def test_the_autoencoder_api_on_the_gpu_gives_the_cpu_results(gpu, flavor, tmp_p
     X = (rng.random((48, 10)) < 0.3).astype(np.float64)
     models = {}
     for backend in ("numpy", "cupy"):
-        model = flavor([10, 6, 2], dtype="float64", seed=5)
+        with mg.set_backend("numpy"):  # made on the host: fit moves it
+            model = flavor([10, 6, 2], dtype="float64", seed=5)
         model.fit(X, epochs=2, batch_size=16, progress=False, backend=backend, seed=1)
         models[backend] = model
     cpu, dev = models["numpy"], models["cupy"]
@@ -485,13 +502,14 @@ def test_the_autoencoder_api_on_the_gpu_gives_the_cpu_results(gpu, flavor, tmp_p
     np.testing.assert_allclose(loaded.transform(X), dev.transform(X), **t)
 
 
+@on_gpu
 @pytest.mark.parametrize("flavor", _flavors(), ids=lambda c: c.flavor)
-def test_a_training_step_reads_from_the_gpu_only_the_logged_loss_terms(gpu, flavor,
+def test_a_training_step_reads_from_the_gpu_only_the_logged_loss_terms(device, flavor,
                                                                       monkeypatch):
     """Each read of a device value by the host waits for the GPU; a step of fit may
     read only the loss terms it logs (one value each), nothing in the layers, losses
     or optimizer.  Counted on the stand-in, whose arrays see every read."""
-    if not isinstance(gpu.ndarray, type) or gpu.ndarray.__module__ != cupy_emulation.MODULE:
+    if device.xp.ndarray.__module__ != cupy_emulation.MODULE:
         pytest.skip("counts the reads on emulated CuPy")
     reads = []
     for name in ("get", "item", "__float__", "__bool__", "__int__", "tolist"):
@@ -507,7 +525,8 @@ def test_a_training_step_reads_from_the_gpu_only_the_logged_loss_terms(gpu, flav
     assert len(reads) == 4 * len(history), (len(reads), sorted(set(reads)))
 
 
-def test_manifold_command_on_the_gpu_matches_the_cpu(gpu, tmp_path):
+@on_gpu
+def test_manifold_command_on_the_gpu_matches_the_cpu(device, tmp_path):
     """The main job end to end with --backend cupy: same metrics as on the CPU."""
     pytest.importorskip("matplotlib", reason="the figures need matplotlib (the 'viz' extra)")
     import json
@@ -527,7 +546,8 @@ def test_manifold_command_on_the_gpu_matches_the_cpu(gpu, tmp_path):
                             abs_tol=1e-6), key
 
 
-def test_benchmark_gpu_path_trains_like_the_cpu_reference(gpu):
+@on_gpu
+def test_benchmark_gpu_path_trains_like_the_cpu_reference(device):
     """benchmarks/train_step.py --backend cupy: its minigrad-cupy step and its GEMM
     floor run, and the step's losses follow the NumPy backend's."""
     sys.path.insert(0, os.path.join(ROOT, "benchmarks"))
@@ -599,9 +619,10 @@ def test_fit_and_module_to_without_a_gpu_fail_clearly_and_change_nothing():
 def test_importing_the_cupy_kernels_imports_no_cupy():
     code = ("import sys, minigrad\n"
             "from minigrad import kernels\n"
-            "table = kernels.table('cupy')\n"
+            "k = kernels.Kernels('cupy')\n"
+            "found = [getattr(k, name) for name in kernels.names()]\n"
             "assert 'cupy' not in sys.modules, 'cupy imported'\n"
-            "print(len(table))")
+            "print(len(found))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                          cwd=ROOT, timeout=300,
                          env={k: v for k, v in os.environ.items() if k != "MINIGRAD_BACKEND"})
@@ -638,7 +659,8 @@ def test_mixing_devices_names_both_without_a_gpu():
 @pytest.mark.skipif(GPU_MISSING is None, reason="a GPU is present: the error path is not reachable")
 def test_a_layer_given_device_data_wants_the_gpu_backend_and_says_what_is_missing():
     """Operations run where their data is: device data under a CPU backend asks for
-    the 'cupy' backend's kernels, which without a GPU is a clear error."""
+    the 'cupy' backend's kernels, which without a GPU is a clear error; a host layer
+    given device data names both devices."""
     try:
         switch = mg.set_backend("numba")
     except ImportError as error:
@@ -646,5 +668,8 @@ def test_a_layer_given_device_data_wants_the_gpu_backend_and_says_what_is_missin
     with switch:
         layer = nn.Dense(3, 2)
         x = mg.Tensor._wrap(_FakeDeviceArray((4, 3)), False)
+        assert x.device == "cuda" and x.device.fused
         with pytest.raises((ImportError, RuntimeError), match="CuPy|CUDA device"):
+            x.device.kernels
+        with pytest.raises(RuntimeError, match="cuda tensor.*cpu tensor.*cpu and cuda"):
             layer(x)

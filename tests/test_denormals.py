@@ -9,12 +9,13 @@ import numpy as np
 import pytest
 
 import minigrad as mg
-from minigrad import denormals, kernels, optim
+from minigrad import activations, denormals, kernels, optim
 from autoencoders import VanillaAutoencoder, VariationalAutoencoder
 
-from conftest import host
+from helpers import CPU_DEVICES, GPU_DEVICES, host
 
 TINY32 = np.finfo(np.float32).tiny
+act = activations.activation
 X86 = pytest.mark.skipif(not denormals.supported(),
                          reason="flush-to-zero flags exist on x86-64 only")
 
@@ -92,62 +93,51 @@ def test_flush_subnormals_helper_keeps_nan_inf_and_normals():
 # the kernels flush what they write, flags or not, as their NumPy reference does
 # ----------------------------------------------------------------------------
 
-def kernel_tables():
-    tables = [("numpy", kernels.table("numpy"))]
-    try:
-        import numba  # noqa: F401
-        tables.append(("numba", kernels.table("numba")))
-    except ImportError:
-        pass
-    return tables
-
-
-@pytest.mark.parametrize("name,table", kernel_tables(), ids=lambda v: v if isinstance(v, str)
-                         else "")
+@pytest.mark.parametrize("device", CPU_DEVICES, indirect=True)
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
-def test_every_cpu_kernel_writes_no_subnormals(name, table, dtype):
+def test_every_cpu_kernel_writes_no_subnormals(device, dtype):
+    table = device.kernels  # the NumPy references on "numpy", the Numba kernels on "numba"
     tiny = np.finfo(dtype).tiny
     rng = np.random.default_rng(0)
     sub = np.array(tiny / 4, dtype)
-    ref = kernels.table("numpy")
+    ref = kernels.Kernels("numpy")
     # dense forward: act(z + b) lands in the subnormal range for half the entries
     z = np.where(rng.random((9, 7)) < 0.5, sub, 1.0).astype(dtype)
     for activation in ("identity", "relu", "leaky_relu"):
-        y = table["dense_forward"](z.copy(), np.zeros(7, dtype), activation, 0.5)
+        y = table.dense_forward(z.copy(), np.zeros(7, dtype), act(activation), 0.5)
         assert subnormal(y) == 0
-        np.testing.assert_array_equal(y, ref["dense_forward"](z.copy(), np.zeros(7, dtype),
-                                                              activation, 0.5))
-        np.testing.assert_array_equal(table["activation_forward"](z, activation, 0.5), y)
+        np.testing.assert_array_equal(y, ref.dense_forward(z.copy(), np.zeros(7, dtype),
+                                                           act(activation), 0.5))
     # dense backward: the gradient times act'(y) = 1 is subnormal
     g = np.where(rng.random((9, 7)) < 0.5, sub, -2.0).astype(dtype)
     y = np.ones((9, 7), dtype)
-    gz, gb = table["dense_backward"](g, y, "relu", 0.01)
+    gz, gb = table.dense_backward(g, y, act("relu"), 0.01)
     assert subnormal(gz) == 0 and subnormal(gb) == 0
-    np.testing.assert_array_equal(gz, ref["dense_backward"](g, y, "relu", 0.01)[0])
-    assert subnormal(table["activation_backward"](g, y, "identity", 0.01)) == 0
+    np.testing.assert_array_equal(gz, ref.dense_backward(g, y, act("relu"), 0.01)[0])
+    assert subnormal(table.dense_backward(g, y, act("identity"), 0.01)[0]) == 0
     # bias gradient: normal terms whose sum is subnormal
     g2 = np.array([[tiny * 1.5], [-tiny * 1.25]], dtype)
-    assert subnormal(table["dense_backward"](g2, np.ones_like(g2), "identity", 0.01)[1]) == 0
+    assert subnormal(table.dense_backward(g2, np.ones_like(g2), act("identity"), 0.01)[1]) == 0
     # the losses: a saturated logit (sigmoid(-100) = 3.7e-44) against target 0
     logits = np.full((4, 5), -100.0 if dtype == np.float32 else -745.0, dtype)
     target = np.zeros_like(logits)
-    for grad in (table["bce_with_logits_backward"](logits, target, 0.5),
-                 table["bce_with_logits_forward_backward"](logits, target, 0.5)[1],
-                 table["mse_backward"](np.full((4, 5), sub, dtype), target, 0.5),
-                 table["mse_forward_backward"](np.full((4, 5), sub, dtype), target, 0.5)[1]):
+    for total, grad in (table.bce_with_logits(logits, target, 0.5),
+                        table.mse(np.full((4, 5), sub, dtype), target, 0.5)):
         assert subnormal(grad) == 0
         np.testing.assert_array_equal(grad, 0)
+    assert table.bce_with_logits(logits, target, 0.5, want_grad=False)[1] is None
+    assert table.mse(np.full((4, 5), sub, dtype), target, 0.5, want_grad=False)[1] is None
     # the optimizers: moments and parameters that would decay into the range
-    for update, extra in (("adam_update", ()), ("sgd_update", ())):
+    for update in ("adam_update", "sgd_update"):
         p = np.full(33, tiny * 2, dtype)
         grad = np.full(33, tiny * 2, dtype)
         if update == "adam_update":
             m, v = np.zeros_like(p), np.zeros_like(p)
-            table[update](p, grad, m, v, 1.0, 0.9, 0.999, 1e-8, 0.0, 1, False)
+            table.adam_update(p, grad, m, v, 1.0, 0.9, 0.999, 1e-8, 0.0, 1, False)
             assert subnormal(m) == 0 and subnormal(v) == 0
         else:
             vel = np.zeros_like(p)
-            table[update](p, grad, vel, 0.75, 0.5, 0.0, False)
+            table.sgd_update(p, grad, vel, 0.75, 0.5, 0.0, False)
             assert subnormal(vel) == 0
         assert subnormal(p) == 0
 
@@ -155,23 +145,26 @@ def test_every_cpu_kernel_writes_no_subnormals(name, table, dtype):
 def test_cuda_kernels_are_compiled_to_flush():
     from minigrad.kernels import _cuda
     assert "--ftz=true" in _cuda.OPTIONS
-    assert "mg_flush" in _cuda.MATH
+    assert "mg_flush" in _cuda.common_source()
+    for source in ("dense.cu", "losses.cu", "optim.cu"):  # and every kernel file uses it
+        assert "mg_flush(" in _cuda.read(source), source
 
 
-def test_the_gpu_kernels_write_no_subnormals(gpu):
+@pytest.mark.parametrize("device", GPU_DEVICES, indirect=True)
+def test_the_gpu_kernels_write_no_subnormals(device):
     """On the GPU backend (real, or the host emulation of the CUDA kernels)."""
-    table = kernels.table("cupy")
+    table, xp = device.kernels, device.xp
     sub = np.float32(TINY32 / 4)
-    z = gpu.asarray(np.full((8, 6), sub, np.float32))
-    y = table["dense_forward"](z, gpu.zeros(6, dtype=np.float32), "identity", 0.01)
+    z = xp.asarray(np.full((8, 6), sub, np.float32))
+    y = table.dense_forward(z, xp.zeros(6, dtype=np.float32), act("identity"), 0.01)
     assert subnormal(y) == 0
-    gz, gb = table["dense_backward"](gpu.asarray(np.full((8, 6), sub, np.float32)),
-                                     gpu.ones((8, 6), dtype=np.float32), "relu", 0.01)
+    gz, gb = table.dense_backward(xp.asarray(np.full((8, 6), sub, np.float32)),
+                                  xp.ones((8, 6), dtype=np.float32), act("relu"), 0.01)
     assert subnormal(gz) == 0 and subnormal(gb) == 0
-    logits = gpu.asarray(np.full((4, 5), -100.0, np.float32))
-    target = gpu.zeros((4, 5), dtype=np.float32)
-    assert subnormal(table["bce_with_logits_backward"](logits, target, 0.5)) == 0
-    assert subnormal(table["bce_with_logits_forward_backward"](logits, target, 0.5)[1]) == 0
+    logits = xp.asarray(np.full((4, 5), -100.0, np.float32))
+    target = xp.zeros((4, 5), dtype=np.float32)
+    assert subnormal(table.bce_with_logits(logits, target, 0.5)[1]) == 0
+    assert subnormal(table.mse(xp.asarray(np.full((4, 5), sub, np.float32)), target, 0.5)[1]) == 0
 
 
 # ----------------------------------------------------------------------------
@@ -198,7 +191,7 @@ def state_counts(model):
 
 
 @pytest.mark.parametrize("flavor", [VanillaAutoencoder, VariationalAutoencoder])
-def test_training_on_a_saturating_batch_leaves_no_subnormals(backend, flavor):
+def test_training_on_a_saturating_batch_leaves_no_subnormals(device, flavor):
     model, X = saturated(flavor)
     model.fit(X, epochs=3, batch_size=16, lr=1e-3, progress=False)
     assert len(model.optimizer_.m) == len(model.parameters())
@@ -243,7 +236,7 @@ def test_numba_kernels_restore_the_flags_of_every_thread_they_run_on(parallel, m
     import numba
     from minigrad.kernels import _jit, _math
     monkeypatch.setattr(_jit, "PARALLEL_MIN_SIZE", 1 if parallel else 1 << 62)
-    table = kernels.table("numba")
+    table = kernels.Kernels("numba")
     _jit._numba()
 
     @numba.njit(parallel=True)
@@ -255,11 +248,11 @@ def test_numba_kernels_restore_the_flags_of_every_thread_they_run_on(parallel, m
 
     before = set(flags_of_worker_threads(64) & denormals.FTZ)
     x = np.full((64, 33), -100.0, np.float32)
-    table["bce_with_logits_forward_backward"](x, np.zeros_like(x), 1 / 64)
-    table["dense_backward"](np.full((64, 33), 1e-39, np.float32), np.ones((64, 33), np.float32),
-                            "relu", 0.01)
+    table.bce_with_logits(x, np.zeros_like(x), 1 / 64)
+    table.dense_backward(np.full((64, 33), 1e-39, np.float32), np.ones((64, 33), np.float32),
+                         act("relu"), 0.01)
     p = np.ones(4096, np.float32)
-    table["adam_update"](p, p.copy(), np.zeros_like(p), np.zeros_like(p), 1e-3, 0.9, 0.999,
+    table.adam_update(p, p.copy(), np.zeros_like(p), np.zeros_like(p), 1e-3, 0.9, 0.999,
                          1e-8, 0.0, 1, False)
     assert denormals.thread_flags() == (False, False)          # the calling thread
     assert set(flags_of_worker_threads(64) & denormals.FTZ) == before == {0}
@@ -274,6 +267,6 @@ def test_a_numba_kernel_computes_with_flush_to_zero_even_outside_the_block():
     p = np.full((2, 3), 2 * TINY32, np.float32)
     t = np.full((2, 3), 1.5 * TINY32, np.float32)
     assert denormals.thread_flags() == (False, False)
-    np.testing.assert_array_equal(kernels.table("numpy")["mse_backward"](p, t, 2.0), 2 * TINY32)
-    np.testing.assert_array_equal(kernels.table("numba")["mse_backward"](p, t, 2.0), 0)
+    np.testing.assert_array_equal(kernels.Kernels("numpy").mse(p, t, 2.0)[1], 2 * TINY32)
+    np.testing.assert_array_equal(kernels.Kernels("numba").mse(p, t, 2.0)[1], 0)
     assert denormals.thread_flags() == (False, False)

@@ -10,7 +10,7 @@ def test_to_same_device_is_identity_and_numpy_is_host():
     assert x.device == "cpu" and x.to("cpu") is x
     assert isinstance(x.numpy(), np.ndarray)
     y = mg.Tensor([1.0, 2.0])
-    assert y.device == mg.get_backend().device and y.to(y.device) is y
+    assert y.device == mg.get_backend().type and y.to(y.device) is y
     assert type(y.numpy()) is np.ndarray
 
 
@@ -30,7 +30,7 @@ def test_unknown_device_is_named():
 
 def _gpu_available():
     try:
-        from minigrad.backend import require_cupy
+        from minigrad.device import require_cupy
         require_cupy()
         return True
     except (ImportError, RuntimeError):

@@ -12,18 +12,20 @@ from hypothesis.extra import numpy as hnp
 
 pytest.importorskip("numba", reason="the Numba kernels need numba")
 
-from minigrad import kernels  # noqa: E402
-from minigrad.kernels import _jit  # noqa: E402
-from minigrad.kernels.dense import ACTIVATIONS  # noqa: E402
+from minigrad import activations, kernels  # noqa: E402
+from minigrad.kernels import _jit, dense, losses, optim  # noqa: E402
 
-from conftest import arrays, float_dtypes as dtypes, matrix_shapes, tolerance as tol  # noqa: E402
+from helpers import arrays, float_dtypes as dtypes, matrix_shapes, tolerance as tol  # noqa: E402
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-REF = kernels.table("numpy")
-NUMBA = kernels.table("numba")
+ACTIVATIONS = list(activations.ACTIVATIONS)
+REF = kernels.Kernels("numpy")
+NUMBA = kernels.Kernels("numba")
 SETTINGS = settings(max_examples=15, deadline=None,
                     suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large,
                                            HealthCheck.function_scoped_fixture])
+
+act = activations.activation
 
 
 @pytest.fixture(params=["serial", "parallel"])
@@ -34,11 +36,13 @@ def variant(request, monkeypatch):
 
 
 def test_every_kernel_has_a_numba_twin():
-    assert set(NUMBA) == set(REF) == set(kernels.names())
-    assert {"dense_forward", "dense_backward", "activation_forward", "activation_backward",
-            "bce_with_logits_forward", "bce_with_logits_backward", "mse_forward",
-            "mse_backward", "bce_with_logits_forward_backward", "mse_forward_backward",
-            "sgd_update", "adam_update"} <= set(REF)
+    assert {"dense_forward", "dense_backward", "bce_with_logits", "mse", "sgd_update",
+            "adam_update"} <= set(kernels.names())
+    for module in (dense, losses, optim):
+        for name in module.KERNELS:
+            assert getattr(REF, name) is getattr(module, f"{name}_numpy")
+            assert getattr(NUMBA, name) is getattr(module, f"{name}_numba")
+            assert callable(getattr(module, f"{name}_cupy"))
 
 
 @pytest.mark.parametrize("activation", ACTIVATIONS)
@@ -49,13 +53,13 @@ def test_dense_forward_and_backward(activation, data, variant):
     n, m = data.draw(matrix_shapes)
     z = data.draw(arrays((n, m), dtype))
     bias = data.draw(arrays((m,), dtype, strided=False))
-    y_ref = REF["dense_forward"](z.copy(), bias, activation, 0.1)
-    y = NUMBA["dense_forward"](np.array(z), bias, activation, 0.1)
+    y_ref = REF.dense_forward(z.copy(), bias, act(activation), 0.1)
+    y = NUMBA.dense_forward(np.array(z), bias, act(activation), 0.1)
     np.testing.assert_allclose(y, y_ref, **tol(dtype))
     assert y.dtype == dtype
     g = data.draw(arrays((n, m), dtype))
-    gz_ref, gb_ref = REF["dense_backward"](g, y_ref, activation, 0.1)
-    gz, gb = NUMBA["dense_backward"](g, y_ref, activation, 0.1)
+    gz_ref, gb_ref = REF.dense_backward(g, y_ref, act(activation), 0.1)
+    gz, gb = NUMBA.dense_backward(g, y_ref, act(activation), 0.1)
     np.testing.assert_allclose(gz, gz_ref, **tol(dtype))
     np.testing.assert_allclose(gb, gb_ref, rtol=tol(dtype)["rtol"], atol=tol(dtype)["atol"] * n)
     assert gz.dtype == dtype and gb.shape == (m,)
@@ -65,14 +69,22 @@ def test_dense_forward_and_backward(activation, data, variant):
 @SETTINGS
 @given(data=st.data())
 def test_elementwise_activation(activation, data, variant):
+    """The activation alone, through the dense kernels with a zero bias: act(x), and
+    grad_y act'(y), on any shape of up to 4 axes (as rows of its last axis)."""
     dtype = data.draw(dtypes)
     shape = data.draw(hnp.array_shapes(min_dims=1, max_dims=4, min_side=1, max_side=7))
-    x = data.draw(arrays(shape, dtype))
-    y_ref = REF["activation_forward"](x, activation, 0.2)
-    np.testing.assert_allclose(NUMBA["activation_forward"](x, activation, 0.2), y_ref, **tol(dtype))
-    g = data.draw(arrays(shape, dtype))
-    np.testing.assert_allclose(NUMBA["activation_backward"](g, y_ref, activation, 0.2),
-                               REF["activation_backward"](g, y_ref, activation, 0.2), **tol(dtype))
+    rows = (int(np.prod(shape[:-1])), shape[-1])
+    x = data.draw(arrays(rows, dtype))
+    zero = np.zeros(rows[1], dtype)
+    y_ref = REF.dense_forward(x.copy(), zero, act(activation), 0.2)
+    np.testing.assert_allclose(NUMBA.dense_forward(x.copy(), zero, act(activation), 0.2),
+                               y_ref, **tol(dtype))
+    np.testing.assert_allclose(y_ref, np.asarray(act(activation).forward(x, dtype(0.2)), dtype),
+                               **tol(dtype))
+    g = data.draw(arrays(rows, dtype))
+    np.testing.assert_allclose(NUMBA.dense_backward(g, y_ref, act(activation), 0.2)[0],
+                               REF.dense_backward(g, y_ref, act(activation), 0.2)[0],
+                               **tol(dtype))
 
 
 @pytest.mark.parametrize("name", ["bce_with_logits", "mse"])
@@ -84,32 +96,39 @@ def test_loss_kernels(name, data, variant):
     low, high = (-30.0, 30.0) if name == "bce_with_logits" else (-3.0, 3.0)
     pred = data.draw(arrays(shape, dtype, low, high))
     target = data.draw(arrays(shape, dtype, 0.0, 1.0))
-    ref = REF[name + "_forward"](pred, target)
-    got = NUMBA[name + "_forward"](pred, target)
+    scale = data.draw(st.floats(0.01, 2.0))
+    reference, numba_kernel = getattr(REF, name), getattr(NUMBA, name)
+    ref, no_grad = reference(pred, target, scale, want_grad=False)
+    assert no_grad is None
+    got, no_grad = numba_kernel(pred, target, scale, want_grad=False)
+    assert no_grad is None
     assert isinstance(got, float)
     loss_tol = dict(rtol=1e-5 if dtype == np.float32 else 1e-12, atol=1e-6)
     np.testing.assert_allclose(got, ref, **loss_tol)
-    scale = data.draw(st.floats(0.01, 2.0))
-    grad_ref = REF[name + "_backward"](pred, target, scale)
-    grad = NUMBA[name + "_backward"](pred, target, scale)
+    ref_both, grad_ref = reference(pred, target, scale)
+    assert ref_both == ref  # the sum does not depend on want_grad
+    # the fused pass gives both at once
+    both, grad = numba_kernel(pred, target, scale)
+    assert isinstance(both, float)
+    np.testing.assert_allclose(both, ref, **loss_tol)
     np.testing.assert_allclose(grad, grad_ref, **tol(dtype))
     assert grad.shape == np.shape(pred) and grad.dtype == dtype
-    # the fused pass gives both at once
-    both, grad_both = NUMBA[name + "_forward_backward"](pred, target, scale)
-    np.testing.assert_allclose(both, ref, **loss_tol)
-    np.testing.assert_allclose(grad_both, grad_ref, **tol(dtype))
-    ref_both, ref_grad = REF[name + "_forward_backward"](pred, target, scale)
-    assert ref_both == ref and np.array_equal(ref_grad, grad_ref)
+    # the gradients themselves: (sigmoid(x) - t) scale and 2 (p - t) scale
+    x, t = pred.astype(np.float64), target.astype(np.float64)
+    exact = ((1 / (1 + np.exp(-x)) - t) if name == "bce_with_logits" else 2 * (x - t)) * scale
+    np.testing.assert_allclose(grad_ref, exact, rtol=1e-5 if dtype == np.float32 else 1e-12,
+                               atol=1e-6 if dtype == np.float32 else 1e-12)
 
 
 def test_bce_kernels_at_extreme_logits():
     x = np.array([-1e4, -50.0, 0.0, 50.0, 1e4], np.float32)
     t = np.array([1.0, 0.0, 0.5, 1.0, 0.0], np.float32)
     for table in (REF, NUMBA):
-        loss = table["bce_with_logits_forward"](x, t)
-        grad = table["bce_with_logits_backward"](x, t, 1.0)
+        loss = table.bce_with_logits(x, t, 1.0, want_grad=False)[0]
+        both, grad = table.bce_with_logits(x, t, 1.0)
         assert np.isfinite(loss) and np.all(np.isfinite(grad))
         np.testing.assert_allclose(loss, 1e4 + 0 + np.log(2) + 0 + 1e4, rtol=1e-6)
+        np.testing.assert_allclose(both, loss, rtol=1e-12)
 
 
 @st.composite
@@ -130,7 +149,7 @@ def test_adam_update(state, decoupled, wd, step, variant):
     p, g, m, v = state
     copies = [[a.copy() for a in (p, m, v)] for _ in range(2)]
     for table, (pp, mm, vv) in zip((REF, NUMBA), copies):
-        table["adam_update"](pp, g, mm, vv, 1e-3, 0.9, 0.999, 1e-8, wd, step, decoupled)
+        table.adam_update(pp, g, mm, vv, 1e-3, 0.9, 0.999, 1e-8, wd, step, decoupled)
     for a, b in zip(*copies):
         np.testing.assert_allclose(b, a, **tol(p.dtype))
 
@@ -143,7 +162,7 @@ def test_sgd_update(state, momentum, nesterov, wd, variant):
     nesterov = nesterov and momentum > 0
     copies = [[p.copy(), m.copy() if momentum else None] for _ in range(2)]
     for table, (pp, vel) in zip((REF, NUMBA), copies):
-        table["sgd_update"](pp, g, vel, 0.1, momentum, wd, nesterov)
+        table.sgd_update(pp, g, vel, 0.1, momentum, wd, nesterov)
     np.testing.assert_allclose(copies[1][0], copies[0][0], **tol(p.dtype))
     if momentum:
         np.testing.assert_allclose(copies[1][1], copies[0][1], **tol(p.dtype))
@@ -158,7 +177,7 @@ def test_adam_flushes_subnormal_moments():
         v = np.full(4, 1e-37, np.float32)  # decays by 0.999 a step: < tiny after ~2100
         g = np.zeros(4, np.float32)
         for step in range(1, 3000):
-            table["adam_update"](p, g, m, v, 1e-3, 0.9, 0.999, 1e-8, 0.0, step, False)
+            table.adam_update(p, g, m, v, 1e-3, 0.9, 0.999, 1e-8, 0.0, step, False)
             assert not np.any((m != 0) & (np.abs(m) < tiny)), "subnormal first moment"
             assert not np.any((v != 0) & (v < tiny)), "subnormal second moment"
         assert np.all(m == 0) and np.all(v == 0)
@@ -167,13 +186,15 @@ def test_adam_flushes_subnormal_moments():
 def test_optimizer_kernels_refuse_non_contiguous_parameters():
     p = np.ones((4, 4), np.float32)[:, ::2]
     with pytest.raises(ValueError, match="C-contiguous"):
-        NUMBA["adam_update"](p, np.ones_like(p), np.zeros_like(p), np.zeros_like(p), 1e-3,
-                             0.9, 0.999, 1e-8, 0.0, 1, False)
+        NUMBA.adam_update(p, np.ones_like(p), np.zeros_like(p), np.zeros_like(p), 1e-3,
+                          0.9, 0.999, 1e-8, 0.0, 1, False)
 
 
 def test_unknown_activation_is_named():
-    with pytest.raises(ValueError, match="unknown activation 'swish'"):
-        NUMBA["activation_forward"](np.ones(3), "swish", 0.0)
+    """An unknown name is refused where the kernel's activation is looked up, with the
+    valid names."""
+    with pytest.raises(ValueError, match="unknown activation 'swish'.*'sigmoid'"):
+        NUMBA.dense_forward(np.ones((1, 3)), np.zeros(3), act("swish"), 0.0)
 
 
 def test_dense_backward_sums_the_bias_gradient_over_row_blocks(monkeypatch):
@@ -183,7 +204,7 @@ def test_dense_backward_sums_the_bias_gradient_over_row_blocks(monkeypatch):
     for n in (1, 2, 3, 101):
         g = rng.standard_normal((n, 7))
         y = rng.random((n, 7))
-        gz, gb = NUMBA["dense_backward"](g, y, "sigmoid", 0.0)
+        gz, gb = NUMBA.dense_backward(g, y, act("sigmoid"), 0.0)
         np.testing.assert_allclose(gb, (g * y * (1 - y)).sum(axis=0), rtol=1e-12, atol=1e-12)
 
 
@@ -214,15 +235,17 @@ def test_parallel_kernels_from_several_threads_do_not_abort():
     the kernels take a lock (or run serially) instead."""
     code = (
         "import threading, numpy as np\n"
-        "from minigrad import kernels\n"
-        "K = kernels.table('numba')\n"
+        "from minigrad import activations, kernels\n"
+        "K = kernels.Kernels('numba')\n"
+        "relu = activations.activation('relu')\n"
         "x = np.random.default_rng(0).random((512, 256), dtype=np.float32)\n"
         "b = np.zeros(256, np.float32)\n"
         "def work():\n"
         "    for _ in range(100):\n"
-        "        K['dense_forward'](x.copy(), b, 'relu', 0.0)\n"
-        "        K['dense_backward'](x, x, 'relu', 0.0)\n"
-        "        K['adam_update'](x.copy(), x, x.copy(), x.copy(), 1e-3, .9, .999, 1e-8, 0., 1, False)\n"
+        "        K.dense_forward(x.copy(), b, relu, 0.0)\n"
+        "        K.dense_backward(x, x, relu, 0.0)\n"
+        "        K.adam_update(x.copy(), x, x.copy(), x.copy(), 1e-3, .9, .999, 1e-8, 0., 1,\n"
+        "                      False)\n"
         "threads = [threading.Thread(target=work) for _ in range(4)]\n"
         "[t.start() for t in threads]\n"
         "[t.join() for t in threads]\n"

@@ -8,9 +8,9 @@ from hypothesis import strategies as st
 import minigrad as mg
 from minigrad import losses, nn, optim
 
-from conftest import arrays, float_dtypes, host, put, tolerance
+from helpers import arrays, float_dtypes, host, put, tolerance
 
-ACTIVATIONS = ["identity", "relu", "leaky_relu", "sigmoid", "tanh", "softplus"]
+ACTIVATIONS = list(mg.activations.ACTIVATIONS)  # identity, relu, ... (the activation table)
 SETTINGS = settings(max_examples=8, deadline=None,
                     suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large,
                                            HealthCheck.function_scoped_fixture])
@@ -99,7 +99,7 @@ def test_parameter_is_a_contiguous_leaf():
 @SETTINGS
 @given(n=st.integers(1, 6), d_in=st.integers(1, 7), d_out=st.integers(1, 7),
        seed=st.integers(0, 1000))
-def test_dense_gradcheck(backend, activation, n, d_in, d_out, seed):
+def test_dense_gradcheck(device, activation, n, d_in, d_out, seed):
     rng = np.random.default_rng(seed)
     layer = nn.Dense(d_in, d_out, activation=activation, negative_slope=0.2, dtype="float64",
                      rng=rng)
@@ -116,14 +116,14 @@ def test_dense_gradcheck(backend, activation, n, d_in, d_out, seed):
                  names=["x", "weight", "bias"])
 
 
-def test_dense_gradcheck_without_input_gradient(backend):
+def test_dense_gradcheck_without_input_gradient(device):
     """The first layer of a network: x needs no gradient, W and b do."""
     layer = dense(6, 3, "tanh")
     x = mg.Tensor(np.random.default_rng(3).standard_normal((4, 6)))
     mg.gradcheck(lambda w, b: layer(x), [layer.weight, layer.bias])
 
 
-def test_dense_with_a_frozen_weight(backend):
+def test_dense_with_a_frozen_weight(device):
     layer = dense(4, 3, "sigmoid")
     layer.weight.requires_grad = False
     x = leaf(np.random.default_rng(8).standard_normal((5, 4)))
@@ -132,7 +132,7 @@ def test_dense_with_a_frozen_weight(backend):
     mg.gradcheck(lambda x, b: layer(x), [x, layer.bias])
 
 
-def test_dense_gradcheck_on_a_batch_of_matrices(backend):
+def test_dense_gradcheck_on_a_batch_of_matrices(device):
     """A 3-D input takes the plain path on every backend."""
     layer = dense(3, 2, "sigmoid")
     x = leaf(np.random.default_rng(4).standard_normal((2, 3, 3)))
@@ -175,7 +175,7 @@ def test_dense_fused_path_is_taken_on_the_numba_backend():
         assert type(layer(x)._node).__name__ != "DenseFunction"
 
 
-def test_dense_input_of_another_dtype_takes_the_plain_path(backend):
+def test_dense_input_of_another_dtype_takes_the_plain_path(device):
     layer = dense(3, 2, "relu", dtype="float32")
     y = layer(mg.Tensor(np.ones((4, 3)), requires_grad=True))  # float64 input
     assert y.shape == (4, 2) and y.dtype == np.float64
@@ -207,7 +207,7 @@ def test_dense_rejects_bad_arguments(kwargs, error, match):
         nn.Dense(**kwargs)
 
 
-def test_dense_rejects_an_input_of_the_wrong_width(backend):
+def test_dense_rejects_an_input_of_the_wrong_width(device):
     with pytest.raises(ValueError, match=r"Dense\(3, 2\): input has shape \(4, 5\)"):
         nn.Dense(3, 2)(mg.Tensor(np.ones((4, 5), np.float32)))
 
@@ -227,7 +227,7 @@ MODULES = {
 
 
 @pytest.mark.parametrize("name", sorted(MODULES))
-def test_activation_modules(name, backend):
+def test_activation_modules(name, device):
     make, expected = MODULES[name]
     module = make()
     x = np.random.default_rng(5).standard_normal((3, 4)) * 2
@@ -248,7 +248,7 @@ def test_activation_module_by_name():
 # Sequential
 # ----------------------------------------------------------------------------
 
-def test_sequential_gradcheck(backend):
+def test_sequential_gradcheck(device):
     model = nn.Sequential(dense(4, 5, "relu"), dense(5, 3, "softplus"), nn.Tanh(),
                           dense(3, 2, None, seed=3))
     x = leaf(np.random.default_rng(6).standard_normal((3, 4)))
@@ -283,7 +283,7 @@ def test_fused_and_plain_networks_agree():
         np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
 
 
-def test_a_few_training_steps_lower_the_loss(backend):
+def test_a_few_training_steps_lower_the_loss(device):
     model = nn.Sequential(nn.Dense(4, 3, "relu", rng=0), nn.Dense(3, 4, rng=1))
     x = mg.Tensor(np.random.default_rng(0).random((8, 4)).astype(np.float32))
     opt = optim.Adam(model.parameters(), lr=1e-2)

@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 
 import minigrad as mg
-from conftest import host, put
+from helpers import CPU_DEVICES, host, put
 from minigrad import losses, nn, optim
 
 P0 = np.array([1.0, -2.0, 0.5, 0.0])
@@ -34,7 +34,7 @@ def quadratic(t, p):
 @pytest.mark.parametrize("momentum, nesterov, wd", [(0.0, False, 0.0), (0.0, False, 0.1),
                                                     (0.9, False, 0.0), (0.9, True, 0.01),
                                                     (0.5, False, 0.1)])
-def test_sgd_textbook(backend, momentum, nesterov, wd):
+def test_sgd_textbook(device, momentum, nesterov, wd):
     got = run(lambda ps: optim.SGD(ps, lr=0.05, momentum=momentum, nesterov=nesterov,
                                    weight_decay=wd), 7, quadratic)
     p, v = P0.copy(), np.zeros(4)
@@ -47,7 +47,7 @@ def test_sgd_textbook(backend, momentum, nesterov, wd):
 
 @pytest.mark.parametrize("cls, wd", [(optim.Adam, 0.0), (optim.Adam, 0.05),
                                      (optim.AdamW, 0.05), (optim.AdamW, 0.0)])
-def test_adam_textbook(backend, cls, wd):
+def test_adam_textbook(device, cls, wd):
     got = run(lambda ps: cls(ps, lr=0.1, betas=(0.8, 0.99), eps=1e-8, weight_decay=wd), 9,
               quadratic)
     p, m, v = P0.copy(), np.zeros(4), np.zeros(4)
@@ -72,7 +72,7 @@ def test_defaults_match_the_usual_ones():
     assert (sgd.lr, sgd.momentum, sgd.nesterov, sgd.weight_decay) == (1e-2, 0.0, False, 0.0)
 
 
-def test_parameters_without_gradient_are_skipped(backend):
+def test_parameters_without_gradient_are_skipped(device):
     a, b = nn.Parameter(np.ones(2)), nn.Parameter(np.ones(2))
     opt = optim.Adam([a, b], lr=0.1)
     for _ in range(3):
@@ -119,7 +119,7 @@ def test_numba_and_numpy_backends_train_alike(make):
         np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5)
 
 
-def test_long_run_with_dead_units_leaves_no_subnormal_moments(backend):
+def test_long_run_with_dead_units_leaves_no_subnormal_moments(device):
     """Moments of units whose gradient becomes exactly 0 decay geometrically; the
     update kernels flush them to 0 before they turn subnormal."""
     p = nn.Parameter(np.ones(6, np.float32))
@@ -147,7 +147,7 @@ def test_long_run_with_dead_units_leaves_no_subnormal_moments(backend):
     lambda ps: optim.SGD(ps, lr=0.1, momentum=0.9),
     lambda ps: optim.Adam(ps, lr=0.1),
     lambda ps: optim.AdamW(ps, lr=0.1, weight_decay=0.1)], ids=["sgd", "adam", "adamw"])
-def test_optimizer_state_dict_round_trip(backend, make):
+def test_optimizer_state_dict_round_trip(device, make):
     """Saving, loading into a fresh optimizer and continuing gives exactly the run
     that was never interrupted."""
     def fresh():
@@ -223,7 +223,7 @@ def test_optimizer_argument_errors(make, error, match):
                                   lambda ps: optim.AdamW(ps, lr=0.1),
                                   lambda ps: optim.SGD(ps, lr=0.1, momentum=0.9),
                                   lambda ps: optim.SGD(ps, lr=0.1)])
-def test_step_with_previous_equals_the_in_place_step_and_keeps_the_old_weights(backend, make):
+def test_step_with_previous_equals_the_in_place_step_and_keeps_the_old_weights(device, make):
     rng = np.random.default_rng(0)
     start = [rng.standard_normal((3, 4)).astype(np.float32),
              rng.standard_normal(4).astype(np.float32), np.ones(2, np.float32)]
@@ -248,23 +248,23 @@ def test_step_with_previous_equals_the_in_place_step_and_keeps_the_old_weights(b
         assert previous[2] is not arrays[2] and b[2].data is arrays[2]  # no gradient: copied
 
 
-def test_update_kernels_write_out_and_leave_the_parameter(backend):
-    if backend == "cupy":
-        pytest.skip("the GPU versions copy, then update in place (tested bit for bit above)")
-    from minigrad import kernels
-    table = kernels.table(mg.get_backend().name)
+@pytest.mark.parametrize("device", CPU_DEVICES, indirect=True)
+def test_update_kernels_write_out_and_leave_the_parameter(device):
+    """On the CPU backends (the GPU versions copy, then update in place: tested bit for
+    bit in test_cupy.py)."""
+    table = device.kernels
     rng = np.random.default_rng(1)
     p = rng.standard_normal(37).astype(np.float32)
     g = rng.standard_normal(37).astype(np.float32)
     m, v, out = np.zeros_like(p), np.zeros_like(p), np.empty_like(p)
     reference = p.copy()
-    table["adam_update"](reference, g, m.copy(), v.copy(), 1e-2, 0.9, 0.999, 1e-8, 0.0, 1, False)
+    table.adam_update(reference, g, m.copy(), v.copy(), 1e-2, 0.9, 0.999, 1e-8, 0.0, 1, False)
     kept = p.copy()
-    table["adam_update"](p, g, m, v, 1e-2, 0.9, 0.999, 1e-8, 0.0, 1, False, out)
+    table.adam_update(p, g, m, v, 1e-2, 0.9, 0.999, 1e-8, 0.0, 1, False, out)
     np.testing.assert_array_equal(p, kept)
     np.testing.assert_array_equal(out, reference)
     with pytest.raises(ValueError, match="shape"):
-        table["adam_update"](p, g, m, v, 1e-2, 0.9, 0.999, 1e-8, 0.0, 1, False, out[:5])
-    if mg.get_backend().name == "numba":
+        table.adam_update(p, g, m, v, 1e-2, 0.9, 0.999, 1e-8, 0.0, 1, False, out[:5])
+    if device.name == "numba":
         with pytest.raises(ValueError, match="overlap"):
-            table["sgd_update"](p, g, None, 0.1, 0.0, 0.0, False, p)
+            table.sgd_update(p, g, None, 0.1, 0.0, 0.0, False, p)

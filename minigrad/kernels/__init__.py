@@ -1,15 +1,26 @@
-"""The table of named kernels.
+"""The fused kernels: one namespace per backend.
 
-Each kernel is registered once with its NumPy reference and, where written, its
-Numba and CuPy twins, which live next to the reference in the same module so the
-three are easy to compare.  A backend's table maps each name to the version for
-that backend.  Kernel modules are imported when a table is first built, never by
+``device.kernels`` (see :mod:`minigrad.device`) is a :class:`Kernels`: one attribute
+per kernel, ``kernels.dense_forward(...)``.  Each kernel has three versions that
+live side by side in one module -- the NumPy reference, the Numba twin and the CuPy
+twin (whose CUDA code is in the ``.cu`` file beside the module) -- named
+``<kernel>_numpy``, ``<kernel>_numba`` and ``<kernel>_cupy``:
+
+=================  =====================================================
+module             kernels (its ``KERNELS``)
+=================  =====================================================
+``dense.py``       ``dense_forward``, ``dense_backward``
+``losses.py``      ``bce_with_logits``, ``mse``
+``optim.py``       ``sgd_update``, ``adam_update``
+=================  =====================================================
+
+Kernel modules are imported when a backend first asks for its kernels, never by
 ``import minigrad``, and the Numba versions compile on their first call (cached
 on disk; see :mod:`._jit`).
 
-The table (arrays in, arrays out; ``activation`` is one of "identity", "relu",
-"leaky_relu", "sigmoid", "tanh", "softplus", ``slope`` the leaky-ReLU slope;
-derivatives are taken from the *output* y, so no pre-activation is kept):
+The kernels (arrays in, arrays out; ``activation`` is an entry of the activation
+table, :mod:`minigrad.activations`, ``slope`` the leaky-ReLU slope; derivatives
+are taken from the *output* y, so no pre-activation is kept):
 
 ====================================  ===============================================
 ``dense_forward(z, bias, activation,  y = act(z + bias) for the (N, M) product z = x W,
@@ -17,20 +28,10 @@ slope) -> y``                         written into z (the dense layer's epilogue
 ``dense_backward(grad_y, y,           grad_z = grad_y * act'(y) and grad_bias = grad_z
 activation, slope) -> (grad_z,        summed over rows, in one pass (row blocks per
 grad_bias)``                          thread, added at the end)
-``activation_forward(x, activation,   y = act(x), any shape
-slope) -> y``
-``activation_backward(grad_y, y,      grad_y * act'(y), any shape
-activation, slope) -> grad_x``
-``bce_with_logits_forward(logits,     sum of max(x, 0) - x t + log1p(e^-|x|) (float)
-target) -> float``
-``bce_with_logits_backward(logits,    (sigmoid(x) - t) * scale
-target, scale) -> grad``
-``bce_with_logits_forward_backward(   both in one pass (the loss node's forward uses it
-logits, target, scale)``              when a gradient will be wanted)
-``mse_forward(pred, target)``         sum of (pred - target)^2 (float)
-``mse_backward(pred, target, scale)``  2 (pred - target) * scale
-``mse_forward_backward(pred, target,  both in one pass
-scale)``
+``bce_with_logits(logits, target,     (sum of softplus(x) - x t, float64; the gradient
+scale, want_grad) -> (sum, grad)``    (sigmoid(x) - t) * scale, or None), one pass
+``mse(pred, target, scale,            (sum of (pred - target)^2; the gradient
+want_grad) -> (sum, grad)``           2 (pred - target) * scale, or None), one pass
 ``sgd_update(param, grad, velocity,   in place: weight decay, momentum, Nesterov;
 lr, momentum, weight_decay,           velocity None without momentum
 nesterov)``
@@ -45,47 +46,30 @@ from __future__ import annotations
 
 import importlib
 
-__all__ = ["register", "table", "names", "KERNEL_MODULES"]
+__all__ = ["Kernels", "MODULES", "names"]
 
-# name -> {"numpy": callable, "numba": callable or None, "cupy": callable or None}
-_REGISTRY: dict[str, dict[str, object]] = {}
-
-# Modules that register kernels when imported.
-KERNEL_MODULES: list[str] = ["minigrad.kernels.dense", "minigrad.kernels.losses",
-                              "minigrad.kernels.optim"]
+#: The kernel modules, each with a ``KERNELS`` tuple of the kernels it defines.
+MODULES = ("dense", "losses", "optim")
 
 
-def register(name, **implementations):
-    """Register kernel ``name``: ``numpy=reference``, ``numba=...``, ``cupy=...``.
-
-    Calls for the same name add to each other, so a backend's versions may be
-    registered by another module.
-    """
-    entry = _REGISTRY.setdefault(name, {"numpy": None, "numba": None, "cupy": None})
-    for backend, fn in implementations.items():
-        if backend not in entry:
-            raise ValueError(f"register: unknown backend {backend!r} for kernel {name!r}")
-        entry[backend] = fn
-
-
-def _load_all():
-    for module in KERNEL_MODULES:
-        importlib.import_module(module)
+def _modules():
+    return [importlib.import_module(f"{__name__}.{m}") for m in MODULES]
 
 
 def names():
-    """All registered kernel names."""
-    _load_all()
-    return sorted(_REGISTRY)
+    """Every kernel's name."""
+    return [name for module in _modules() for name in module.KERNELS]
 
 
-def table(backend):
-    """``{name: implementation}`` for ``backend`` ("numpy", "numba" or "cupy")."""
-    _load_all()
-    out = {}
-    for name, impls in _REGISTRY.items():
-        impl = impls.get(backend)
-        if impl is None:
-            raise NotImplementedError(f"kernel {name!r} has no {backend!r} version")
-        out[name] = impl
-    return out
+class Kernels:
+    """The versions of every kernel for one backend ("numpy", "numba" or "cupy"), as
+    attributes: ``Kernels("numba").dense_forward is dense.dense_forward_numba``."""
+
+    def __init__(self, backend):
+        self.backend = backend
+        for module in _modules():
+            for name in module.KERNELS:
+                setattr(self, name, getattr(module, f"{name}_{backend}"))
+
+    def __repr__(self):
+        return f"Kernels({self.backend!r}: {', '.join(names())})"

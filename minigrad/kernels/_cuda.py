@@ -1,12 +1,15 @@
 """Lazy CuPy kernels for the kernel modules (the CUDA counterpart of ``_jit``).
 
-A kernel module keeps the CUDA code of its CuPy kernels in module-level *specs*,
-plain strings that need neither CuPy nor a GPU to read or to compile:
+The CUDA code of a kernel module lives in a ``.cu`` file beside it (``dense.cu``
+next to ``dense.py``), shipped with the package and read at first use; every
+source starts with :func:`common_source` (``math.cuh`` and the activation
+table).  The module declares how each kernel is launched in a *spec*, which
+needs neither CuPy nor a GPU to read or to compile:
 
-* :class:`Elementwise` -- a ``cupy.ElementwiseKernel``: the parameter lists, the
-  loop body, and a preamble of ``__device__`` helpers;
-* :class:`Raw` -- a ``cupy.RawModule`` whose source defines ``extern "C"`` kernels,
-  one per dtype, named ``<name>_f32`` and ``<name>_f64``.
+* :class:`Elementwise` -- a ``cupy.ElementwiseKernel``: the parameter lists and a
+  one-line operation that calls a ``__device__`` function of the ``.cu`` file;
+* :class:`Raw` -- a ``cupy.RawModule`` on the ``.cu`` file, which defines
+  ``extern "C"`` kernels, one per dtype, named ``<name>_f32`` and ``<name>_f64``.
 
 Nothing here imports CuPy until a kernel is first called; the CUDA code is then
 compiled by CuPy (NVRTC) on first use on each device and cached on disk by CuPy.
@@ -23,11 +26,15 @@ flushed explicitly too (``mg_flush``), in float64 as well, as on the CPU.
 """
 from __future__ import annotations
 
+import os
 import threading
 
 import numpy
 
-__all__ = ["Elementwise", "Raw", "uses", "OPTIONS", "DTYPES", "MATH", "suffix", "cupy_module",
+from .. import activations
+
+__all__ = ["Elementwise", "Raw", "uses", "OPTIONS", "DTYPES", "read", "common_source", "suffix",
+           "cupy_module",
            "check_device_arrays", "sm_count", "DeviceBuffers"]
 
 #: NVRTC options of every kernel (CuPy adds its include paths and ``-std=c++17``).
@@ -36,33 +43,25 @@ OPTIONS = ("--fmad=false", "--ftz=true")
 #: The dtypes every kernel is written for, and the suffix of their raw kernels.
 DTYPES = {"float32": "f32", "float64": "f64"}
 
-#: ``__device__`` overloads of the libm functions the kernels use, for float and
-#: double alike (prefixed ``mg_``, like everything minigrad puts into CUDA code).
-MATH = r"""
-#ifndef MG_MATH_DEFINED
-#define MG_MATH_DEFINED
-__device__ __forceinline__ float mg_exp(float x) { return expf(x); }
-__device__ __forceinline__ double mg_exp(double x) { return exp(x); }
-__device__ __forceinline__ float mg_expm1(float x) { return expm1f(x); }
-__device__ __forceinline__ double mg_expm1(double x) { return expm1(x); }
-__device__ __forceinline__ float mg_log1p(float x) { return log1pf(x); }
-__device__ __forceinline__ double mg_log1p(double x) { return log1p(x); }
-__device__ __forceinline__ float mg_tanh(float x) { return tanhf(x); }
-__device__ __forceinline__ double mg_tanh(double x) { return tanh(x); }
-__device__ __forceinline__ float mg_fabs(float x) { return fabsf(x); }
-__device__ __forceinline__ double mg_fabs(double x) { return fabs(x); }
-__device__ __forceinline__ float mg_sqrt(float x) { return sqrtf(x); }
-__device__ __forceinline__ double mg_sqrt(double x) { return sqrt(x); }
-__device__ __forceinline__ int mg_imin(int a, int b) { return a < b ? a : b; }
-/* 0 for a subnormal (|x| below the smallest normal number), else x; NaN passes */
-__device__ __forceinline__ float mg_flush(float x) {
-    return fabsf(x) < 1.17549435082228750797e-38f ? 0.0f : x;
-}
-__device__ __forceinline__ double mg_flush(double x) {
-    return fabs(x) < 2.22507385850720138309e-308 ? 0.0 : x;
-}
-#endif
-"""
+_FOLDER = os.path.dirname(os.path.abspath(__file__))
+_sources = {}
+
+
+def read(filename):
+    """The text of a CUDA source file of this folder (read once, at first use)."""
+    text = _sources.get(filename)
+    if text is None:
+        with open(os.path.join(_FOLDER, filename), encoding="utf-8") as f:
+            text = _sources[filename] = f.read()
+    return text
+
+
+def common_source():
+    """What every kernel source starts with: ``math.cuh`` (mg_exp, mg_flush, ...) and
+    the activation table's ``mg_act`` / ``mg_deriv`` (:mod:`minigrad.activations`)."""
+    return (read("math.cuh") + "\n#ifndef MG_ACTIVATIONS_DEFINED\n#define MG_ACTIVATIONS_DEFINED\n"
+            + activations.cuda_source() + "#endif\n")
+
 
 _lock = threading.Lock()
 
@@ -114,18 +113,24 @@ class Elementwise:
 
     kind = "elementwise"
 
-    def __init__(self, name, in_params, out_params, operation, preamble="", scalars=None):
+    def __init__(self, name, in_params, out_params, operation, file=None, scalars=None):
         self.name = name
         self.in_params = in_params
         self.out_params = out_params
         self.operation = operation
-        self.preamble = preamble
+        self.file = file
         # the parameters the wrapper passes as scalars (the rest are arrays); by
         # default those of a fixed type (int32, float64) and ``T`` ones named here
         self.scalars = tuple(scalars) if scalars is not None else tuple(
             p.split()[-1] for p in in_params.split(",") if p.split()[-2] != "T")
         self.options = OPTIONS
         self._kernel = None
+
+    @property
+    def preamble(self):
+        """The ``__device__`` code the operation calls: :func:`common_source` and the
+        kernel's ``.cu`` file."""
+        return common_source() + (read(self.file) if self.file else "")
 
     def build(self):
         if self._kernel is None:
@@ -150,12 +155,16 @@ class Raw:
 
     kind = "raw"
 
-    def __init__(self, name, source):
+    def __init__(self, name, file):
         self.name = name
-        self.source = source
+        self.file = file
         self.options = OPTIONS
-        self._module = None
         self._functions = {}
+
+    @property
+    def source(self):
+        """:func:`common_source` and the kernel's ``.cu`` file."""
+        return common_source() + read(self.file)
 
     def kernel_names(self):
         return [f"{self.name}_{s}" for s in DTYPES.values()]
@@ -167,15 +176,19 @@ class Raw:
         fn = self._functions.get(key)
         if fn is None:
             with _lock:
-                if self._module is None:
-                    self._module = cupy.RawModule(code=self.source, options=self.options)
-                fn = self._functions[key] = self._module.get_function(f"{self.name}_{key[1]}")
+                # one module per file and device, whichever of its kernels comes first
+                module = _modules.get((key[0], self.file))
+                if module is None:
+                    module = _modules[(key[0], self.file)] = cupy.RawModule(
+                        code=self.source, options=self.options)
+                fn = self._functions[key] = module.get_function(f"{self.name}_{key[1]}")
         return fn
 
     def __repr__(self):
         return f"Raw({self.name!r})"
 
 
+_modules = {}  # (device, file) -> the cupy.RawModule of that file
 _sm_counts = {}
 
 

@@ -68,14 +68,15 @@ def _numba():
 
 
 def _source_tag():
-    """A short hash of this module and of ``_math``: Numba's disk cache notices when
-    a kernel's own file changes, not when the compile options here or the inlined
-    math functions do, so their hash goes into every cached kernel's name."""
+    """A short hash of this module, of ``_math`` and of the activation table: Numba's
+    disk cache notices when a kernel's own file changes, not when the compile
+    options here or the inlined math functions do, so their hash goes into every
+    cached kernel's name."""
     global _TAG
     if _TAG is None:
         digest = hashlib.sha1()
         here = os.path.dirname(os.path.abspath(__file__))
-        for name in ("_jit.py", "_math.py"):
+        for name in ("_jit.py", "_math.py", os.path.join("..", "activations.py")):
             with open(os.path.join(here, name), "rb") as f:
                 digest.update(f.read())
         _TAG = digest.hexdigest()[:8]
@@ -122,29 +123,46 @@ def _bind_helpers(module_globals, numba):
             module_globals[name] = value.compiled
 
 
+_scalar_functions = {}
+
+
+def _as_numba_constant(numba, value):
+    """A kernel constant as Numba compiles it: a plain Python function (an entry of
+    the activation table) becomes an inlined scalar function; other values stay."""
+    if not isinstance(value, types.FunctionType):
+        return value
+    compiled = _scalar_functions.get(value)
+    if compiled is None:
+        compiled = _scalar_functions[value] = numba.njit(
+            inline="always", cache=True, error_model="numpy")(value)
+    return compiled
+
+
 class kernel:
     """Decorator: ``fn`` compiled by Numba on first call (serial and parallel).
 
-    ``k.specialize(NAME=value, ...)`` is the same kernel with the module globals
-    ``NAME`` frozen to ``value`` (Numba compiles globals as constants): one
-    compiled version per activation or loss mode, so each version contains only
-    its own loop -- LLVM then vectorizes it for certain -- and only the versions a
-    program uses are compiled (one kernel holding all six activations took 9 s).
+    ``k.specialize(name, NAME=value, ...)`` is the same kernel with the module
+    globals ``NAME`` frozen to ``value`` (Numba compiles globals as constants; a
+    Python function becomes an inlined scalar function), compiled and cached under
+    ``name``: one compiled version per activation or loss mode, so each version
+    contains only its own loop -- LLVM then vectorizes it for certain -- and only
+    the versions a program uses are compiled (one kernel holding all six
+    activations took 9 s).
     """
 
-    def __init__(self, fn, constants=None):
+    def __init__(self, fn, constants=None, name=""):
         self.py_func = fn
         self.constants = dict(constants or {})
+        self.variant_name = name
         self.__name__ = fn.__name__
         self.__doc__ = fn.__doc__
         self._serial = self._parallel = None
         self._variants = {}
 
-    def specialize(self, **constants):
-        key = tuple(sorted(constants.items()))
-        variant = self._variants.get(key)
+    def specialize(self, name, **constants):
+        variant = self._variants.get(name)
         if variant is None:
-            variant = self._variants.setdefault(key, kernel(self.py_func, constants))
+            variant = self._variants.setdefault(name, kernel(self.py_func, constants, name))
         return variant
 
     def _compile(self):
@@ -152,8 +170,9 @@ class kernel:
         _bind_helpers(self.py_func.__globals__, numba)
         fn = self.py_func
         if self.constants:
-            suffix = "".join(f"_{k}{v}" for k, v in sorted(self.constants.items()))
-            fn = _renamed(fn, suffix, dict(fn.__globals__, **self.constants), tag=False)
+            frozen = {k: _as_numba_constant(numba, v) for k, v in self.constants.items()}
+            fn = _renamed(fn, f"_{self.variant_name}", dict(fn.__globals__, **frozen),
+                          tag=False)
         # error_model="numpy": x / 0 gives inf or nan as in NumPy instead of raising;
         # the check that raising needs would keep LLVM from vectorizing every loop
         # with a division (Adam's update ran 8x slower for it).

@@ -12,9 +12,11 @@ All are accurate to a few ulp over the ranges the kernels use them on (checked
 against float64 in ``tests/test_kernels.py``).  float64
 inputs use the C library, exactly.
 
-The functions are plain Python here (``math`` based, so the module imports no
-Numba); :func:`install` registers their typed Numba implementations and is run
-by :mod:`minigrad.kernels._jit` before the first kernel compiles.
+The functions themselves are those of :mod:`minigrad.activations` (NumPy on
+arrays, so this module imports no Numba); :func:`install` registers their typed
+Numba implementations -- the float32 ones below, the C library for float64, and
+selects for ``where`` / ``maximum`` -- and is run by :mod:`minigrad.kernels._jit`
+before the first kernel compiles.
 
 * ``exp_neg(x)``     e^-x for x >= 0 (the only exponentials the kernels need:
   e^-|v|, which never overflows); results below the smallest normal float32
@@ -33,31 +35,12 @@ import platform
 
 import numpy as np
 
+from ..activations import const, exp_neg, log1p_unit, maximum, one_minus_exp_neg, tanh, where
 from ._jit import scalar
 
-__all__ = ["exp_neg", "log1p_unit", "tanh", "one_minus_exp_neg", "two_to_minus",
-           "flush", "ftz_enter", "ftz_exit", "read_mxcsr", "write_mxcsr", "FTZ", "DAZ",
-           "X86_64", "install"]
-
-
-# ----------------------------------------------------------------------------
-# The reference semantics (plain Python, used before compilation and for float64)
-# ----------------------------------------------------------------------------
-
-def exp_neg(x):
-    return math.exp(-x)
-
-
-def log1p_unit(e):
-    return math.log1p(e)
-
-
-def tanh(x):
-    return math.tanh(x)
-
-
-def one_minus_exp_neg(y):
-    return -math.expm1(-y)
+__all__ = ["exp_neg", "log1p_unit", "tanh", "one_minus_exp_neg", "where", "maximum", "const",
+           "two_to_minus", "flush", "ftz_enter", "ftz_exit", "read_mxcsr", "write_mxcsr", "FTZ",
+           "DAZ", "X86_64", "install"]
 
 
 # ----------------------------------------------------------------------------
@@ -234,8 +217,34 @@ def install(numba):
     define(log1p_unit, compiled["log1p"], lambda x: math.log1p(x))
     define(tanh, compiled["tanh"], lambda x: math.tanh(x))
     define(one_minus_exp_neg, compiled["one_minus"], lambda x: -math.expm1(-x))
+    _install_selects(overload, types)
     _install_mxcsr(intrinsic, overload, types, ir)
     _installed = True
+
+
+def _install_selects(overload, types):
+    """The scalar forms of the activation table's where / maximum / const: selects
+    and typed constants (see :mod:`minigrad.activations`)."""
+    from numba.np.numpy_support import as_dtype
+
+    @overload(where, inline="always")
+    def _where(condition, a, b):
+        if isinstance(condition, types.Boolean):
+            return lambda condition, a, b: a if condition else b
+        return None
+
+    @overload(maximum, inline="always")
+    def _maximum(a, b):
+        if isinstance(a, types.Float):
+            return lambda a, b: b if a <= b else a  # a NaN in a passes
+        return None
+
+    @overload(const, inline="always")
+    def _const(x, value):
+        if isinstance(x, types.Float):
+            kind = as_dtype(x).type
+            return lambda x, value: kind(value)
+        return None
 
 
 def _install_mxcsr(intrinsic, overload, types, ir):

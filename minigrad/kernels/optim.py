@@ -27,10 +27,11 @@ from __future__ import annotations
 import numpy as np
 
 from ..denormals import flush_subnormals, smallest_normal
-from . import _cuda, register
-from . import _jit
+from . import _cuda, _jit
 from ._jit import kernel, prange, scalar
 from ._math import flush, ftz_enter, ftz_exit
+
+KERNELS = ("sgd_update", "adam_update")
 
 
 # ----------------------------------------------------------------------------
@@ -207,60 +208,31 @@ def adam_update_numba(param, grad, m, v, lr, beta1, beta2, eps, weight_decay, st
           smallest_normal(dtype), _blocks(param.size), size=param.size)
 
 
-register("sgd_update", numpy=sgd_update_numpy, numba=sgd_update_numba)
-register("adam_update", numpy=adam_update_numpy, numba=adam_update_numba)
 
 
 # ----------------------------------------------------------------------------
-# CuPy
+# CuPy (the CUDA code is in optim.cu)
 # ----------------------------------------------------------------------------
-# In place: the parameter and its buffers are the kernels' output arguments.  The
-# arithmetic follows the NumPy reference operation by operation, in the same
-# precisions (T is the parameter's dtype; in Adam the last division is in double,
-# as NumPy promotes it), and with --fmad=false it rounds the same way: on the GPU
-# these updates equal the reference bit for bit.
+# In place: the parameter and its buffers are the kernels' output arguments
+# (the arithmetic, in optim.cu, equals the NumPy reference bit for bit).
 
-OPTIM_CUDA = _cuda.MATH
-
-#: p <- p - lr (g + wd p)   (the weight-decay term only where ``decay``).
 SGD_CUDA = _cuda.Elementwise(
     "mg_sgd_update", "T g, T wd, T lr, int32 decay", "T p",
-    "const T gi = decay ? g + wd * p : g;\n"
-    "p = mg_flush(p - lr * gi)", preamble=OPTIM_CUDA, scalars=("wd", "lr", "decay"))
+    "mg_sgd_element<T>(g, wd, lr, decay, p)", file="optim.cu",
+    scalars=("wd", "lr", "decay"))
 
-#: v <- mu v + g (flushed below ``tiny``);  p <- p - lr (g + mu v if nesterov else v).
 SGD_MOMENTUM_CUDA = _cuda.Elementwise(
     "mg_sgd_momentum_update", "T g, T wd, T lr, T mu, T tiny, int32 decay, int32 nesterov",
-    "T p, T v",
-    "const T gi = decay ? g + wd * p : g;\n"
-    "T vi = v * mu;\n"
-    "vi = vi + gi;\n"
-    "if (mg_fabs(vi) < tiny) vi = T(0);\n"
-    "v = vi;\n"
-    "p = mg_flush(p - lr * (nesterov ? gi + mu * vi : vi))", preamble=OPTIM_CUDA,
-    scalars=("wd", "lr", "mu", "tiny", "decay", "nesterov"))
+    "T p, T v", "mg_sgd_momentum_element<T>(g, wd, lr, mu, tiny, decay, nesterov, p, v)",
+    file="optim.cu", scalars=("wd", "lr", "mu", "tiny", "decay", "nesterov"))
 
-#: Adam (mode 1: L2 in the gradient) or AdamW (mode 2: p <- p - lr wd p); mode 0:
-#: no weight decay.  c1 = 1 - b1, c2 = 1 - b2, lrwd = lr wd,
-#: step_size = lr / (1 - b1^t), root_correction = sqrt(1 - b2^t).
 ADAM_CUDA = _cuda.Elementwise(
     "mg_adam_update",
     "T g, T wd, T b1, T c1, T b2, T c2, T lrwd, T step_size, float64 root_correction, "
     "float64 eps, T tiny, int32 mode",
     "T p, T m, T v",
-    "const T gi = mode == 1 ? g + wd * p : g;\n"
-    "T mi = m * b1;\n"
-    "mi = mi + c1 * gi;\n"
-    "T vi = v * b2;\n"
-    "vi = vi + c2 * (gi * gi);\n"
-    "if (mg_fabs(mi) < tiny) mi = T(0);\n"
-    "if (mg_fabs(vi) < tiny) vi = T(0);\n"
-    "m = mi;\n"
-    "v = vi;\n"
-    "T pi = p;\n"
-    "if (mode == 2) pi = pi - lrwd * pi;\n"
-    "const double denom = (double)mg_sqrt(vi) / root_correction + eps;\n"
-    "p = mg_flush(pi - (T)((double)(step_size * mi) / denom))", preamble=OPTIM_CUDA,
+    "mg_adam_element<T>(g, wd, b1, c1, b2, c2, lrwd, step_size, root_correction, eps, tiny, "
+    "mode, p, m, v)", file="optim.cu",
     scalars=("wd", "b1", "c1", "b2", "c2", "lrwd", "step_size", "root_correction", "eps",
              "tiny", "mode"))
 
@@ -307,6 +279,3 @@ def adam_update_cupy(param, grad, m, v, lr, beta1, beta2, eps, weight_decay, ste
               np.float64(np.sqrt(1 - beta2 ** step)), np.float64(eps),
               smallest_normal(param.dtype), np.int32(mode), param, m, v)
 
-
-register("sgd_update", cupy=sgd_update_cupy)
-register("adam_update", cupy=adam_update_cupy)

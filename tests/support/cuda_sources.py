@@ -31,9 +31,10 @@ FIXED_TYPES = {"int32": "int", "int64": "long long", "uint32": "unsigned int",
 
 
 def registered_specs():
-    """``{kernel name: tuple of CUDA specs}`` for every kernel of the CuPy table."""
-    table = kernels.table("cupy")  # raises if a kernel has no CuPy version
-    return {name: tuple(getattr(fn, "cuda_specs", ())) for name, fn in table.items()}
+    """``{kernel name: tuple of CUDA specs}`` for every kernel's CuPy version."""
+    cupy_kernels = kernels.Kernels("cupy")  # raises if a kernel has no CuPy version
+    return {name: tuple(getattr(getattr(cupy_kernels, name), "cuda_specs", ()))
+            for name in kernels.names()}
 
 
 def all_specs():
@@ -310,9 +311,12 @@ class HostLibrary:
 
     def __init__(self, specs, folder, compiler):
         from minigrad.kernels import _cuda
-        parts = [HOST_SHIM, _cuda.MATH]
+        parts, sources = [HOST_SHIM, _cuda.common_source()], set()
         for k, spec in enumerate(specs):
             if spec.kind == "raw":
+                if spec.source in sources:  # several specs launch kernels of one file
+                    continue
+                sources.add(spec.source)
                 parts.append(f"namespace mg_host_{k} {{\n{spec.source}\n"
                              f"{host_launchers(spec.source)}}}\n")
             else:

@@ -1,10 +1,17 @@
-"""The host stand-in for CuPy (cupy_emulation.py) must be as strict as CuPy where
+"""The host stand-in for CuPy (support/cupy_emulation.py) must be as strict as CuPy where
 minigrad could go wrong on a GPU, or the emulated runs would pass code that fails
-there.  These tests pin that strictness; they need no kernels and no GPU."""
+there.  These tests pin that strictness (most need no kernels and no GPU), and that
+the stand-in runs the CUDA kernels of minigrad/kernels/*.cu and is undone after a test."""
+import sys
+
 import numpy as np
 import pytest
 
-import cupy_emulation as ce
+import minigrad as mg
+from minigrad import activations, device
+from minigrad.kernels import _cuda
+from support import cuda_sources as cs
+from support import cupy_emulation as ce
 
 REAL = ce._REAL_CUPY
 
@@ -103,3 +110,35 @@ def test_raw_kernel_scalars_must_have_the_parameter_c_type(host_library, monkeyp
     with pytest.raises(TypeError, match="grad_y is a numpy.ndarray; CuPy kernels take device"):
         kernel((1,), (32,), (np.zeros((n, m), np.float32), *arrays[1:], np.int32(n),
                              np.int32(m), np.int32(0), np.float32(0)))
+
+
+def test_the_host_library_compiles_every_cuda_spec_once(host_library):
+    """Several Raw specs launch kernels of one .cu file: the file is compiled once (its
+    extern "C" kernels would clash otherwise), and every kernel has its launcher."""
+    specs = cs.all_specs()
+    raw = [s for s in specs if s.kind == "raw"]
+    assert len({s.file for s in raw}) < len(raw)
+    for spec in raw:
+        for name in spec.kernel_names():
+            assert hasattr(host_library.lib, f"mg_launch_{name}"), name
+    for spec in (s for s in specs if s.kind == "elementwise"):
+        assert host_library.specs[spec.name] is spec
+        for dtype in cs.CTYPES:
+            assert hasattr(host_library.lib, f"{spec.name}_harness_{dtype}"), (spec.name, dtype)
+
+
+def test_install_runs_the_kernels_and_is_undone_after_the_test(host_library):
+    before = (sys.modules.get("cupy"), device._BUILT.get("cupy"), _cuda._modules, np.asarray)
+    with pytest.MonkeyPatch.context() as monkeypatch:
+        fake = ce.install(monkeypatch, host_library)
+        assert sys.modules["cupy"] is fake and "cupy" not in device._BUILT
+        with mg.set_backend("cupy") as gpu:
+            assert (gpu.name, gpu.type, gpu.xp) == ("cupy", "cuda", fake)
+            z = fake.asarray(np.array([[-1.0, 2.0], [3.0, -4.0]], np.float32))
+            y = gpu.kernels.dense_forward(z, fake.asarray(np.array([0.5, 0.5], np.float32)),
+                                          activations.activation("relu"), 0.0)
+            assert isinstance(y, fake.ndarray)
+            np.testing.assert_array_equal(y.get(), [[0.0, 2.5], [3.5, 0.0]])
+            assert (0, "dense.cu") in _cuda._modules  # one RawModule per (device, file)
+    after = (sys.modules.get("cupy"), device._BUILT.get("cupy"), _cuda._modules, np.asarray)
+    assert all(a is b for a, b in zip(after, before))  # the same objects as before

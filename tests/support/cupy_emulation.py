@@ -34,7 +34,7 @@ import types
 
 import numpy
 
-import cuda_sources as cs
+from . import cuda_sources as cs
 
 try:  # only for its API surface: importing CuPy needs no GPU
     import cupy as _REAL_CUPY
@@ -537,10 +537,11 @@ def _reset_kernel_caches(setattr_):
     """Drop what the kernel modules cached from another CuPy (or an earlier library)."""
     from minigrad.kernels import _cuda, dense, losses
     setattr_(_cuda, "_sm_counts", {})
+    setattr_(_cuda, "_modules", {})
     setattr_(dense, "_BUFFERS", _cuda.DeviceBuffers())
     setattr_(losses, "_BUFFERS", _cuda.DeviceBuffers())
     for spec in cs.all_specs():
-        for attr, fresh in (("_kernel", None), ("_module", None), ("_functions", {})):
+        for attr, fresh in (("_kernel", None), ("_functions", {})):
             if hasattr(spec, attr):
                 setattr_(spec, attr, fresh)
 
@@ -549,26 +550,26 @@ def install(monkeypatch, library, sm_count=2):
     """``cupy`` is the stand-in for the rest of the test (``monkeypatch`` undoes it):
     ``set_backend("cupy")`` builds the 'cupy' backend on it, ``.to("cuda")`` moves
     arrays to it, and the CuPy kernels run from ``library``."""
-    from minigrad import backend
+    from minigrad import device
     fake = module(library, sm_count)
     monkeypatch.setitem(sys.modules, "cupy", fake)
     for name in _CONVERTERS:
         monkeypatch.setattr(numpy, name, _no_implicit_conversion(name, getattr(numpy, name)))
     # a 'cupy' backend built on another cupy is set aside, and the one built on this
     # stand-in is dropped at the end (undoing setitem deletes a key it added)
-    monkeypatch.setitem(backend._BUILT, "cupy", None)
-    del backend._BUILT["cupy"]
+    monkeypatch.setitem(device._BUILT, "cupy", None)
+    del device._BUILT["cupy"]
     _reset_kernel_caches(monkeypatch.setattr)
     return fake
 
 
 def install_for_session(library, sm_count=2):
     """As :func:`install`, for the whole process (``pytest --cupy-emulated``)."""
-    from minigrad import backend
+    from minigrad import device
     fake = module(library, sm_count)
     sys.modules["cupy"] = fake
     for name in _CONVERTERS:
         setattr(numpy, name, _no_implicit_conversion(name, getattr(numpy, name)))
-    backend._BUILT.pop("cupy", None)
+    device._BUILT.pop("cupy", None)
     _reset_kernel_caches(setattr)
     return fake
