@@ -3,19 +3,10 @@
 For each kernel's CuPy version (``kernels.Kernels("cupy")``), the CUDA specs it
 records (``fn.cuda_specs``, see ``minigrad/kernels/_cuda.py``)
 are compiled to machine code for the oldest architecture CUDA 13 supports (sm_75)
-and for Hopper (sm_90):
-
-* a ``Raw`` spec (``cupy.RawModule``): its source exactly as CuPy compiles it, and
-  the cubin must contain both entry points ``<name>_f32`` and ``<name>_f64``;
-* an ``Elementwise`` spec (``cupy.ElementwiseKernel``), for float32 and float64:
-  - the full source CuPy itself generates for the wrapper's call (CuPy's headers,
-    ``CArray``/``CIndexer`` parameters, CuPy's compile options), obtained from
-    CuPy's private code generator without a device -- skipped, saying why, if this
-    CuPy version does not offer it in the expected form;
-  - always, a hand-written equivalent harness (tests/support/cuda_sources.py
-    ``elementwise_harness``): the same preamble and the same operation in the same
-    grid-stride loop over flat arrays, so the kernel's own code is compiled even
-    when CuPy's generator is out of reach.
+and for Hopper (sm_90): each ``Raw`` spec's source (``cupy.RawModule``: the
+``.cu`` file after :func:`minigrad.kernels._cuda.common_source`) exactly as CuPy
+compiles it, and the cubin must contain both entry points ``<name>_f32`` and
+``<name>_f64``.
 
 The parametrisation comes from ``kernels.names()``, so a new kernel is compiled without
 touching this file, and a CuPy kernel that records no CUDA source fails
@@ -39,9 +30,7 @@ except Exception as error:  # ImportError, or the library cannot be loaded
 
 ARCHS = ("sm_75", "sm_90")
 SPECS = cs.all_specs()
-RAW = [s for s in SPECS if s.kind == "raw"]
-ELEMENTWISE = [s for s in SPECS if s.kind == "elementwise"]
-DTYPES = ("float32", "float64")
+RAW = SPECS  # every spec is a cupy.RawModule on a .cu file
 
 
 def nvrtc_compile(source, name, options):
@@ -60,7 +49,7 @@ def nvrtc_compile(source, name, options):
 
 
 def options(spec, arch):
-    # CuPy compiles raw and elementwise code as C++17 (RawModule's default since v14)
+    # CuPy compiles raw code as C++17 (RawModule's default since v14)
     return list(spec.options) + ["--std=c++17", f"--gpu-architecture={arch}"]
 
 
@@ -71,7 +60,7 @@ def test_every_cupy_kernel_records_its_cuda_source():
                          f"@_cuda.uses(SPEC, ...)): {missing}")
     for name, s in specs.items():
         for spec in s:
-            assert isinstance(spec, (_cuda.Raw, _cuda.Elementwise)), (name, spec)
+            assert isinstance(spec, _cuda.Raw), (name, spec)
 
 
 def test_every_cuda_spec_of_the_kernel_modules_is_launched_by_a_kernel():
@@ -80,7 +69,7 @@ def test_every_cuda_spec_of_the_kernel_modules_is_launched_by_a_kernel():
     used = {id(s) for s in SPECS}
     orphans = [f"{module.__name__}.{name}" for module in (dense, losses, optim)
                for name, value in vars(module).items()
-               if isinstance(value, (_cuda.Raw, _cuda.Elementwise)) and id(value) not in used]
+               if isinstance(value, _cuda.Raw) and id(value) not in used]
     assert not orphans
 
 
@@ -94,30 +83,9 @@ def test_raw_kernel_compiles(spec, arch):
         assert name.encode() in cubin, f"{name} is not in the compiled module"
 
 
-@pytest.mark.parametrize("arch", ARCHS)
-@pytest.mark.parametrize("dtype", DTYPES)
-@pytest.mark.parametrize("spec", ELEMENTWISE, ids=lambda s: s.name)
-def test_elementwise_kernel_compiles(spec, dtype, arch):
-    """The kernel's preamble and operation, in the hand-written harness."""
-    source, name, _ = cs.elementwise_harness(spec, dtype)
-    cubin = nvrtc_compile(source, name, options(spec, arch))
-    assert name.encode() in cubin
-
-
-@pytest.mark.parametrize("dtype", DTYPES)
-@pytest.mark.parametrize("spec", ELEMENTWISE, ids=lambda s: s.name)
-def test_cupy_generated_elementwise_source_compiles(spec, dtype):
-    """The full source CuPy generates for the call (its headers included)."""
-    try:
-        source, cupy_options = cs.cupy_generated_source(spec, dtype)
-    except RuntimeError as error:
-        pytest.skip(str(error))
-    cubin = nvrtc_compile(source, spec.name, list(cupy_options) + ["--gpu-architecture=sm_90"])
-    assert spec.name.encode() in cubin
-
-
-def test_a_kernel_that_does_not_compile_fails_with_the_log(monkeypatch):
-    spec = _cuda.Elementwise("mg_broken", "T x", "T y", "y = mg_no_such_function(x)")
-    source, name, _ = cs.elementwise_harness(spec, "float32")
+def test_a_kernel_that_does_not_compile_fails_with_the_log():
+    source = _cuda.common_source() + (
+        'extern "C" __global__ void mg_broken_f32(float* x) { x[0] = mg_no_such_function(x[0]); }')
     with pytest.raises(pytest.fail.Exception, match="mg_no_such_function"):
-        nvrtc_compile(source, name, options(spec, "sm_90"))
+        nvrtc_compile(source, "mg_broken", list(_cuda.OPTIONS) + ["--std=c++17",
+                                                                  "--gpu-architecture=sm_90"])

@@ -3,13 +3,10 @@
 The CUDA code of a kernel module lives in a ``.cu`` file beside it (``dense.cu``
 next to ``dense.py``), shipped with the package and read at first use; every
 source starts with :func:`common_source` (``math.cuh`` and the activation
-table).  The module declares how each kernel is launched in a *spec*, which
-needs neither CuPy nor a GPU to read or to compile:
-
-* :class:`Elementwise` -- a ``cupy.ElementwiseKernel``: the parameter lists and a
-  one-line operation that calls a ``__device__`` function of the ``.cu`` file;
-* :class:`Raw` -- a ``cupy.RawModule`` on the ``.cu`` file, which defines
-  ``extern "C"`` kernels, one per dtype, named ``<name>_f32`` and ``<name>_f64``.
+table).  The file defines ``extern "C"`` kernels, one per dtype, named
+``<name>_f32`` and ``<name>_f64``; the module names each kernel it launches in a
+:class:`Raw` spec (a ``cupy.RawModule`` on the file, one per file and device),
+which needs neither CuPy nor a GPU to read or to compile.
 
 Nothing here imports CuPy until a kernel is first called; the CUDA code is then
 compiled by CuPy (NVRTC) on first use on each device and cached on disk by CuPy.
@@ -33,7 +30,7 @@ import numpy
 
 from .. import activations
 
-__all__ = ["Elementwise", "Raw", "uses", "OPTIONS", "DTYPES", "read", "common_source", "suffix",
+__all__ = ["Raw", "launch", "uses", "OPTIONS", "DTYPES", "read", "common_source", "suffix",
            "cupy_module",
            "check_device_arrays", "sm_count", "DeviceBuffers"]
 
@@ -102,53 +99,6 @@ def uses(*specs):
     return mark
 
 
-class Elementwise:
-    """A ``cupy.ElementwiseKernel`` built on first call.
-
-    ``in_params`` / ``out_params`` / ``operation`` are CuPy's; ``T`` is the array
-    dtype (float32 or float64).  Output parameters are read and written in place.
-    ``scalars`` names the parameters that the kernel's wrapper passes as numbers
-    (the tests compile the kernel for exactly that call).
-    """
-
-    kind = "elementwise"
-
-    def __init__(self, name, in_params, out_params, operation, file=None, scalars=None):
-        self.name = name
-        self.in_params = in_params
-        self.out_params = out_params
-        self.operation = operation
-        self.file = file
-        # the parameters the wrapper passes as scalars (the rest are arrays); by
-        # default those of a fixed type (int32, float64) and ``T`` ones named here
-        self.scalars = tuple(scalars) if scalars is not None else tuple(
-            p.split()[-1] for p in in_params.split(",") if p.split()[-2] != "T")
-        self.options = OPTIONS
-        self._kernel = None
-
-    @property
-    def preamble(self):
-        """The ``__device__`` code the operation calls: :func:`common_source` and the
-        kernel's ``.cu`` file."""
-        return common_source() + (read(self.file) if self.file else "")
-
-    def build(self):
-        if self._kernel is None:
-            cupy = cupy_module()
-            with _lock:
-                if self._kernel is None:
-                    self._kernel = cupy.ElementwiseKernel(
-                        self.in_params, self.out_params, self.operation, name=self.name,
-                        preamble=self.preamble, options=self.options)
-        return self._kernel
-
-    def __call__(self, *args, **kwargs):
-        return self.build()(*args, **kwargs)
-
-    def __repr__(self):
-        return f"Elementwise({self.name!r})"
-
-
 class Raw:
     """``extern "C"`` kernels ``<name>_f32`` and ``<name>_f64`` in one CUDA source,
     compiled by a ``cupy.RawModule`` on first use."""
@@ -189,6 +139,19 @@ class Raw:
 
 
 _modules = {}  # (device, file) -> the cupy.RawModule of that file
+
+#: threads per block of a grid-stride launch (:func:`launch`)
+THREADS = 256
+
+
+def launch(spec, like, args):
+    """Launch ``spec``'s kernel for the dtype of array ``like`` as a grid-stride loop
+    over its ``like.size`` elements: 256 threads per block, at most 8 blocks per
+    multiprocessor (2048 threads, as many as one can keep resident); nothing to do
+    for an empty array."""
+    if like.size:
+        blocks = max(1, min(-(-like.size // THREADS), 8 * sm_count()))
+        spec.function(like.dtype)((blocks,), (THREADS,), args)
 _sm_counts = {}
 
 

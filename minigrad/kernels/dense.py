@@ -154,7 +154,6 @@ DENSE_FORWARD_CUDA = _cuda.Raw("mg_dense_forward", "dense.cu")
 #: grad_z and grad_bias in one launch.
 DENSE_BACKWARD_CUDA = _cuda.Raw("mg_dense_backward", "dense.cu")
 
-_THREADS = 256     # per block of the forward launch
 _DB_BLOCK = (32, 8)
 _BUFFERS = _cuda.DeviceBuffers()
 
@@ -179,11 +178,8 @@ def dense_forward_cupy(z, bias, activation, slope=0.01):
     z = _device_contiguous(cupy, z)
     _cuda.suffix(z.dtype)
     bias = _device_contiguous(cupy, bias, z.dtype)
-    if z.size:
-        blocks = max(1, min(-(-z.size // _THREADS), 32 * _cuda.sm_count()))
-        DENSE_FORWARD_CUDA.function(z.dtype)(
-            (blocks,), (_THREADS,), (z, bias, np.int64(z.size), np.int32(z.shape[-1]),
-                                     np.int32(code), z.dtype.type(slope)))
+    _cuda.launch(DENSE_FORWARD_CUDA, z, (z, bias, np.int64(z.size), np.int32(z.shape[-1]),
+                                         np.int32(code), z.dtype.type(slope)))
     return z
 
 

@@ -213,56 +213,40 @@ def adam_update_numba(param, grad, m, v, lr, beta1, beta2, eps, weight_decay, st
 # ----------------------------------------------------------------------------
 # CuPy (the CUDA code is in optim.cu)
 # ----------------------------------------------------------------------------
-# In place: the parameter and its buffers are the kernels' output arguments
+# In place: the parameter and its buffers are read and written by the kernels
 # (the arithmetic, in optim.cu, equals the NumPy reference bit for bit).
 
-SGD_CUDA = _cuda.Elementwise(
-    "mg_sgd_update", "T g, T wd, T lr, int32 decay", "T p",
-    "mg_sgd_element<T>(g, wd, lr, decay, p)", file="optim.cu",
-    scalars=("wd", "lr", "decay"))
-
-SGD_MOMENTUM_CUDA = _cuda.Elementwise(
-    "mg_sgd_momentum_update", "T g, T wd, T lr, T mu, T tiny, int32 decay, int32 nesterov",
-    "T p, T v", "mg_sgd_momentum_element<T>(g, wd, lr, mu, tiny, decay, nesterov, p, v)",
-    file="optim.cu", scalars=("wd", "lr", "mu", "tiny", "decay", "nesterov"))
-
-ADAM_CUDA = _cuda.Elementwise(
-    "mg_adam_update",
-    "T g, T wd, T b1, T c1, T b2, T c2, T lrwd, T step_size, float64 root_correction, "
-    "float64 eps, T tiny, int32 mode",
-    "T p, T m, T v",
-    "mg_adam_element<T>(g, wd, b1, c1, b2, c2, lrwd, step_size, root_correction, eps, tiny, "
-    "mode, p, m, v)", file="optim.cu",
-    scalars=("wd", "b1", "c1", "b2", "c2", "lrwd", "step_size", "root_correction", "eps",
-             "tiny", "mode"))
+SGD_CUDA = _cuda.Raw("mg_sgd_update", "optim.cu")
+ADAM_CUDA = _cuda.Raw("mg_adam_update", "optim.cu")
 
 
-def _device_grad(op, param, grad, *buffers):
+def _device_arrays(op, param, grad, *buffers):
+    """The gradient as a C-contiguous array of the parameter's dtype, after checking
+    that everything is on the GPU and that the buffers match the parameter."""
     _cuda.check_device_arrays(op, param, grad, *buffers)
     _cuda.suffix(param.dtype)
-    for b in buffers:
-        if b.shape != param.shape or b.dtype != param.dtype:
-            raise ValueError(f"{op}: a buffer of shape {b.shape} and dtype {b.dtype} for a "
-                             f"parameter of shape {param.shape} and dtype {param.dtype}")
-    return grad.astype(param.dtype, copy=False)
+    for b in (param, *buffers):
+        if b.shape != param.shape or b.dtype != param.dtype or not b.flags.c_contiguous:
+            raise ValueError(f"{op}: an array of shape {b.shape}, dtype {b.dtype} (C-contiguous:"
+                             f" {b.flags.c_contiguous}) for a parameter of shape {param.shape} "
+                             f"and dtype {param.dtype}; the kernels update C-contiguous arrays "
+                             f"of the parameter's shape and dtype in place")
+    return _cuda.cupy_module().ascontiguousarray(grad, dtype=param.dtype)
 
 
-@_cuda.uses(SGD_CUDA, SGD_MOMENTUM_CUDA)
+@_cuda.uses(SGD_CUDA)
 def sgd_update_cupy(param, grad, velocity, lr, momentum, weight_decay, nesterov,
                     out=None):
     if out is not None:  # the GPU has bandwidth to spare: copy, then update in place
         out[...] = param
         param = out
+    buffers = () if velocity is None else (velocity,)
+    grad = _device_arrays("sgd_update", param, grad, *buffers)
     t = param.dtype.type
-    decay = np.int32(bool(weight_decay))
-    if velocity is None:
-        grad = _device_grad("sgd_update", param, grad)
-        SGD_CUDA(grad, t(weight_decay), t(lr), decay, param)
-    else:
-        grad = _device_grad("sgd_update", param, grad, velocity)
-        SGD_MOMENTUM_CUDA(grad, t(weight_decay), t(lr), t(momentum),
-                          smallest_normal(param.dtype), decay, np.int32(bool(nesterov)),
-                          param, velocity)
+    _cuda.launch(SGD_CUDA, param, (
+        grad, param, velocity if velocity is not None else param, np.int64(param.size),
+        t(weight_decay), t(lr), t(momentum), smallest_normal(param.dtype),
+        np.int32(bool(weight_decay)), np.int32(velocity is not None), np.int32(bool(nesterov))))
 
 
 @_cuda.uses(ADAM_CUDA)
@@ -271,11 +255,11 @@ def adam_update_cupy(param, grad, m, v, lr, beta1, beta2, eps, weight_decay, ste
     if out is not None:
         out[...] = param
         param = out
-    grad = _device_grad("adam_update", param, grad, m, v)
+    grad = _device_arrays("adam_update", param, grad, m, v)
     t = param.dtype.type
     mode = 0 if not weight_decay else (2 if decoupled else 1)
-    ADAM_CUDA(grad, t(weight_decay), t(beta1), t(1 - beta1), t(beta2), t(1 - beta2),
-              t(lr * weight_decay), t(lr / (1 - beta1 ** step)),
-              np.float64(np.sqrt(1 - beta2 ** step)), np.float64(eps),
-              smallest_normal(param.dtype), np.int32(mode), param, m, v)
-
+    _cuda.launch(ADAM_CUDA, param, (
+        grad, param, m, v, np.int64(param.size), t(weight_decay), t(beta1), t(1 - beta1),
+        t(beta2), t(1 - beta2), t(lr * weight_decay), t(lr / (1 - beta1 ** step)),
+        np.float64(np.sqrt(1 - beta2 ** step)), np.float64(eps), smallest_normal(param.dtype),
+        np.int32(mode)))

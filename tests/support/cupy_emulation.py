@@ -269,7 +269,7 @@ if _REAL_CUPY is not None:
 
 
 # ----------------------------------------------------------------------------
-# the kernels: cupy.ElementwiseKernel and cupy.RawModule on the host library
+# the kernels: cupy.RawModule on the host library
 # ----------------------------------------------------------------------------
 
 _C_SCALARS = {"float": ctypes.c_float, "double": ctypes.c_double, "int": ctypes.c_int,
@@ -293,57 +293,6 @@ def _require_device(kernel, name, a):
     if not isinstance(a, DeviceArray):
         raise TypeError(f"{kernel}: argument {name} is a {type(a).__module__}."
                         f"{type(a).__name__}; CuPy kernels take device arrays")
-
-
-class _Elementwise:
-    """``cupy.ElementwiseKernel(in_params, out_params, operation, name)``."""
-
-    def __init__(self, library, name):
-        self.library, self.spec = library, library.specs[name]
-
-    def __call__(self, *args):
-        plist = cs.params(self.spec)
-        nin = sum(not p.output for p in plist)
-        if len(args) not in (nin, len(plist)):
-            raise TypeError(f"{self.spec.name}: {len(args)} arguments for {len(plist)} "
-                            f"parameters")
-        for p, a in zip(plist, args):
-            if not p.scalar:
-                _require_device(self.spec.name, p.name, a)
-        arrays = [a for p, a in zip(plist, args) if not p.scalar and not p.raw]
-        dtype = next(numpy.dtype(a.dtype) for p, a in zip(plist, args)
-                     if p.type == "T" and not p.scalar)
-        shape = numpy.broadcast_shapes(*(a.shape for a in arrays))
-        outs = list(args[nin:]) or [_device(numpy.empty(shape, dtype))
-                                    for p in plist if p.output]
-        work, c_args = [], []
-        for p, a in zip(plist, list(args[:nin]) + outs):
-            if p.scalar:
-                value = a.item() if hasattr(a, "item") else a
-                c_args.append(_C_SCALARS[p.ctype(dtype.name)](value))
-            elif p.raw:
-                c_args.append(_pointer(a))
-            elif p.output:
-                if a.shape != shape or a.dtype != (dtype if p.type == "T" else p.type):
-                    raise TypeError(f"{self.spec.name}: output {p.name} of shape {a.shape}, "
-                                    f"dtype {a.dtype}; expected {shape}, {dtype}")
-                host = _host_view(a)
-                buf = host if host.flags.c_contiguous else numpy.ascontiguousarray(host)
-                work.append((host, buf))
-                c_args.append(_pointer(buf))
-            else:
-                if p.type == "T" and a.dtype != dtype:
-                    raise TypeError(f"{self.spec.name}: {p.name} has dtype {a.dtype}, "
-                                    f"expected {dtype}")
-                buf = numpy.ascontiguousarray(numpy.broadcast_to(_host_view(a), shape))
-                work.append((None, buf))
-                c_args.append(_pointer(buf))
-        c_args.append(ctypes.c_longlong(int(numpy.prod(shape))))
-        getattr(self.library.lib, f"{self.spec.name}_harness_{dtype.name}")(*c_args)
-        for host, buf in work:
-            if host is not None and buf is not host:
-                host[...] = buf
-        return outs[0] if len(outs) == 1 else tuple(outs)
 
 
 class _RawKernel:
@@ -489,8 +438,6 @@ def module(library, sm_count=2):
         host_array(a) if isinstance(a, DeviceArray) else numpy.asarray(a))
     fake.get_array_module = lambda *arrays: (
         fake if any(isinstance(a, DeviceArray) for a in arrays) else numpy)
-    fake.ElementwiseKernel = (lambda in_params, out_params, operation, name, **options:
-                              _Elementwise(library, name))
     fake.RawModule = lambda code, options=(), **kw: _RawModule(library, code)
 
     class Device:
@@ -541,9 +488,7 @@ def _reset_kernel_caches(setattr_):
     setattr_(dense, "_BUFFERS", _cuda.DeviceBuffers())
     setattr_(losses, "_BUFFERS", _cuda.DeviceBuffers())
     for spec in cs.all_specs():
-        for attr, fresh in (("_kernel", None), ("_functions", {})):
-            if hasattr(spec, attr):
-                setattr_(spec, attr, fresh)
+        setattr_(spec, "_functions", {})
 
 
 def install(monkeypatch, library, sm_count=2):
