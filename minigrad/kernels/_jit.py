@@ -32,7 +32,7 @@ import os
 import threading
 import types
 
-__all__ = ["kernel", "scalar", "PARALLEL_MIN_SIZE", "prange", "threads"]
+__all__ = ["kernel", "scalar", "PARALLEL_MIN_SIZE", "prange", "blocks"]
 
 #: Work below this runs the serial version.  The wrappers pass ``size`` as the
 #: number of elements times a rough cost per element (1 for a multiply-add, ~8 for
@@ -193,6 +193,7 @@ class kernel:
         return self._serial(*args)
 
 
-def threads():
-    """How many threads a parallel kernel runs on (Numba's setting)."""
-    return _numba().get_num_threads()
+def blocks(size, rows=2):
+    """How many blocks a kernel should split its ``rows`` into: one per thread where
+    ``size`` (elements times cost) makes it run the parallel version, else one."""
+    return _numba().get_num_threads() if size >= PARALLEL_MIN_SIZE and rows > 1 else 1

@@ -117,17 +117,12 @@ def _contiguous(a):
 _COST = {"identity": 1, "relu": 1, "leaky_relu": 1, "sigmoid": 4, "tanh": 5, "softplus": 6}
 
 
-def _blocks(size, rows):
-    """Blocks of rows: one per thread where the parallel version will run, else one."""
-    return _jit.threads() if size >= _jit.PARALLEL_MIN_SIZE and rows > 1 else 1
-
-
 def dense_forward_numba(z, bias, activation, slope=0.01):
     z = _contiguous(z)
     size = z.size * _COST[activation.name]
     _dense_forward.specialize(activation.name, ACT=activation.forward)(
         z, _contiguous(bias).astype(z.dtype, copy=False), z.dtype.type(slope),
-        smallest_normal(z.dtype), _blocks(size, z.shape[0]), size=size)
+        smallest_normal(z.dtype), _jit.blocks(size, z.shape[0]), size=size)
     return z
 
 
@@ -135,7 +130,7 @@ def dense_backward_numba(grad_y, y, activation, slope=0.01):
     grad_y, y = _contiguous(grad_y), _contiguous(y)
     grad_z = np.empty_like(y)
     size = y.size * _COST[activation.name]
-    blocks = _blocks(size, y.shape[0])
+    blocks = _jit.blocks(size, y.shape[0])
     partial = np.empty((blocks, y.shape[1]), dtype=y.dtype)
     _dense_backward.specialize(activation.name, DERIV=activation.derivative)(
         grad_y, y, y.dtype.type(slope), smallest_normal(y.dtype), grad_z, partial, size=size)

@@ -145,7 +145,7 @@ def _run(kernel_, pred, target, scale, mode):
     t = _rows(target, x.dtype)
     grad = np.empty_like(x) if mode != LOSS else x  # x: never written in LOSS mode
     size = x.size * _COST[kernel_]
-    blocks = _jit.threads() if size >= _jit.PARALLEL_MIN_SIZE and x.shape[0] > 1 else 1
+    blocks = _jit.blocks(size, x.shape[0])
     partial = np.empty((blocks, x.shape[1]), dtype=np.float64)
     kernel_.specialize(f"mode{mode}", MODE=mode)(x, t, grad, partial, x.dtype.type(scale),
                                   smallest_normal(x.dtype), size=size)

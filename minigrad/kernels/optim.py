@@ -149,11 +149,6 @@ def _adam(p, g, m, v, out, to_out, beta1, one_minus_beta1, beta2, one_minus_beta
         ftz_exit(saved)
 
 
-def _blocks(size):
-    """Chunks of the flat arrays: one per thread where the parallel version will run."""
-    return _jit.threads() if size >= _jit.PARALLEL_MIN_SIZE else 1
-
-
 def _flat(a):
     if not a.flags.c_contiguous:
         raise ValueError(f"optimizer kernels update in place and need C-contiguous arrays, "
@@ -180,7 +175,7 @@ def sgd_update_numba(param, grad, velocity, lr, momentum, weight_decay, nesterov
     vel = velocity if velocity is not None else param
     _sgd(_flat(param), np.ascontiguousarray(grad, dtype=param.dtype).reshape(-1), _flat(vel),
          _out(param, out), out is not None, t(lr), t(momentum), t(weight_decay), bool(nesterov),
-         velocity is not None, smallest_normal(param.dtype), _blocks(param.size),
+         velocity is not None, smallest_normal(param.dtype), _jit.blocks(param.size),
          size=param.size)
 
 
@@ -205,7 +200,7 @@ def adam_update_numba(param, grad, m, v, lr, beta1, beta2, eps, weight_decay, st
           _flat(v), _out(param, out), out is not None,
           *_typed(dtype, (beta1, 1 - beta1, beta2, 1 - beta2, eps, l2, decay,
                           lr / (1 - beta1 ** step), 1 / np.sqrt(1 - beta2 ** step))),
-          smallest_normal(dtype), _blocks(param.size), size=param.size)
+          smallest_normal(dtype), _jit.blocks(param.size), size=param.size)
 
 
 
