@@ -263,22 +263,23 @@ def run_interleaved(names, args):
 
 def report(results, args):
     names = [n for n in results if results[n]]
+    W = max([16] + [len(n) + 1 for n in names])  # the name column
     lines = [f"Main job: VAE {'-'.join(map(str, SIZES))} on {args.n:,} block images, batch "
              f"{BATCH}, Adam {LR} ({platform.machine()}, {os.cpu_count()} cores)", "",
              "seconds per epoch:"]
-    header = f"{'framework':<16}" + "".join(f"{e + 1:>7}" for e in range(args.epochs)) + \
+    header = f"{'framework':<{W}}" + "".join(f"{e + 1:>7}" for e in range(args.epochs)) + \
         f"{'median':>9}{'last/first':>12}"
     lines += [header, "-" * len(header)]
     for n in names:
         t = results[n]["epochs_s"]
-        lines.append(f"{n:<16}" + "".join(f"{s:7.2f}" for s in t)
+        lines.append(f"{n:<{W}}" + "".join(f"{s:7.2f}" for s in t)
                      + f"{statistics.median(t):9.2f}{t[-1] / t[0]:12.2f}")
     for n in names:
         if n.endswith("@baseline") and results.get(n[:-len("@baseline")]):
             now, before = results[n[:-len("@baseline")]]["epochs_s"], results[n]["epochs_s"]
             r = [a / b for a, b in zip(now, before)]
             lines += ["", f"{n[:-len('@baseline')]} / {n}, per epoch:",
-                      f"{'':<16}" + "".join(f"{x:7.2f}" for x in r)
+                      f"{'':<{W}}" + "".join(f"{x:7.2f}" for x in r)
                       + f"   median {statistics.median(now) / statistics.median(before):.3f}"]
     if results.get("jax"):
         lines += ["", "each epoch / the same epoch of JAX jit:"]
@@ -287,7 +288,7 @@ def report(results, args):
             if n == "jax":
                 continue
             r = [a / b for a, b in zip(results[n]["epochs_s"], ref)]
-            lines.append(f"{n:<16}" + "".join(f"{x:7.2f}" for x in r) + f"   max {max(r):.2f}")
+            lines.append(f"{n:<{W}}" + "".join(f"{x:7.2f}" for x in r) + f"   max {max(r):.2f}")
     lines += ["", "final training loss (nats per image) and subnormal values after the last step:"]
     for n in names:
         r = results[n]
@@ -296,7 +297,7 @@ def report(results, args):
             sub = f"   subnormal gradients {r['subnormal_grads']}"
             if r.get("subnormal_moments") is not None:
                 sub += f", Adam moments {r['subnormal_moments']}"
-        lines.append(f"  {n:<16} {r['loss'][-1]:8.3f}{sub}")
+        lines.append(f"  {n:<{W}} {r['loss'][-1]:8.3f}{sub}")
     mine = results.get("minigrad-numba")
     if mine:
         t = mine["epochs_s"]

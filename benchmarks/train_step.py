@@ -532,14 +532,15 @@ def fmt_step(s):
 
 def report(results, args):
     names = [n for n in results if results[n]]
+    W = max([16] + [len(n) + 1 for n in names])  # the name column
     lines = [f"Training step, dense AE {'-'.join(map(str, SIZES))}, ReLU, BCE, Adam, float32 "
              f"({platform.machine()}, {os.cpu_count()} cores, data: "
              f"{next(iter(results.values()))['data'] if names else '?'})", "",
              "median [min-max] ms per step:"]
-    header = f"{'framework':<16}" + "".join(f"{'batch ' + str(b):>26}" for b in args.batch)
+    header = f"{'framework':<{W}}" + "".join(f"{'batch ' + str(b):>26}" for b in args.batch)
     lines += [header, "-" * len(header)]
     for n in names:
-        lines.append(f"{n:<16}" + "".join(f"{fmt_step(results[n]['step'][str(b)]):>26}"
+        lines.append(f"{n:<{W}}" + "".join(f"{fmt_step(results[n]['step'][str(b)]):>26}"
                                           for b in args.batch))
     mine = [n for n in names if n.startswith("minigrad")]
     refs = [n for n in names if n.startswith("torch") or n == "jax" or n.startswith("floor")]
@@ -548,11 +549,13 @@ def report(results, args):
         lines += ["", "ratios of medians (lower is faster for minigrad):"]
         for m in mine:
             for r in refs:
-                if r == m:
-                    continue
+                if r == m or (r.endswith("@baseline") and r != m + "@baseline") or (
+                        r == "minigrad-numpy" and m.endswith("@baseline")):
+                    continue  # a baseline is compared with its own framework only
                 ratios = [results[m]["step"][str(b)]["median_ms"] /
                           results[r]["step"][str(b)]["median_ms"] for b in args.batch]
-                lines.append(f"  {m} / {r:<12}" + "".join(f"{x:>10.2f}" for x in ratios))
+                lines.append(f"  {m + ' / ' + r:<{2 * W}}"
+                             + "".join(f"{x:>10.2f}" for x in ratios))
     epoch_names = [n for n in names if "samples_per_s" in results[n]]
     if epoch_names:
         lines += ["", f"epoch of 60,000 samples at batch 128 ({args.epochs} epochs), "
@@ -561,16 +564,16 @@ def report(results, args):
             sps = results[n]["samples_per_s"]
             sub = (f"   subnormal Adam moments at the end: {results[n]['subnormal_moments']:,}"
                    f" of {results[n]['moments']:,}" if "subnormal_moments" in results[n] else "")
-            lines.append(f"  {n:<16}" + "  ".join(f"{v:>8.0f}" for v in sps)
+            lines.append(f"  {n:<{W}}" + "  ".join(f"{v:>8.0f}" for v in sps)
                          + f"   last/first time {results[n]['epochs_s'][-1] / results[n]['epochs_s'][0]:.2f}"
                          + sub)
     lines += ["", "first step (compile / trace included; minigrad: kernels from Numba's disk "
                   "cache) and peak memory:"]
     for n in names:
-        lines.append(f"  {n:<16} first step {results[n]['first_step_s'] * 1e3:9.1f} ms   "
+        lines.append(f"  {n:<{W}} first step {results[n]['first_step_s'] * 1e3:9.1f} ms   "
                      f"peak RSS {results[n]['peak_rss_mb']:7.0f} MB")
         if results[n].get("cold_first_step_s") is not None:
-            lines.append(f"  {'':<16} first step with an empty kernel cache (full compile) "
+            lines.append(f"  {'':<{W}} first step with an empty kernel cache (full compile) "
                          f"{results[n]['cold_first_step_s']:.1f} s")
     ref = next((n for n in ("torch", "torch-cuda") if results.get(n)), None)
     if ref and args.check_steps:
@@ -581,7 +584,7 @@ def report(results, args):
                 continue
             a, b = np.array(results[n]["check_losses"]), np.array(results[ref]["check_losses"])
             rel = float(np.max(np.abs(a - b) / np.abs(b)))
-            lines.append(f"  {n:<16} {rel:.2e}  {'OK' if rel <= 1e-4 else 'MISMATCH'} (<= 1e-4)")
+            lines.append(f"  {n:<{W}} {rel:.2e}  {'OK' if rel <= 1e-4 else 'MISMATCH'} (<= 1e-4)")
             results[n]["check_max_rel_diff"] = rel
     lines += targets(results)
     return "\n".join(lines)

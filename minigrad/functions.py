@@ -190,7 +190,11 @@ class Activate(Function):
 
     def backward(self, g):
         y, = self.saved
-        return g * self.activation.derivative(y, self.slope)
+        d = self.activation.derivative(y, self.slope)
+        if d.shape != g.shape or d.dtype != g.dtype:
+            return g * d
+        d *= g  # the derivative is a new array: the product goes into it (no temporary)
+        return d
 
 
 class Clip(Function):
