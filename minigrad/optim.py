@@ -71,6 +71,9 @@ class Optimizer:
         without a gradient copy their values into theirs."""
         self.step_count += 1
         for i, p in enumerate(self.params):
+            if p.grad is not None and tuple(p.grad.shape) != p.shape:
+                raise ValueError(f"{type(self).__name__}.step: parameter {i} has shape {p.shape} "
+                                 f"but its gradient has shape {tuple(p.grad.shape)}")
             if p.grad is not None:
                 out = None if previous is None else previous[i]
                 yield i, p, p.device.kernels, out

@@ -14,6 +14,7 @@ module             kernels (its ``KERNELS``)
 ``optim.py``       ``sgd_update``, ``adam_update``
 =================  =====================================================
 
+Each attribute checks its arguments' shapes and dtypes first (:mod:`._checks`).
 Kernel modules are imported when a backend first asks for its kernels, never by
 ``import minigrad``, and the Numba versions compile on their first call (cached
 on disk; see :mod:`._jit`).
@@ -44,6 +45,7 @@ Sums are accumulated in float64; everything else keeps the input dtype.
 """
 from __future__ import annotations
 
+import functools
 import importlib
 
 __all__ = ["Kernels", "MODULES", "names"]
@@ -66,10 +68,21 @@ class Kernels:
     attributes: ``Kernels("numba").dense_forward is dense.dense_forward_numba``."""
 
     def __init__(self, backend):
+        from ._checks import CHECKS
         self.backend = backend
         for module in _modules():
             for name in module.KERNELS:
-                setattr(self, name, getattr(module, f"{name}_{backend}"))
+                setattr(self, name, _checked(CHECKS[name], getattr(module, f"{name}_{backend}")))
 
     def __repr__(self):
         return f"Kernels({self.backend!r}: {', '.join(names())})"
+
+
+def _checked(check, kernel):
+    """``kernel`` behind its argument check (:mod:`._checks`): an entry point that is
+    given a wrong shape or dtype says so instead of reading past an array's end."""
+    @functools.wraps(kernel)  # name, docstring, and the CUDA specs it records
+    def checked(*args, **kwargs):
+        check(*args, **kwargs)
+        return kernel(*args, **kwargs)
+    return checked
