@@ -388,6 +388,7 @@ class Autoencoder(nn.Module):
                         for key, value in terms.items():
                             sums[key] = sums.get(key, 0.0) + value * len(xb)
                         bar.batch(epoch, sums["total"] / min(n, (b + 1) * batch_size))
+                self._check_finite_weights(params, last_good, epoch, epochs)
                 logs = {key: value / n for key, value in sums.items()}
                 if X_val is not None:
                     val = self.evaluate(X_val, rng=numpy.random.default_rng(seed))
@@ -404,6 +405,23 @@ class Autoencoder(nn.Module):
             self.train(was_training)
             _give_back_arrays(params, own_arrays)
         return history
+
+    def _check_finite_weights(self, params, last_good, epoch, epochs):
+        """After an epoch: every weight finite, or the weights from before the last
+        update back and a FloatingPointError (the epoch's losses were all finite, but
+        the last update can still overflow)."""
+        xp = params[0].xp
+        if bool(xp.stack([xp.isfinite(p.data).all() for p in params]).all()):
+            return  # one read from the device per epoch
+        names = [name for name, _ in self.named_parameters()]
+        bad = [names[i] for i, p in enumerate(params) if not bool(p.xp.isfinite(p.data).all())]
+        if bad:
+            for p, good in zip(params, last_good):
+                p.data[...] = good
+            raise FloatingPointError(
+                f"{self._name}.fit: the last update of epoch {epoch + 1} of {epochs} made "
+                f"{bad[0]!r} non-finite; training stopped and the model keeps the weights "
+                f"from before that update (try a smaller lr)")
 
     def _step(self, xb, opt, update, noise_rng, params, last_good, where):
         """One training step on batch ``xb``; returns its loss terms as floats.  A
@@ -425,6 +443,14 @@ class Autoencoder(nn.Module):
 
     def _optimizer(self, optimizer, lr):
         if isinstance(optimizer, optim.Optimizer):
+            # a subset is fine (frozen layers); another model's parameters would train nothing
+            own = {id(p) for p in self.parameters()}
+            foreign = [i for i, p in enumerate(optimizer.params) if id(p) not in own]
+            if foreign:
+                raise ValueError(f"{self._name}.fit: {len(foreign)} of the optimizer's "
+                                 f"{len(optimizer.params)} parameters (the first: parameter "
+                                 f"{foreign[0]}) are not this model's; build the optimizer over "
+                                 f"model.parameters()")
             return optimizer
         makers = {"adam": optim.Adam, "adamw": optim.AdamW, "sgd": optim.SGD}
         if optimizer not in makers:
@@ -685,13 +711,15 @@ def _give_back_arrays(params, arrays):
 def _update_keeping(opt, params, last_good):
     """The optimizer step of ``fit``, which leaves the weights from before it in
     ``last_good``: traded rather than copied where ``opt.step`` takes ``previous``
-    (every minigrad.optim optimizer does), else copied first (a subclass with a
-    ``step()`` of its own)."""
+    (every minigrad.optim optimizer does) over exactly the model's parameters, else
+    copied first (a subclass with a ``step()`` of its own, or an optimizer over some
+    of the parameters: the others stay frozen)."""
     try:
         trades = "previous" in inspect.signature(opt.step).parameters
     except (TypeError, ValueError):
         trades = False
-    if trades:
+    if trades and len(opt.params) == len(params) and all(
+            a is b for a, b in zip(opt.params, params)):
         return lambda: opt.step(previous=last_good)
 
     def copy_then_step():

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import contextlib
 import numbers
+import threading
 
 import numpy
 
@@ -33,27 +34,33 @@ __all__ = ["Tensor", "Function", "no_grad", "enable_grad", "is_grad_enabled",
 # Gradient mode
 # ----------------------------------------------------------------------------
 
-_grad_enabled = True
+class _GradMode(threading.local):
+    """Whether operations are recorded, per thread (a thread starts recording): one
+    thread's ``no_grad()`` leaves the others' recording as it is."""
+    enabled = True
+
+
+_grad = _GradMode()
 
 
 def is_grad_enabled():
-    """Whether operations are being recorded for backward."""
-    return _grad_enabled
+    """Whether operations are being recorded for backward (in this thread)."""
+    return _grad.enabled
 
 
 @contextlib.contextmanager
 def _grad_mode(enabled):
-    global _grad_enabled
-    previous = _grad_enabled
-    _grad_enabled = enabled
+    previous = _grad.enabled
+    _grad.enabled = enabled
     try:
         yield
     finally:
-        _grad_enabled = previous
+        _grad.enabled = previous
 
 
 def no_grad():
-    """``with no_grad():`` records nothing inside; restores the mode on exit."""
+    """``with no_grad():`` records nothing inside (in this thread); restores the mode
+    on exit."""
     return _grad_mode(False)
 
 
@@ -100,7 +107,7 @@ class Function:
         data = [t.data for t in tensors]
         node = cls(device_of(*data))
         out = node.forward(*data, **params)
-        requires_grad = _grad_enabled and any(t.requires_grad for t in tensors)
+        requires_grad = _grad.enabled and any(t.requires_grad for t in tensors)
         result = Tensor._wrap(out, requires_grad)
         if requires_grad:
             node.parents = tuple(tensors)

@@ -30,6 +30,7 @@ import ctypes
 import inspect
 import re
 import sys
+import threading
 import types
 
 import numpy
@@ -295,6 +296,9 @@ def _require_device(kernel, name, a):
                         f"{type(a).__name__}; CuPy kernels take device arrays")
 
 
+_LAUNCHES = threading.Lock()
+
+
 class _RawKernel:
     def __init__(self, library, name, signature):
         self.fn = getattr(library.lib, f"mg_launch_{name}")
@@ -324,7 +328,8 @@ class _RawKernel:
                     raise TypeError(f"{self.name}: {pname} is a {a.dtype.name} scalar, the "
                                     f"kernel takes {ctype} ({_C_NUMPY[ctype]})")
                 c_args.append(_C_SCALARS[ctype](a.item()))
-        self.fn(*c_args)
+        with _LAUNCHES:  # one launch at a time, as on one CUDA stream: the host
+            self.fn(*c_args)  # library's grid and thread pool are process-wide
 
 
 class _RawModule:

@@ -1,0 +1,85 @@
+"""Defects an adversarial pass found (issue 16), each tested as a class: grad mode
+per thread, an optimizer over another model, an overflow in the last update."""
+import threading
+
+import numpy as np
+import pytest
+
+import minigrad as mg
+from minigrad import optim
+from autoencoders import VanillaAutoencoder
+
+
+def test_no_grad_in_one_thread_leaves_the_others_recording():
+    entered, release = threading.Event(), threading.Event()
+    seen = {}
+
+    def worker():
+        with mg.no_grad():
+            seen["inside"] = mg.is_grad_enabled()
+            entered.set()
+            release.wait(10)
+        seen["after"] = mg.is_grad_enabled()
+
+    thread = threading.Thread(target=worker)
+    thread.start()
+    try:
+        assert entered.wait(10)
+        assert mg.is_grad_enabled()  # this thread still records
+        x = mg.Tensor([1.0, 2.0], requires_grad=True)
+        assert (x * x).requires_grad
+    finally:
+        release.set()
+        thread.join(10)
+    assert seen == {"inside": False, "after": True}
+
+
+def test_a_new_thread_records_whatever_the_spawning_thread_does():
+    seen = []
+    with mg.no_grad():
+        thread = threading.Thread(target=lambda: seen.append(mg.is_grad_enabled()))
+        thread.start()
+        thread.join(10)
+    assert seen == [True]
+
+
+def test_many_threads_transforming_at_once_leave_fit_working():
+    model = VanillaAutoencoder([16, 4], seed=0)
+    X = np.random.default_rng(0).random((64, 16), dtype=np.float32)
+    threads = [threading.Thread(target=model.transform, args=(X,)) for _ in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(30)
+    assert mg.is_grad_enabled()
+    history = model.fit(X, epochs=1, batch_size=32)
+    assert np.isfinite(history["total"][0])
+
+
+def test_fit_refuses_an_optimizer_over_another_models_parameters():
+    model, other = VanillaAutoencoder([16, 4], seed=0), VanillaAutoencoder([16, 4], seed=1)
+    X = np.random.default_rng(0).random((32, 16), dtype=np.float32)
+    with pytest.raises(ValueError, match="4 of the optimizer's 4 parameters .* are not this "
+                                         "model's"):
+        model.fit(X, epochs=1, optimizer=optim.Adam(other.parameters()))
+    # a subset of the model's own parameters is fine: the rest stay frozen
+    decoder_only = optim.Adam(model.decoder.parameters(), lr=1e-2)
+    frozen = [p.numpy() for p in model.encoder.parameters()]
+    model.fit(X, epochs=1, batch_size=16, optimizer=decoder_only)
+    for before, p in zip(frozen, model.encoder.parameters()):
+        np.testing.assert_array_equal(p.numpy(), before)
+
+
+@pytest.mark.filterwarnings("ignore:overflow encountered in cast:RuntimeWarning")
+def test_an_overflow_in_the_last_update_is_not_returned_as_a_trained_model():
+    """Every loss of the epoch is finite, but the epoch's last update overflows: fit
+    raises and the model keeps the weights from before that update."""
+    model = VanillaAutoencoder([16, 4], seed=0)
+    X = np.random.default_rng(0).random((8, 16), dtype=np.float32)  # one batch
+    before = [p.numpy() for p in model.parameters()]
+    with pytest.raises(FloatingPointError, match="last update of epoch 1 of 1 made .* "
+                                                 "non-finite"):
+        model.fit(X, epochs=1, batch_size=8, optimizer=optim.SGD(model.parameters(), lr=1e39))
+    for p, b in zip(model.parameters(), before):
+        assert np.all(np.isfinite(p.numpy()))
+        np.testing.assert_array_equal(p.numpy(), b)
