@@ -12,16 +12,30 @@ import sys
 __all__ = ["main", "build_parser"]
 
 
+def _positive_int(text):
+    """argparse type of every count and size: a non-positive one is a usage error
+    (exit status 2, the option named) rather than "all" or a traceback."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {value}")
+    return value
+
+
 def _common(parser, *, flavor, latent, hidden, epochs, batch_size=128, lr=1e-3):
     g = parser.add_argument_group("model and training")
     g.add_argument("--flavor", default=flavor,
                    help="vanilla, sparse, denoising, contractive or variational "
                         "(default: %(default)s)")
-    g.add_argument("--latent", type=int, default=latent, help="code size (default: %(default)s)")
+    g.add_argument("--latent", type=_positive_int, default=latent,
+                   help="code size (default: %(default)s)")
     g.add_argument("--hidden", default=hidden,
                    help="hidden layer sizes, comma-separated (default: %(default)s)")
-    g.add_argument("--epochs", type=int, default=epochs, help="(default: %(default)s)")
-    g.add_argument("--batch-size", type=int, default=batch_size, help="(default: %(default)s)")
+    g.add_argument("--epochs", type=_positive_int, default=epochs, help="(default: %(default)s)")
+    g.add_argument("--batch-size", type=_positive_int, default=batch_size,
+                   help="(default: %(default)s)")
     g.add_argument("--lr", type=float, default=lr, help="Adam learning rate (default: %(default)s)")
     g.add_argument("--seed", type=int, default=0,
                    help="seeds data, weights, shuffling and noise (default: %(default)s)")
@@ -46,11 +60,14 @@ def build_parser():
     p = sub.add_parser("manifold", help="2-D VAE on 80,000 block images: the decoded latent "
                                         "plane (the main job)")
     _common(p, flavor="variational", latent=2, hidden="512,256", epochs=15)
-    p.add_argument("--n", type=int, default=80_000, help="training images (default: %(default)s)")
-    p.add_argument("--n-test", type=int, default=5_000, help="held-out images (default: %(default)s)")
-    p.add_argument("--image-size", type=int, default=28, help="(default: %(default)s)")
+    p.add_argument("--n", type=_positive_int, default=80_000,
+                   help="training images (default: %(default)s)")
+    p.add_argument("--n-test", type=_positive_int, default=5_000,
+                   help="held-out images (default: %(default)s)")
+    p.add_argument("--image-size", type=_positive_int, default=28, help="(default: %(default)s)")
     p.add_argument("--beta", type=float, default=1.0, help="weight of the KL term (default: %(default)s)")
-    p.add_argument("--grid", type=int, default=20, help="grid side of manifold.png (default: %(default)s)")
+    p.add_argument("--grid", type=_positive_int, default=20,
+                   help="grid side of manifold.png (default: %(default)s)")
     p.add_argument("--span", type=float, default=None,
                    help="decode the square [-span, span]^2 (default: the 1st-99th percentile "
                         "box of the held-out codes)")
@@ -65,7 +82,7 @@ def build_parser():
         p = sub.add_parser(name, help=help_text)
         _common(p, flavor=flavor, latent=128, hidden="512", epochs=10)
         p.add_argument("--model", default=None, help="load this saved model instead of training")
-        p.add_argument("--limit", type=int, default=None,
+        p.add_argument("--limit", type=_positive_int, default=None,
                        help="use only the first N training images (test: N/5)")
         if name == "retrieve":
             p.add_argument("--query", default=None,
@@ -74,14 +91,14 @@ def build_parser():
             p.add_argument("--labels", type=lambda s: [int(v) for v in s.split(",")],
                            default=[100, 1000, 60000],
                            help="label budgets, comma-separated (default: 100,1000,60000)")
-            p.add_argument("--max-iter", type=int, default=1000,
+            p.add_argument("--max-iter", type=_positive_int, default=1000,
                            help="LogisticRegression max_iter (default: %(default)s)")
 
     p = sub.add_parser("denoise", help="denoising vs vanilla autoencoder on corrupted images")
     _common(p, flavor="denoising", latent=128, hidden="512", epochs=10)
     p.add_argument("--noise-level", type=float, default=0.5,
                    help="std of the Gaussian noise (default: %(default)s)")
-    p.add_argument("--limit", type=int, default=None,
+    p.add_argument("--limit", type=_positive_int, default=None,
                    help="use only the first N training images (test: N/5)")
     return parser
 

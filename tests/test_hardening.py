@@ -83,3 +83,18 @@ def test_an_overflow_in_the_last_update_is_not_returned_as_a_trained_model():
     for p, b in zip(model.parameters(), before):
         assert np.all(np.isfinite(p.numpy()))
         np.testing.assert_array_equal(p.numpy(), b)
+
+
+@pytest.mark.parametrize("argv", [
+    ["retrieve", "--limit", "0"], ["retrieve", "--limit", "-5"], ["denoise", "--limit", "-1"],
+    ["manifold", "--epochs", "0"], ["manifold", "--latent", "-2"], ["manifold", "--n", "0"],
+    ["manifold", "--batch-size", "0"], ["features", "--max-iter", "0"],
+    ["manifold", "--grid", "two"]])
+def test_a_count_that_is_not_positive_is_a_usage_error_naming_the_option(argv, capsys):
+    from autoencoders import cli
+    with pytest.raises(SystemExit) as exit_info:
+        cli.main(argv)
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err
+    assert f"argument {argv[1]}: expected a positive integer, got" in err
+    assert "Traceback" not in err
