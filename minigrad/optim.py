@@ -11,6 +11,9 @@ normal number to 0, so a long run never slows down on subnormal arithmetic.
 """
 from __future__ import annotations
 
+import math
+import numbers
+
 import numpy
 
 from .tensor import Tensor
@@ -128,6 +131,16 @@ class Optimizer:
 
 
 def _check(owner, what, value, ok, message):
+    """``value`` (a number, or a tuple of numbers) is finite and passes ``ok``, or a
+    TypeError / ValueError names it (a string such as "0.1" or a bool is not a number
+    here, and an infinite lr would turn every weight into inf or NaN)."""
+    values = value if isinstance(value, tuple) else (value,)
+    for v in values:
+        if isinstance(v, bool) or not isinstance(v, numbers.Real):
+            raise TypeError(f"{owner}: {what} must be a number, got {value!r} "
+                            f"({type(v).__name__})")
+        if not math.isfinite(v):
+            raise ValueError(f"{owner}: {what} {message}, got {value!r} (not finite)")
     if not ok(value):
         raise ValueError(f"{owner}: {what} {message}, got {value!r}")
 

@@ -98,3 +98,19 @@ def test_a_count_that_is_not_positive_is_a_usage_error_naming_the_option(argv, c
     err = capsys.readouterr().err
     assert f"argument {argv[1]}: expected a positive integer, got" in err
     assert "Traceback" not in err
+
+
+@pytest.mark.parametrize("make, error, words", [
+    (lambda p: optim.Adam(p, lr=float("inf")), ValueError, "lr must be positive, got inf"),
+    (lambda p: optim.Adam(p, lr=float("nan")), ValueError, "lr must be positive, got nan"),
+    (lambda p: optim.Adam(p, eps=float("inf")), ValueError, "eps must be >= 0, got inf"),
+    (lambda p: optim.AdamW(p, weight_decay=float("inf")), ValueError, "weight_decay"),
+    (lambda p: optim.SGD(p, lr="0.1"), TypeError, "lr must be a number, got '0.1'"),
+    (lambda p: optim.SGD(p, momentum=True), TypeError, "momentum must be a number, got True"),
+    (lambda p: optim.Adam(p, betas=(0.9, "0.999")), TypeError, "betas must be a number"),
+    (lambda p: optim.SGD(p, weight_decay=-1.0), ValueError, "weight_decay must be >= 0"),
+])
+def test_optimizer_hyper_parameters_are_finite_numbers(make, error, words):
+    params = [mg.Tensor(np.zeros(3, np.float32), requires_grad=True)]
+    with pytest.raises(error, match=words.replace("(", r"\(").replace(")", r"\)")):
+        make(params)
