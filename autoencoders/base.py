@@ -414,14 +414,12 @@ class Autoencoder(nn.Module):
         if bool(xp.stack([xp.isfinite(p.data).all() for p in params]).all()):
             return  # one read from the device per epoch
         names = [name for name, _ in self.named_parameters()]
-        bad = [names[i] for i, p in enumerate(params) if not bool(p.xp.isfinite(p.data).all())]
-        if bad:
-            for p, good in zip(params, last_good):
-                p.data[...] = good
-            raise FloatingPointError(
-                f"{self._name}.fit: the last update of epoch {epoch + 1} of {epochs} made "
-                f"{bad[0]!r} non-finite; training stopped and the model keeps the weights "
-                f"from before that update (try a smaller lr)")
+        bad = next(names[i] for i, p in enumerate(params) if not bool(xp.isfinite(p.data).all()))
+        _restore(params, last_good)
+        raise FloatingPointError(
+            f"{self._name}.fit: the last update of epoch {epoch + 1} of {epochs} made "
+            f"{bad!r} non-finite; training stopped and the model keeps the weights from "
+            f"before that update (try a smaller lr)")
 
     def _step(self, xb, opt, update, noise_rng, params, last_good, where):
         """One training step on batch ``xb``; returns its loss terms as floats.  A
@@ -431,8 +429,7 @@ class Autoencoder(nn.Module):
         total, terms = self._loss(xb, noise_rng)
         terms = _floats(total, terms)
         if not math.isfinite(terms["total"]):
-            for p, good in zip(params, last_good):
-                p.data[...] = good
+            _restore(params, last_good)
             raise FloatingPointError(
                 f"{self._name}.fit: the loss became {terms['total']} at {where}; training "
                 f"stopped and the model keeps the weights of the last batch with a finite "
@@ -694,6 +691,12 @@ def _move_optimizer(opt, device):
     for name in opt._buffer_names:
         setattr(opt, name, [move(b, device) if hasattr(b, "shape") else b
                             for b in getattr(opt, name)])
+
+
+def _restore(params, last_good):
+    """Put the weights kept in ``last_good`` back into the parameters."""
+    for p, good in zip(params, last_good):
+        p.data[...] = good
 
 
 def _give_back_arrays(params, arrays):

@@ -157,12 +157,10 @@ def _flat(a):
 
 
 def _out(param, out):
-    """The kernel's ``out``: the array given (checked), or ``param`` (in place)."""
+    """The kernel's ``out``: the array given, or ``param`` (in place).  Its shape and
+    dtype are checked at the entry point (``_checks``); an overlap is not."""
     if out is None:
         return _flat(param)
-    if out.shape != param.shape or out.dtype != param.dtype:
-        raise ValueError(f"out has shape {out.shape} and dtype {out.dtype}; expected the "
-                         f"parameter's {param.shape} and {param.dtype}")
     if np.may_share_memory(out, param):
         raise ValueError("out must not overlap the parameter (it receives the new values "
                          "while the parameter keeps the old ones)")
@@ -217,15 +215,14 @@ ADAM_CUDA = _cuda.Raw("mg_adam_update", "optim.cu")
 
 def _device_arrays(op, param, grad, *buffers):
     """The gradient as a C-contiguous array of the parameter's dtype, after checking
-    that everything is on the GPU and that the buffers match the parameter."""
+    that everything is on the GPU and that the updated arrays are C-contiguous (shapes
+    and dtypes are checked at the entry point, ``_checks``)."""
     _cuda.check_device_arrays(op, param, grad, *buffers)
     _cuda.suffix(param.dtype)
     for b in (param, *buffers):
-        if b.shape != param.shape or b.dtype != param.dtype or not b.flags.c_contiguous:
-            raise ValueError(f"{op}: an array of shape {b.shape}, dtype {b.dtype} (C-contiguous:"
-                             f" {b.flags.c_contiguous}) for a parameter of shape {param.shape} "
-                             f"and dtype {param.dtype}; the kernels update C-contiguous arrays "
-                             f"of the parameter's shape and dtype in place")
+        if not b.flags.c_contiguous:
+            raise ValueError(f"{op}: the kernels update C-contiguous arrays in place, got "
+                             f"strides {b.strides} for shape {b.shape}")
     return _cuda.cupy_module().ascontiguousarray(grad, dtype=param.dtype)
 
 
