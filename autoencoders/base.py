@@ -10,7 +10,9 @@ whatever penalty a flavor adds.  :class:`Autoencoder` holds what the flavors sha
   ``inverse_transform`` on NumPy arrays (in batches, no graph recorded);
 * the reconstruction loss, **summed over the pixels of an example and averaged
   over the batch** -- the same reduction in every flavor, so terms compare;
-* ``loss(x, rng) -> (total, terms)``, ``evaluate``, ``fit`` and ``save`` / ``load``.
+* ``loss(x, rng) -> (total, terms)``, ``evaluate``, ``fit`` (the loop is in
+  :mod:`autoencoders.training`) and ``save`` / ``load`` (the file format is in
+  :mod:`autoencoders.files`; the input checks in :mod:`autoencoders.inputs`).
 
 A flavor subclass sets ``flavor``, lists its hyper-parameters in its ``__init__``
 and writes ``_loss(x, rng)``, which returns the total loss Tensor and a dict of
@@ -23,33 +25,18 @@ any logit), while ``decode`` and ``reconstruct`` return the probabilities.
 """
 from __future__ import annotations
 
-import contextlib
-import inspect
-import json
-import math
 import numbers
 import os
-import sys
-import tempfile
-import time
-import zipfile
 
 import numpy
 
 import minigrad
 from minigrad import Tensor, losses, nn, no_grad, optim
 
-try:  # the progress bar is optional
-    from tqdm import tqdm as _tqdm
-except ImportError:  # pragma: no cover - depends on the environment
-    _tqdm = None
+from . import files, inputs
+from .files import FORMAT_VERSION
 
 __all__ = ["Autoencoder", "FORMAT_VERSION"]
-
-#: Version of the file layout written by :meth:`Autoencoder.save`.
-FORMAT_VERSION = 1
-_FORMAT_NAME = "minigrad-autoencoder"
-_CONFIG_KEY = "__config__"
 
 _OUTPUTS = {"sigmoid": "sigmoid", "identity": "identity", "linear": "identity", None: "identity"}
 _LOSSES = ("bce", "mse")
@@ -279,34 +266,36 @@ class Autoencoder(nn.Module):
 
     def evaluate(self, X, batch_size=1024, rng=None):
         """Mean of every loss term over the rows of ``X`` (no graph; ``rng`` defaults
-        to a fixed seed so the numbers are reproducible)."""
-        X = self._check_data(X, "X", bounded=True)
+        to a fixed seed so the numbers are reproducible).  ``X``: rows (a memmap is
+        read a batch at a time) or a stream of batches."""
+        rows = inputs.source(self, X, "X", bounded=True)
         rng = numpy.random.default_rng(0) if rng is None else _check_rng(rng)
-        sums = {}
+        return self._evaluate(rows, _positive_int("batch_size", batch_size), rng)
+
+    def _evaluate(self, rows, batch_size, rng):
+        sums, n = {}, 0
         with no_grad():
-            for start in range(0, len(X), _positive_int("batch_size", batch_size)):
-                xb = X[start:start + batch_size]
+            for xb in rows.batches(batch_size):
                 total, terms = self._loss(self._tensor(xb), rng)
                 for key, value in _floats(total, terms).items():
                     sums[key] = sums.get(key, 0.0) + value * len(xb)
-        return {key: value / len(X) for key, value in sums.items()}
+                n += len(xb)
+        return {key: value / n for key, value in sums.items()}
 
     # -- NumPy in, NumPy out -----------------------------------------------------------
     def transform(self, X, batch_size=1024):
-        """Codes of the rows of ``X`` as a NumPy array (batched, no graph recorded)."""
-        X = self._check_data(X, "X")
-        return self._batched(self.encode, X, batch_size)
+        """Codes of the rows of ``X`` as a NumPy array (batched, no graph recorded;
+        a memmap or a stream of batches is read a batch at a time)."""
+        return self._batched(self.encode, inputs.source(self, X, "X"), batch_size)
 
     def inverse_transform(self, H, batch_size=1024):
         """Reconstructions decoded from the codes ``H`` as a NumPy array."""
-        H = self._check_data(H, "H", codes=True)
-        return self._batched(self.decode, H, batch_size)
+        return self._batched(self.decode, inputs.source(self, H, "H", codes=True), batch_size)
 
-    def _batched(self, fn, X, batch_size):
+    def _batched(self, fn, rows, batch_size):
         batch_size = _positive_int("batch_size", batch_size)
         with no_grad():
-            parts = [fn(self._tensor(X[i:i + batch_size])).numpy()
-                     for i in range(0, len(X), batch_size)]
+            parts = [fn(self._tensor(xb)).numpy() for xb in rows.batches(batch_size)]
         return numpy.concatenate(parts, axis=0)
 
     # -- training --------------------------------------------------------------------
@@ -317,21 +306,50 @@ class Autoencoder(nn.Module):
         """Called by :meth:`fit` when it returns or raises."""
 
     def fit(self, X, epochs=10, batch_size=128, lr=1e-3, optimizer="adam",
-            validation_data=None, seed=0, callbacks=(), progress=True, backend=None):
-        """Train on the rows of ``X`` with minibatch gradient descent.
+            validation_data=None, seed=0, callbacks=(), progress=True, backend=None, *,
+            validation_split=None, early_stopping=None, schedule=None, clip_grad_norm=None,
+            checkpoint_dir=None, resume=False, log_dir=None, tensorboard=False):
+        """Train on ``X`` with minibatch gradient descent; returns the history.
+
+        ``X``: rows (a NumPy array, a ``numpy.memmap`` -- read a batch at a time, never
+        whole -- or any array-like that slices), or a re-iterable stream of 2-D
+        batches (then ``batch_size`` and shuffling are the stream's own); see
+        :mod:`autoencoders.inputs`.
+
+        ``optimizer``: ``"adam"``, ``"adamw"``, ``"sgd"`` or a ``minigrad.optim``
+        Optimizer over (some of) ``model.parameters()`` (then ``lr`` is its own).
+        Calling fit again continues with the previous optimizer's state (Adam's
+        moments) when ``optimizer`` names the same kind; ``model.optimizer_ = None``
+        starts afresh.  ``seed`` seeds the shuffling and the training noise: the same
+        seeds (here and in the constructor) give the same weights bit for bit on the
+        same backend.
+
+        ``validation_data`` (rows) or ``validation_split`` (the fraction of ``X``'s
+        last rows, as stored, held out): evaluated after each epoch as ``val_*``.
+        ``early_stopping``: a patience (int) or an :class:`~autoencoders.training.EarlyStopping`;
+        training stops after that many epochs without a better ``val_total`` (or
+        ``total`` without validation data) and the model gets the best epoch's weights
+        back.  ``schedule``: a ``minigrad.optim`` learning-rate schedule over the
+        optimizer, or a function of the optimizer returning one
+        (``lambda opt: optim.CosineAnnealingLR(opt, 20)``), stepped after each epoch
+        (ReduceLROnPlateau with the monitored loss).  ``clip_grad_norm``: rescale the
+        gradients whenever their global L2 norm exceeds it.
+
+        ``checkpoint_dir``: write ``checkpoint.npz`` there after every epoch
+        (atomically, no pickle); ``resume=True`` continues from it when it exists, to
+        the same weights bit for bit as an uninterrupted run.  ``log_dir`` (default:
+        ``checkpoint_dir``): a ``log.jsonl`` line per epoch (epoch, seconds, lr and
+        every term) and, with ``tensorboard=True``, TensorBoard event files
+        (the ``tensorboard`` extra).
 
         ``backend``: ``"numpy"``, ``"numba"`` or ``"cupy"`` to train under that
         minigrad backend (the active one when None).  The backend is switched for
-        the duration of the call only, but the model's parameters (and the buffers
-        of an Optimizer passed in) are moved to its device and **stay there**: after
+        the duration of the call only, but the model's parameters and its optimizer's
+        buffers are moved to its device and **stay there**: after
         ``fit(X, backend="cupy")`` the model lives on the GPU -- its ``transform``
         and friends still return NumPy arrays, and ``model.to("cpu")`` brings it
         back.  The batches are copied to the device one at a time.
 
-        ``optimizer``: ``"adam"``, ``"adamw"``, ``"sgd"`` or a ``minigrad.optim``
-        Optimizer over ``model.parameters()`` (then ``lr`` is its own).  ``seed``
-        seeds the shuffling and the training noise: the same seeds (here and in the
-        constructor) give the same weights bit for bit on the same backend.
         ``callbacks``: callables ``cb(model, epoch, logs)`` run after each epoch;
         one returning True stops training.
 
@@ -340,163 +358,26 @@ class Autoencoder(nn.Module):
         stops with a FloatingPointError naming the epoch and batch; the model then
         holds the weights of the last batch whose loss was finite.
         """
+        from . import training
+        options = dict(validation_split=validation_split, early_stopping=early_stopping,
+                       schedule=schedule, clip_grad_norm=clip_grad_norm,
+                       checkpoint_dir=checkpoint_dir, resume=resume, log_dir=log_dir,
+                       tensorboard=tensorboard)
+        args = (X, epochs, batch_size, lr, optimizer, validation_data, seed, callbacks, progress)
         if backend is None:
-            return self._fit(X, epochs, batch_size, lr, optimizer, validation_data, seed,
-                             callbacks, progress)
+            return training.fit(self, *args, **options)
         with minigrad.set_backend(backend) as active:
             self.to(active.type)
-            if isinstance(optimizer, optim.Optimizer):
-                _move_optimizer(optimizer, active.type)
-            return self._fit(X, epochs, batch_size, lr, optimizer, validation_data, seed,
-                             callbacks, progress)
-
-    def _fit(self, X, epochs, batch_size, lr, optimizer, validation_data, seed, callbacks,
-             progress):
-        X = self._check_data(X, "X", bounded=True)
-        X_val = (None if validation_data is None
-                 else self._check_data(validation_data, "validation_data", bounded=True))
-        epochs = _positive_int("epochs", epochs)
-        batch_size = _positive_int("batch_size", batch_size)
-        opt = self._optimizer(optimizer, lr)
-        self.optimizer_ = opt
-        shuffle_rng, noise_rng = (numpy.random.default_rng(s)
-                                  for s in numpy.random.SeedSequence(seed).spawn(2))
-        params = self.parameters()
-        last_good = [p.data.copy() for p in params]
-        own_arrays = [p.data for p in params]  # given back to the parameters at the end
-        update = _update_keeping(opt, params, last_good)
-        n, n_batches = len(X), math.ceil(len(X) / batch_size)
-        history = {}
-        self.history_ = history
-        bar = _Progress(progress, epochs, n_batches)
-        was_training = self.training
-        self.train()
-        try:
-            for epoch in range(epochs):
-                started = time.perf_counter()
-                self._begin_epoch(epoch, epochs)
-                order = shuffle_rng.permutation(n)
-                sums = {}
-                # the steps run with subnormals flushed to zero on every thread that
-                # computes (minigrad.denormals); callbacks and the rest run without
-                with minigrad.flush_denormals():
-                    for b in range(n_batches):
-                        xb = self._tensor(X[order[b * batch_size:(b + 1) * batch_size]])
-                        terms = self._step(xb, opt, update, noise_rng, params, last_good,
-                                           f"epoch {epoch + 1} of {epochs}, batch {b + 1} of "
-                                           f"{n_batches}")
-                        for key, value in terms.items():
-                            sums[key] = sums.get(key, 0.0) + value * len(xb)
-                        bar.batch(epoch, sums["total"] / min(n, (b + 1) * batch_size))
-                self._check_finite_weights(params, last_good, epoch, epochs)
-                logs = {key: value / n for key, value in sums.items()}
-                if X_val is not None:
-                    val = self.evaluate(X_val, rng=numpy.random.default_rng(seed))
-                    logs.update({"val_" + key: value for key, value in val.items()})
-                for key, value in logs.items():
-                    history.setdefault(key, []).append(value)
-                bar.epoch(epoch, logs, time.perf_counter() - started)
-                stops = [cb(self, epoch, logs) for cb in callbacks]
-                if any(stop is True for stop in stops):
-                    break
-        finally:
-            bar.close()
-            self._end_fit()
-            self.train(was_training)
-            _give_back_arrays(params, own_arrays)
-        return history
-
-    def _check_finite_weights(self, params, last_good, epoch, epochs):
-        """After an epoch: every weight finite, or the weights from before the last
-        update back and a FloatingPointError (the epoch's losses were all finite, but
-        the last update can still overflow)."""
-        xp = params[0].xp
-        if bool(xp.stack([xp.isfinite(p.data).all() for p in params]).all()):
-            return  # one read from the device per epoch
-        names = [name for name, _ in self.named_parameters()]
-        bad = next(names[i] for i, p in enumerate(params) if not bool(xp.isfinite(p.data).all()))
-        _restore(params, last_good)
-        raise FloatingPointError(
-            f"{self._name}.fit: the last update of epoch {epoch + 1} of {epochs} made "
-            f"{bad!r} non-finite; training stopped and the model keeps the weights from "
-            f"before that update (try a smaller lr)")
-
-    def _step(self, xb, opt, update, noise_rng, params, last_good, where):
-        """One training step on batch ``xb``; returns its loss terms as floats.  A
-        non-finite loss restores the weights of the last batch with a finite one
-        (kept in ``last_good`` by ``update``) and raises."""
-        opt.zero_grad()
-        total, terms = self._loss(xb, noise_rng)
-        terms = _floats(total, terms)
-        if not math.isfinite(terms["total"]):
-            _restore(params, last_good)
-            raise FloatingPointError(
-                f"{self._name}.fit: the loss became {terms['total']} at {where}; training "
-                f"stopped and the model keeps the weights of the last batch with a finite "
-                f"loss (try a smaller lr)")
-        total.backward()
-        update()
-        return terms
-
-    def _optimizer(self, optimizer, lr):
-        if isinstance(optimizer, optim.Optimizer):
-            # a subset is fine (frozen layers); another model's parameters would train nothing
-            own = {id(p) for p in self.parameters()}
-            foreign = [i for i, p in enumerate(optimizer.params) if id(p) not in own]
-            if foreign:
-                raise ValueError(f"{self._name}.fit: {len(foreign)} of the optimizer's "
-                                 f"{len(optimizer.params)} parameters (the first: parameter "
-                                 f"{foreign[0]}) are not this model's; build the optimizer over "
-                                 f"model.parameters()")
-            return optimizer
-        makers = {"adam": optim.Adam, "adamw": optim.AdamW, "sgd": optim.SGD}
-        if optimizer not in makers:
-            raise ValueError(f"{self._name}.fit: optimizer={optimizer!r}; expected one of "
-                             f"{sorted(makers)} or a minigrad.optim.Optimizer")
-        if not (isinstance(lr, (int, float)) and math.isfinite(lr) and lr > 0):
-            raise ValueError(f"{self._name}.fit: lr must be a positive number, got {lr!r}")
-        return makers[optimizer](self.parameters(), lr=lr)
+            for opt in {id(o): o for o in (optimizer, getattr(self, "optimizer_", None))
+                        if isinstance(o, optim.Optimizer)}.values():
+                opt.to(active.type)
+            return training.fit(self, *args, **options)
 
     # -- checking inputs ---------------------------------------------------------------
     def _check_data(self, X, name, bounded=False, codes=False):
         """``X`` (inputs, or codes if ``codes``) as a 2-D array of the model's dtype, or a
-        ValueError naming the problem."""
-        width = self.latent_dim if codes else self.input_dim
-        if isinstance(X, Tensor):
-            X = X.numpy()
-        try:
-            X = numpy.asarray(X)
-        except (TypeError, ValueError) as e:
-            raise ValueError(f"{self._name}: {name} is not an array of numbers ({e})") from None
-        if X.dtype.kind not in "biuf":
-            raise ValueError(f"{self._name}: {name} has dtype {X.dtype}; expected numbers")
-        if X.ndim != 2:
-            raise ValueError(f"{self._name}: {name} must be 2-D (examples, {width} features); "
-                             f"got shape {X.shape}"
-                             + ("; flatten images with X.reshape(len(X), -1)" if X.ndim > 2
-                                else ""))
-        if X.shape[1] != width and not codes:
-            raise ValueError(f"{self._name}: {name} has {X.shape[1]} features per example but "
-                             f"this autoencoder expects {width}")
-        if X.shape[1] != width:
-            raise ValueError(f"{self._name}: {name} has {X.shape[1]} values per code but this "
-                             f"autoencoder's codes have latent_dim = {width}")
-        if X.shape[0] == 0:
-            raise ValueError(f"{self._name}: {name} has no examples (shape {X.shape})")
-        X = X.astype(self.dtype, copy=False)
-        finite = numpy.isfinite(X)
-        if not finite.all():
-            row, col = numpy.argwhere(~finite)[0]
-            raise ValueError(f"{self._name}: {name} contains {int((~finite).sum())} NaN or "
-                             f"infinite values (as {self.dtype}); the first is at row {row}, "
-                             f"column {col}")
-        if bounded and self.loss_name == "bce":
-            low, high = float(X.min()), float(X.max())
-            if low < 0 or high > 1:
-                raise ValueError(f"{self._name}: {name} has values in [{low:g}, {high:g}], but "
-                                 f"loss='bce' needs inputs in [0, 1]; scale the data "
-                                 f"(e.g. X / 255) or use loss='mse'")
-        return X
+        ValueError naming the problem (:mod:`autoencoders.inputs`)."""
+        return inputs.check_array(self, X, name, bounded, codes)
 
     def _as_input(self, x, op, codes=False):
         """``x`` as a Tensor of the model's dtype; arrays get the full check, Tensors a
@@ -525,7 +406,7 @@ class Autoencoder(nn.Module):
         """The JSON-able description that :meth:`load` rebuilds the model from."""
         from . import __version__
         return {
-            "format": _FORMAT_NAME, "format_version": FORMAT_VERSION,
+            "format": files.FORMAT_NAME, "format_version": FORMAT_VERSION,
             "package_version": __version__, "minigrad_version": minigrad.__version__,
             "flavor": self.flavor, "custom": self.custom, "sizes": list(self.sizes),
             "activation": self.activation, "latent_activation": self.latent_activation,
@@ -543,30 +424,14 @@ class Autoencoder(nn.Module):
         path = os.fspath(path)
         if not path.endswith(".npz"):
             path += ".npz"
-        arrays = self.state_dict()
-        arrays[_CONFIG_KEY] = numpy.array(json.dumps(self.config()))
-        folder = os.path.dirname(os.path.abspath(path))
-        fd, tmp = tempfile.mkstemp(prefix="." + os.path.basename(path) + ".", suffix=".tmp",
-                                   dir=folder)
-        try:
-            with os.fdopen(fd, "wb") as f:
-                numpy.savez(f, **arrays)
-                f.flush()
-                os.fsync(f.fileno())
-            os.chmod(tmp, 0o644)
-            os.replace(tmp, path)
-        except BaseException:
-            with contextlib.suppress(FileNotFoundError):
-                os.unlink(tmp)
-            raise
-        return path
+        return files.write_model(path, self.config(), self.state_dict())
 
     @classmethod
     def load(cls, path, *, encoder=None, decoder=None):
         """The model saved at ``path``.  ``Autoencoder.load`` accepts any flavor; a
         flavor's own ``load`` only its flavor.  A model built from your own Modules
         needs freshly built ``encoder`` and ``decoder`` of the same shapes."""
-        config, weights = _read(path)
+        config, weights = files.read_model(path)
         flavor = config["flavor"]
         if flavor not in Autoencoder._flavors:
             raise ValueError(f"{path}: unknown autoencoder flavor {flavor!r}; expected one of "
@@ -599,7 +464,7 @@ class Autoencoder(nn.Module):
 
     def load_weights(self, path):
         """Copy the weights saved at ``path`` into this model (same flavor and shapes)."""
-        config, weights = _read(path)
+        config, weights = files.read_model(path)
         if config["flavor"] != self.flavor:
             raise ValueError(f"{path} holds a {config['flavor']!r} autoencoder; this model is "
                              f"a {self.flavor!r} one")
@@ -639,34 +504,6 @@ class Autoencoder(nn.Module):
 # helpers
 # ----------------------------------------------------------------------------------
 
-def _read(path):
-    """``(config, {name: array})`` from a file written by :meth:`Autoencoder.save`."""
-    path = os.fspath(path)
-    if not os.path.exists(path):
-        raise FileNotFoundError(f"no autoencoder file at {path}")
-    try:
-        with numpy.load(path, allow_pickle=False) as data:
-            arrays = {name: data[name] for name in data.files}
-    except (zipfile.BadZipFile, EOFError, OSError, ValueError, KeyError) as e:
-        raise ValueError(f"{path} is not a complete autoencoder file (truncated or "
-                         f"corrupt?): {type(e).__name__}: {e}") from None
-    if _CONFIG_KEY not in arrays:
-        raise ValueError(f"{path} is an .npz file without an autoencoder config; was it "
-                         f"written by Autoencoder.save?")
-    try:
-        config = json.loads(str(arrays.pop(_CONFIG_KEY)[()]))
-    except (ValueError, TypeError) as e:
-        raise ValueError(f"{path}: the autoencoder config is not valid JSON ({e})") from None
-    if not isinstance(config, dict) or config.get("format") != _FORMAT_NAME:
-        raise ValueError(f"{path}: not an autoencoder file (format {config.get('format')!r})"
-                         if isinstance(config, dict) else f"{path}: malformed config")
-    if config.get("format_version", 0) > FORMAT_VERSION:
-        raise ValueError(f"{path} was written in file format version "
-                         f"{config['format_version']}; this version reads up to "
-                         f"{FORMAT_VERSION}; upgrade the package")
-    return config, arrays
-
-
 def _check_sizes(name, sizes, minimum):
     if sizes is None:
         raise ValueError(f"{name}: give sizes [input_dim, hidden..., latent_dim], or your own "
@@ -683,53 +520,6 @@ def _check_sizes(name, sizes, minimum):
             raise ValueError(f"{name}: sizes[{i}] = {n!r}; every size must be a positive "
                              f"integer (sizes = {sizes})")
     return [int(n) for n in sizes]
-
-
-def _move_optimizer(opt, device):
-    """Move an optimizer's per-parameter arrays to ``device`` (counts stay as they are)."""
-    from minigrad.device import move
-    for name in opt._buffer_names:
-        setattr(opt, name, [move(b, device) if hasattr(b, "shape") else b
-                            for b in getattr(opt, name)])
-
-
-def _restore(params, last_good):
-    """Put the weights kept in ``last_good`` back into the parameters."""
-    for p, good in zip(params, last_good):
-        p.data[...] = good
-
-
-def _give_back_arrays(params, arrays):
-    """During fit a parameter's ``.data`` alternates between two arrays (see
-    ``Optimizer.step(previous=...)``); afterwards each has its own array again, with
-    the final values, so references to ``p.data`` taken before fit stay current."""
-    for p, own in zip(params, arrays):
-        if p.data is not own:
-            if own.shape == p.data.shape and own.dtype == p.data.dtype and \
-                    type(own) is type(p.data):
-                own[...] = p.data
-                p.data = own
-
-
-def _update_keeping(opt, params, last_good):
-    """The optimizer step of ``fit``, which leaves the weights from before it in
-    ``last_good``: traded rather than copied where ``opt.step`` takes ``previous``
-    (every minigrad.optim optimizer does) over exactly the model's parameters, else
-    copied first (a subclass with a ``step()`` of its own, or an optimizer over some
-    of the parameters: the others stay frozen)."""
-    try:
-        trades = "previous" in inspect.signature(opt.step).parameters
-    except (TypeError, ValueError):
-        trades = False
-    if trades and len(opt.params) == len(params) and all(
-            a is b for a, b in zip(opt.params, params)):
-        return lambda: opt.step(previous=last_good)
-
-    def copy_then_step():
-        for p, good in zip(params, last_good):
-            good[...] = p.data
-        opt.step()
-    return copy_then_step
 
 
 def _positive_int(name, value):
@@ -750,29 +540,3 @@ def _floats(total, terms):
     for key, value in terms.items():
         out[key] = float(value.item()) if isinstance(value, Tensor) else float(value)
     return out
-
-
-class _Progress:
-    """A tqdm bar over all batches when tqdm is installed, else one printed line per epoch."""
-
-    def __init__(self, enabled, epochs, n_batches):
-        self.enabled, self.epochs = bool(enabled), epochs
-        self.bar = None
-        if self.enabled and _tqdm is not None:
-            self.bar = _tqdm(total=epochs * n_batches, unit="batch", dynamic_ncols=True)
-
-    def batch(self, epoch, running_loss):
-        if self.bar is not None:
-            self.bar.set_description(f"epoch {epoch + 1}/{self.epochs}", refresh=False)
-            self.bar.set_postfix(loss=f"{running_loss:.4g}", refresh=False)
-            self.bar.update()
-
-    def epoch(self, epoch, logs, seconds):
-        if self.enabled and self.bar is None:
-            val = f", val {logs['val_total']:.4f}" if "val_total" in logs else ""
-            print(f"epoch {epoch + 1}/{self.epochs}: loss {logs['total']:.4f}{val} "
-                  f"({seconds:.1f} s)", file=sys.stderr, flush=True)
-
-    def close(self):
-        if self.bar is not None:
-            self.bar.close()

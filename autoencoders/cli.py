@@ -50,6 +50,12 @@ def _common(parser, *, flavor, latent, hidden, epochs, batch_size=128, lr=1e-3):
                    help="fetch missing data files from the official sources (checksummed)")
     o.add_argument("--no-progress", dest="progress", action="store_false",
                    help="no progress bar")
+    o.add_argument("--resume", action="store_true",
+                   help="continue training from the checkpoint in --out (one is written "
+                        "after every epoch; Ctrl-C loses at most the epoch in progress)")
+    o.add_argument("--tensorboard", action="store_true",
+                   help="also write TensorBoard event files next to log.jsonl (needs "
+                        "tensorboardX)")
 
 
 def build_parser():
@@ -118,7 +124,8 @@ def main(argv=None):
     with backend:
         try:
             command(options, run)
-        except FileNotFoundError as error:
+        except (FileNotFoundError, ValueError, ImportError) as error:
+            # bad data, a checkpoint of another run, a missing extra: one line, no traceback
             raise SystemExit(f"{options.command}: {error}") from None
     run.log(f"done in {run.metrics.get('seconds', 0):.0f} s; results in {run.out}")
     return 0

@@ -17,13 +17,13 @@ import gzip
 import hashlib
 import math
 import os
-import shutil
 import struct
-import tempfile
 import urllib.request
 import zlib
 
 import numpy as np
+
+from .files import atomic_write
 
 __all__ = ["blocks", "load_idx", "write_idx", "load_fashion_mnist", "load_mnist",
            "IDXFormatError", "MIRRORS", "CHECKSUMS"]
@@ -152,24 +152,9 @@ def write_idx(path, array):
     return path
 
 
-def _umask_mode():
-    # mkstemp makes files 0600; a data file should get the usual umask-based mode.
-    mask = os.umask(0)
-    os.umask(mask)
-    return 0o666 & ~mask
-
-
 def _write_atomic(path, payload):
-    directory = os.path.dirname(os.path.abspath(path))
-    fd, tmp = tempfile.mkstemp(prefix=".tmp-", dir=directory)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(payload)
-        os.chmod(tmp, _umask_mode())
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
+    with atomic_write(path) as f:
+        f.write(payload)
 
 
 # ----------------------------------------------------------------------------
@@ -296,42 +281,33 @@ def _load(name, root, split, flatten, download):
     return images, labels.astype(np.int64)
 
 
-def _md5(path):
-    digest = hashlib.md5()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
+class _Rejected(Exception):
+    """A download whose checksum does not match: nothing is kept, the next mirror is tried."""
 
 
 def _download(name, filename, directory):
     """Fetch ``filename`` into ``directory`` from the first mirror that has a copy with
     the published MD5; returns its path.  Raises OSError naming every URL tried."""
     expected = CHECKSUMS[name][filename]
+    target = os.path.join(directory, filename)
     errors = []
     for base in MIRRORS[name]:
         url = base.rstrip("/") + "/" + filename
-        # same directory as the target, so os.replace is an atomic rename
-        fd, tmp = tempfile.mkstemp(prefix=".download-", dir=directory)
         try:
-            try:
-                with os.fdopen(fd, "wb") as out, \
-                        urllib.request.urlopen(url, timeout=60) as response:
-                    shutil.copyfileobj(response, out)
-            except OSError as error:  # URLError, HTTPError and timeouts are all OSErrors
-                errors.append(f"{url}: {error}")
-                continue
-            got = _md5(tmp)
-            if got != expected:
-                # a bad copy on one mirror should not stop the next one being tried
-                errors.append(f"{filename} from {url}: MD5 {got} does not match the "
-                              f"published {expected}; the file was not kept")
-                continue
-            os.chmod(tmp, _umask_mode())
-            target = os.path.join(directory, filename)
-            os.replace(tmp, target)
+            # the MD5 is checked before the rename: a bad copy never takes the file's name
+            with atomic_write(target) as out, \
+                    urllib.request.urlopen(url, timeout=60) as response:
+                digest = hashlib.md5()
+                for chunk in iter(lambda: response.read(1 << 20), b""):
+                    digest.update(chunk)
+                    out.write(chunk)
+                if digest.hexdigest() != expected:
+                    # a bad copy on one mirror should not stop the next one being tried
+                    raise _Rejected(f"{filename} from {url}: MD5 {digest.hexdigest()} does not "
+                                    f"match the published {expected}; the file was not kept")
             return target
-        finally:
-            if os.path.exists(tmp):  # gone after a successful os.replace
-                os.remove(tmp)
+        except _Rejected as rejected:
+            errors.append(str(rejected))
+        except OSError as error:  # URLError, HTTPError and timeouts are all OSErrors
+            errors.append(f"{url}: {error}")
     raise OSError(f"{name}: could not download {filename}: " + "; ".join(errors))

@@ -16,11 +16,9 @@ and the figures land there, every file written atomically.
 """
 from __future__ import annotations
 
-import json
 import os
 import platform
 import sys
-import tempfile
 import time
 import warnings
 
@@ -31,32 +29,12 @@ import minigrad
 from . import datasets, figures, metrics
 from . import FLAVORS
 from .base import Autoencoder
+from .files import write_json
 
 __all__ = ["Run", "manifold", "retrieve", "features", "denoise", "FASHION_CLASSES"]
 
 FASHION_CLASSES = ("T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt",
                    "Sneaker", "Bag", "Ankle boot")
-
-
-def write_json_atomic(path, obj):
-    directory = os.path.dirname(os.path.abspath(path))
-    fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".json", dir=directory)
-    try:
-        with os.fdopen(fd, "w") as f:
-            json.dump(obj, f, indent=2, sort_keys=True, default=_jsonable)
-            f.write("\n")
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-
-
-def _jsonable(value):
-    if isinstance(value, np.generic):
-        return value.item()
-    if isinstance(value, np.ndarray):
-        return value.tolist()
-    raise TypeError(f"not JSON serialisable: {type(value).__name__}")
 
 
 class Run:
@@ -74,7 +52,7 @@ class Run:
                   "versions": {"python": platform.python_version(), "numpy": np.__version__,
                                "minigrad": minigrad.__version__},
                   "argv": sys.argv}
-        write_json_atomic(self.path("config.json"), config)
+        write_json(self.path("config.json"), config)
 
     def path(self, name):
         return os.path.join(self.out, name)
@@ -88,22 +66,30 @@ class Run:
 
     def save_metrics(self):
         self.metrics["seconds"] = round(time.perf_counter() - self.started, 2)
-        write_json_atomic(self.path("metrics.json"), self.metrics)
+        write_json(self.path("metrics.json"), self.metrics)
 
     def train(self, model, X, name="model", **fit_options):
-        """``model.fit`` with the run's options; Ctrl-C saves what was trained and stops."""
+        """``model.fit`` with the run's options.  Each epoch ends by writing
+        ``<out>/<name>/checkpoint.npz`` and a line of ``<out>/<name>/log.jsonl``;
+        ``--resume`` continues from the checkpoint.  Ctrl-C saves what was trained
+        and stops."""
         o = self.options
+        folder = self.path(name)
         self.log(f"training {type(model).__name__} {getattr(model, 'sizes', '')} on "
-                 f"{len(X)} examples: {o.epochs} epochs, batch {o.batch_size}, lr {o.lr}")
+                 f"{len(X)} examples: {o.epochs} epochs, batch {o.batch_size}, lr {o.lr}"
+                 + (" (resuming)" if getattr(o, "resume", False) else ""))
         started = time.perf_counter()
         try:
             history = model.fit(X, epochs=o.epochs, batch_size=o.batch_size, lr=o.lr,
-                                seed=o.seed, progress=o.progress, **fit_options)
+                                seed=o.seed, progress=o.progress, checkpoint_dir=folder,
+                                resume=getattr(o, "resume", False),
+                                tensorboard=getattr(o, "tensorboard", False), **fit_options)
         except KeyboardInterrupt:
             model.save(self.path(f"{name}.npz"))
             done = len(next(iter(getattr(model, "history_", {}).values()), []))
             self.record(interrupted=True, epochs_completed=done)
-            self.log(f"interrupted after {done} complete epochs; saved {name}.npz and stopped")
+            self.log(f"interrupted after {done} complete epochs; saved {name}.npz; run the "
+                     f"same command with --resume to continue from epoch {done + 1}")
             raise SystemExit(130)
         seconds = time.perf_counter() - started
         model.save(self.path(f"{name}.npz"))

@@ -6,9 +6,10 @@ then renamed over it.
 from __future__ import annotations
 
 import os
-import tempfile
 
 import numpy as np
+
+from .files import atomic_write
 
 __all__ = ["manifold_figure", "latent_figure", "neighbors_figure", "denoise_figure",
            "tile_grid"]
@@ -27,18 +28,12 @@ def _pyplot():
 
 def _save(fig, path, dpi=110):
     plt = _pyplot()
-    path = os.fspath(path)
-    directory = os.path.dirname(os.path.abspath(path))
-    fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".png", dir=directory)
-    os.close(fd)
     try:
-        fig.savefig(tmp, dpi=dpi, bbox_inches="tight")
-        os.replace(tmp, path)
+        with atomic_write(path) as f:
+            fig.savefig(f, format="png", dpi=dpi, bbox_inches="tight")
     finally:
         plt.close(fig)
-        if os.path.exists(tmp):
-            os.remove(tmp)
-    return path
+    return os.fspath(path)
 
 
 def tile_grid(images, rows, cols, pad=0, pad_value=1.0):

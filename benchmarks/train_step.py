@@ -93,6 +93,7 @@ def saturated_weights():
         sys.path.insert(0, ROOT)
         import minigrad as mg
         from autoencoders import datasets
+        from autoencoders.files import atomic_write
         step, _, _ = make_minigrad("numba", fresh_weights())
         images, _, _ = datasets.blocks(60_000, seed=0)
         X = images.reshape(len(images), -1)
@@ -105,9 +106,8 @@ def saturated_weights():
         arrays = {f"{k}{i}": a for i, layer in enumerate(step.weights())
                   for k, a in zip(("weight", "bias"), layer)}
         os.makedirs(os.path.dirname(path), exist_ok=True)
-        tmp = path + ".tmp.npz"
-        np.savez(tmp, **arrays)
-        os.replace(tmp, path)
+        with atomic_write(path) as f:
+            np.savez(f, **arrays)
     with np.load(path) as f:
         return [(f[f"weight{i}"], f[f"bias{i}"]) for i in range(len(SIZES) - 1)]
 
@@ -691,11 +691,11 @@ def main(argv=None):
 
 def save_results(path, results, text):
     """``{"argv", "results", "report"}`` as JSON at ``path``, written atomically."""
+    sys.path.insert(0, ROOT)
+    from autoencoders.files import atomic_write
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    tmp = path + ".tmp"
-    with open(tmp, "w") as f:
+    with atomic_write(path, "w") as f:
         json.dump({"argv": sys.argv, "results": results, "report": text}, f, indent=1)
-    os.replace(tmp, path)
     print(f"\nwrote {path}")
 
 

@@ -122,6 +122,17 @@ class Optimizer:
             setattr(self, key, value)
         return self
 
+    def to(self, device):
+        """Move the per-parameter buffers (Adam's moments, SGD's velocity) to
+        ``device`` ("cpu", "cuda" or a Device) -- after ``model.to(device)``, so that
+        they sit where their parameters are.  Counts stay as they are; returns self."""
+        from .device import move
+        for name in self._buffer_names:
+            if name not in self._count_buffers:
+                setattr(self, name, [None if b is None else move(b, device)
+                                     for b in getattr(self, name)])
+        return self
+
     def _load_buffer(self, key, p, value):
         if key in self._count_buffers:
             return int(value)
@@ -235,3 +246,11 @@ class AdamW(Adam):
 
     def __init__(self, params, lr=1e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=1e-2):
         super().__init__(params, lr, betas, eps, weight_decay)
+
+
+# Learning-rate schedules and gradient clipping live in minigrad/schedules.py (which
+# imports Optimizer and _check from here, hence at the end): optim.StepLR, ...
+from .schedules import (StepLR, CosineAnnealingLR, ReduceLROnPlateau,  # noqa: E402
+                        clip_grad_norm)
+
+__all__ += ["StepLR", "CosineAnnealingLR", "ReduceLROnPlateau", "clip_grad_norm"]

@@ -10,7 +10,7 @@ import minigrad as mg
 from minigrad import Tensor, nn, optim
 from autoencoders import (Autoencoder, ContractiveAutoencoder, DenoisingAutoencoder,
                           SparseAutoencoder, VanillaAutoencoder, VariationalAutoencoder)
-from autoencoders import base
+from autoencoders import base, training
 
 
 @pytest.fixture(autouse=True)
@@ -233,9 +233,9 @@ def test_progress_bar_and_its_plain_fallback(capsys, monkeypatch):
     model = build("vanilla")
     model.fit(X, epochs=2, batch_size=16, progress=True)
     err = capsys.readouterr().err
-    if base._tqdm is not None:
+    if training._tqdm is not None:
         assert "epoch 2/2" in err and "loss=" in err
-    monkeypatch.setattr(base, "_tqdm", None)
+    monkeypatch.setattr(training, "_tqdm", None)
     model.fit(X, epochs=2, batch_size=16, progress=True, validation_data=X[:8])
     err = capsys.readouterr().err
     assert "epoch 1/2: loss" in err and "epoch 2/2: loss" in err and "val" in err
