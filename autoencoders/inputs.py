@@ -25,7 +25,7 @@ from minigrad import Tensor
 __all__ = ["Rows", "Stream", "source", "check_block", "check_array"]
 
 #: Values scanned per block when a whole array is checked (bounded memory).
-SCAN_VALUES = 1 << 21
+SCAN_VALUES = 1 << 18
 
 
 def source(model, X, name, bounded=False, codes=False):

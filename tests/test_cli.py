@@ -76,6 +76,43 @@ def test_manifold_small_run_writes_figures_and_finite_metrics(tmp_path):
         assert m2[key] == m[key], key
 
 
+def test_manifold_resume_continues_the_run_to_the_same_model(tmp_path, monkeypatch):
+    base = ["manifold", "--n", "300", "--n-test", "60", "--grid", "4", "--hidden", "16",
+            "--batch-size", "64", "--no-progress", "--backend", "numpy"]
+    whole = tmp_path / "whole"
+    cli.main(base + ["--epochs", "3", "--out", str(whole)])
+    log = [json.loads(line) for line in open(whole / "model" / "log.jsonl")]
+    assert [r["epoch"] for r in log] == [1, 2, 3] and all("kl" in r for r in log)
+
+    # Ctrl-C during the third epoch: the checkpoint of epoch 2 stays, the run says so
+    from autoencoders import training
+    step = training._Training._step
+
+    def interrupted(self, xb, update, last_good, where):
+        if where.startswith("epoch 3"):
+            raise KeyboardInterrupt
+        return step(self, xb, update, last_good, where)
+
+    parts = tmp_path / "parts"
+    monkeypatch.setattr(training._Training, "_step", interrupted)
+    with pytest.raises(SystemExit) as stop:
+        cli.main(base + ["--epochs", "3", "--out", str(parts)])
+    assert stop.value.code == 130 and read_metrics(parts)["epochs_completed"] == 2
+    monkeypatch.setattr(training._Training, "_step", step)
+    cli.main(base + ["--epochs", "3", "--out", str(parts), "--resume"])
+    with np.load(whole / "model.npz") as a, np.load(parts / "model.npz") as b:
+        for name in a.files:
+            if name != "__config__":
+                np.testing.assert_array_equal(a[name], b[name], err_msg=name)
+    assert read_metrics(parts)["elbo_nats_per_image"] == read_metrics(whole)["elbo_nats_per_image"]
+
+    # a checkpoint written with other options: one line, no traceback
+    with pytest.raises(SystemExit, match=r"manifold: .*batch_size=64; this call has "
+                                         r"batch_size=32"):
+        cli.main(base + ["--batch-size", "32", "--epochs", "4", "--out", str(parts),
+                         "--resume"])
+
+
 def test_manifold_rejects_another_flavor(tmp_path):
     with pytest.raises(SystemExit, match="variational"):
         cli.main(["manifold", "--flavor", "vanilla", "--out", str(tmp_path)] + SMALL)
