@@ -224,18 +224,18 @@ def test_log_file_and_tensorboard_events(tmp_path):
 # -- data larger than memory ------------------------------------------------------------
 
 # memory is the backend's own business once a batch is read: one CPU backend suffices
-# (and tracemalloc makes the emulated GPU backend crawl)
-@pytest.mark.parametrize("device", ["numba"], indirect=True)
+# (tracemalloc makes the emulated GPU backend crawl, and would count Numba's compiler)
+@pytest.mark.parametrize("device", ["numpy"], indirect=True)
 def test_training_from_a_memmap_reads_it_a_batch_at_a_time(device, tmp_path):
-    rows, width = 40_000, 64
+    rows, width = 160_000, 64
     path = tmp_path / "data.f32"
     data = np.memmap(path, dtype=np.float32, mode="w+", shape=(rows, width))
-    for at in range(0, rows, 1000):  # written in blocks, as a large file would be
-        data[at:at + 1000] = np.random.default_rng(at).random((1000, width))
+    for at in range(0, rows, 10_000):  # written in blocks, as a large file would be
+        data[at:at + 10_000] = np.random.default_rng(at).random((10_000, width))
     data.flush()
     del data
     X_disk = np.memmap(path, dtype=np.float32, mode="r", shape=(rows, width))
-    size = rows * width * 4                       # 10 MB on disk; batches of 32 KB
+    size = rows * width * 4                       # 41 MB on disk; batches of 128 KB
 
     def peak_bytes(call):
         tracemalloc.start()
@@ -246,16 +246,20 @@ def test_training_from_a_memmap_reads_it_a_batch_at_a_time(device, tmp_path):
             tracemalloc.stop()
 
     model = VanillaAutoencoder([width, 16], seed=0)
-    _, peak = peak_bytes(lambda: model.fit(X_disk, epochs=1, batch_size=128, progress=False,
+    model.fit(X_disk[:256], epochs=1, progress=False)  # first-call work, not traced
+    model.optimizer_ = None
+    model.load_state_dict(VanillaAutoencoder([width, 16], seed=0).state_dict())
+    _, peak = peak_bytes(lambda: model.fit(X_disk, epochs=1, batch_size=512, progress=False,
                                            validation_split=0.1))
-    assert peak < size / 8, f"fit: peak {peak} bytes while training on {size} bytes"
+    # what remains is a few batches' worth, and the shuffled order (8 bytes a row)
+    assert peak < size / 10, f"fit: peak {peak} bytes while training on {size} bytes"
     losses, peak = peak_bytes(lambda: model.evaluate(X_disk))
-    assert peak < size / 8, f"evaluate: peak {peak} bytes over {size} bytes"
+    assert peak < size / 10, f"evaluate: peak {peak} bytes over {size} bytes"
     codes, peak = peak_bytes(lambda: model.transform(X_disk))
-    assert peak < 2 * codes.nbytes + size / 8, f"transform: peak {peak} bytes"
+    assert peak < 2 * codes.nbytes + size / 10, f"transform: peak {peak} bytes"
 
     in_memory = VanillaAutoencoder([width, 16], seed=0)
-    in_memory.fit(np.array(X_disk), epochs=1, batch_size=128, progress=False,
+    in_memory.fit(np.array(X_disk), epochs=1, batch_size=512, progress=False,
                   validation_split=0.1)
     assert_same_weights(model, in_memory)
     np.testing.assert_array_equal(codes, in_memory.transform(np.array(X_disk)))
@@ -305,3 +309,18 @@ def test_fit_moves_the_optimizer_state_with_the_model_between_backends():
     assert model.optimizer_ is opt and opt.step_count == 6
     assert all(type(m) is type(p.data) for m, p in zip(opt.m, opt.params))
     assert mg.get_backend().name == mg.get_backend().name  # restored by fit's context
+
+
+def test_readmes_training_example_runs(tmp_path, monkeypatch):
+    """README's "Training an autoencoder" block, on fewer images and epochs."""
+    readme = open(os.path.join(os.path.dirname(__file__), "..", "README.md")).read()
+    section = readme[readme.index("## Training an autoencoder"):]
+    code = section[section.index("```python") + len("```python"):section.index("```\n")]
+    small = code.replace("20_000", "300").replace("epochs=30", "epochs=2")
+    assert small.count("epochs=2") == 2 and "300" in small
+    monkeypatch.chdir(tmp_path)
+    os.makedirs("runs")
+    scope = {}
+    exec(compile(small, "README.md", "exec"), scope)
+    assert scope["codes"].shape == (300, 2)
+    assert sorted(os.listdir("runs/vae")) == ["checkpoint.npz", "log.jsonl"]
