@@ -7,14 +7,19 @@ command's options and defaults.
 from __future__ import annotations
 
 import argparse
+import math
 import sys
 
 __all__ = ["main", "build_parser"]
 
+_FLAVORS = ("vanilla", "sparse", "denoising", "contractive", "variational")
+
+
+# argparse types: a bad value is a usage error (exit status 2, the option and the
+# value named, what is expected said) rather than a traceback or a silent default
 
 def _positive_int(text):
-    """argparse type of every count and size: a non-positive one is a usage error
-    (exit status 2, the option named) rather than "all" or a traceback."""
+    """A count or a size."""
     try:
         value = int(text)
     except ValueError:
@@ -24,20 +29,68 @@ def _positive_int(text):
     return value
 
 
+def _int_list(minimum, what):
+    def parse(text):
+        try:
+            values = [int(v) for v in str(text).split(",") if v.strip()]
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected {what}, comma-separated, got "
+                                             f"{text!r}") from None
+        bad = [v for v in values if v < minimum]
+        if bad or not values:
+            raise argparse.ArgumentTypeError(f"expected {what}, comma-separated, got {text!r}")
+        return values
+    return parse
+
+
+def _hidden_sizes(text):
+    """Hidden layer widths: positive integers, or "" / "none" for no hidden layer."""
+    if str(text).strip().lower() in ("", "none"):
+        return []
+    return _int_list(1, "positive integers (layer widths)")(text)
+
+
+def _number(low, low_inclusive, what):
+    def parse(text):
+        try:
+            value = float(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected {what}, got {text!r}") from None
+        if not math.isfinite(value) or value < low or (value == low and not low_inclusive):
+            raise argparse.ArgumentTypeError(f"expected {what}, got {text!r}")
+        return value
+    return parse
+
+
+_positive_number = _number(0.0, False, "a positive finite number")
+_non_negative_number = _number(0.0, True, "a finite number >= 0")
+
+
+def _seed(text):
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a non-negative integer, got {text!r}") \
+            from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"expected a non-negative integer, got {value}")
+    return value
+
+
 def _common(parser, *, flavor, latent, hidden, epochs, batch_size=128, lr=1e-3):
     g = parser.add_argument_group("model and training")
-    g.add_argument("--flavor", default=flavor,
+    g.add_argument("--flavor", default=flavor, choices=_FLAVORS,
                    help="vanilla, sparse, denoising, contractive or variational "
                         "(default: %(default)s)")
     g.add_argument("--latent", type=_positive_int, default=latent,
                    help="code size (default: %(default)s)")
-    g.add_argument("--hidden", default=hidden,
+    g.add_argument("--hidden", type=_hidden_sizes, default=hidden,
                    help="hidden layer sizes, comma-separated (default: %(default)s)")
     g.add_argument("--epochs", type=_positive_int, default=epochs, help="(default: %(default)s)")
     g.add_argument("--batch-size", type=_positive_int, default=batch_size,
                    help="(default: %(default)s)")
-    g.add_argument("--lr", type=float, default=lr, help="Adam learning rate (default: %(default)s)")
-    g.add_argument("--seed", type=int, default=0,
+    g.add_argument("--lr", type=_positive_number, default=lr, help="Adam learning rate (default: %(default)s)")
+    g.add_argument("--seed", type=_seed, default=0,
                    help="seeds data, weights, shuffling and noise (default: %(default)s)")
     g.add_argument("--backend", default=None,
                    help="minigrad backend: numpy, numba or cupy (default: MINIGRAD_BACKEND, "
@@ -71,10 +124,10 @@ def build_parser():
     p.add_argument("--n-test", type=_positive_int, default=5_000,
                    help="held-out images (default: %(default)s)")
     p.add_argument("--image-size", type=_positive_int, default=28, help="(default: %(default)s)")
-    p.add_argument("--beta", type=float, default=1.0, help="weight of the KL term (default: %(default)s)")
+    p.add_argument("--beta", type=_non_negative_number, default=1.0, help="weight of the KL term (default: %(default)s)")
     p.add_argument("--grid", type=_positive_int, default=20,
                    help="grid side of manifold.png (default: %(default)s)")
-    p.add_argument("--span", type=float, default=None,
+    p.add_argument("--span", type=_positive_number, default=None,
                    help="decode the square [-span, span]^2 (default: the 1st-99th percentile "
                         "box of the held-out codes)")
 
@@ -91,10 +144,11 @@ def build_parser():
         p.add_argument("--limit", type=_positive_int, default=None,
                        help="use only the first N training images (test: N/5)")
         if name == "retrieve":
-            p.add_argument("--query", default=None,
+            p.add_argument("--query", type=_int_list(0, "test-set indices (integers >= 0)"),
+                           default=None,
                            help="test-set indices of the query images, comma-separated")
         else:
-            p.add_argument("--labels", type=lambda s: [int(v) for v in s.split(",")],
+            p.add_argument("--labels", type=_int_list(1, "positive label counts"),
                            default=[100, 1000, 60000],
                            help="label budgets, comma-separated (default: 100,1000,60000)")
             p.add_argument("--max-iter", type=_positive_int, default=1000,
@@ -102,7 +156,7 @@ def build_parser():
 
     p = sub.add_parser("denoise", help="denoising vs vanilla autoencoder on corrupted images")
     _common(p, flavor="denoising", latent=128, hidden="512", epochs=10)
-    p.add_argument("--noise-level", type=float, default=0.5,
+    p.add_argument("--noise-level", type=_non_negative_number, default=0.5,
                    help="std of the Gaussian noise (default: %(default)s)")
     p.add_argument("--limit", type=_positive_int, default=None,
                    help="use only the first N training images (test: N/5)")
@@ -110,23 +164,33 @@ def build_parser():
 
 
 def main(argv=None):
-    options = build_parser().parse_args(argv)
+    """Run one command; a user error (bad option, data, model file or checkpoint, a
+    missing extra) ends it with one line on stderr and exit status 2, as argparse's
+    own errors do.  Bugs still show their traceback."""
+    parser = build_parser()
+    options = parser.parse_args(argv)
     import minigrad
     from . import experiments
+
+    def usage_error(message):
+        parser.exit(2, f"{parser.prog} {options.command}: error: {message}\n")
 
     try:  # for this command only: main() called from Python leaves the backend as it was
         backend = minigrad.set_backend(options.backend or minigrad.get_backend())
     except (ValueError, ImportError, RuntimeError) as error:
-        raise SystemExit(f"--backend {options.backend}: {error}" if options.backend
-                         else str(error)) from None
-    run = experiments.Run(options.command, options)
+        usage_error(f"--backend {options.backend}: {error}" if options.backend else str(error))
+    try:
+        run = experiments.Run(options.command, options)
+    except OSError as error:
+        usage_error(f"--out {options.out or 'runs/' + options.command}: cannot write the run "
+                    f"there ({error.strerror or error})")
     command = getattr(experiments, options.command)
     with backend:
         try:
             command(options, run)
-        except (FileNotFoundError, ValueError, ImportError) as error:
-            # bad data, a checkpoint of another run, a missing extra: one line, no traceback
-            raise SystemExit(f"{options.command}: {error}") from None
+        except (experiments.UsageError, FileNotFoundError, ValueError, ImportError) as error:
+            # bad data, a model or checkpoint that does not fit, a missing extra
+            usage_error(str(error))
     run.log(f"done in {run.metrics.get('seconds', 0):.0f} s; results in {run.out}")
     return 0
 

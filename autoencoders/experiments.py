@@ -99,15 +99,22 @@ class Run:
         return history
 
 
+class UsageError(Exception):
+    """The options do not fit the task; the command line prints it in one line."""
+
+
 def _hidden(options):
-    return [int(h) for h in str(options.hidden).split(",") if h.strip()]
+    hidden = options.hidden
+    if isinstance(hidden, str):  # options built by hand rather than by the parser
+        return [int(h) for h in hidden.split(",") if h.strip()]
+    return list(hidden)
 
 
 def build_model(options, input_dim, flavor=None, **hyper):
     flavor = flavor or options.flavor
     cls = FLAVORS.get(flavor)
     if cls is None:
-        raise SystemExit(f"--flavor {flavor!r} is not a flavor; expected one of "
+        raise UsageError(f"--flavor {flavor!r} is not a flavor; expected one of "
                          f"{sorted(FLAVORS)}")
     sizes = [input_dim, *_hidden(options), options.latent]
     return cls(sizes, seed=options.seed, **hyper)
@@ -116,9 +123,12 @@ def build_model(options, input_dim, flavor=None, **hyper):
 def _load_or_train(run, options, X, **hyper):
     if getattr(options, "model", None):
         run.log(f"loading {options.model}")
-        model = Autoencoder.load(options.model)
+        try:
+            model = Autoencoder.load(options.model)
+        except (ValueError, FileNotFoundError) as error:
+            raise UsageError(f"--model {options.model}: {error}") from None
         if model.input_dim != X.shape[1]:
-            raise SystemExit(f"--model {options.model}: it takes {model.input_dim} inputs, the "
+            raise UsageError(f"--model {options.model}: it takes {model.input_dim} inputs, the "
                              f"data has {X.shape[1]}")
         return model
     model = build_model(options, X.shape[1], **hyper)
@@ -148,7 +158,7 @@ def _fashion(options, split):
 def manifold(options, run):
     """2-D VAE on block images; decoded latent grid, latent scatter, ELBO, IoU, R^2."""
     if options.flavor != "variational":
-        raise SystemExit("manifold trains a variational autoencoder: use --flavor variational")
+        raise UsageError("manifold trains a variational autoencoder: use --flavor variational")
     size = options.image_size
     images, train_heights, train_widths = datasets.blocks(options.n, size=size,
                                                           seed=options.seed)
@@ -248,10 +258,11 @@ def retrieve(options, run):
 
 def _query_indices(query, labels):
     if query:
-        indices = [int(q) for q in str(query).split(",")]
+        indices = ([int(q) for q in query.split(",")] if isinstance(query, str)
+                   else [int(q) for q in query])
         bad = [q for q in indices if not 0 <= q < len(labels)]
         if bad:
-            raise SystemExit(f"--query: indices {bad} are outside the {len(labels)} test images")
+            raise UsageError(f"--query: indices {bad} are outside the {len(labels)} test images")
         return np.array(indices)
     chosen = [int(np.flatnonzero(labels == c)[0]) for c in DEFAULT_QUERIES if np.any(labels == c)]
     return np.array(chosen)
@@ -269,7 +280,7 @@ def features(options, run):
         from sklearn.pipeline import make_pipeline
         from sklearn.preprocessing import StandardScaler
     except ImportError:
-        raise SystemExit("features needs scikit-learn: pip install "
+        raise UsageError("features needs scikit-learn: pip install "
                          "'minigrad-autoencoders[features]'") from None
     X, y = _fashion(options, "train")
     X_test, y_test = _fashion(options, "test")

@@ -64,12 +64,18 @@ class Module:
         for name, module in self._modules.items():
             yield from module.named_modules(f"{prefix}{name}.")
 
-    def named_parameters(self, prefix=""):
-        """(name, Parameter) pairs, this module's first, then each child's."""
+    def named_parameters(self, prefix="", _seen=None):
+        """(name, Parameter) pairs, this module's first, then each child's.  A
+        parameter shared by several layers (tied weights) is listed once, under the
+        first name it is reached by, so an optimizer updates it once per step with
+        the sum of its gradients."""
+        seen = set() if _seen is None else _seen
         for name, p in self._parameters.items():
-            yield prefix + name, p
+            if id(p) not in seen:
+                seen.add(id(p))
+                yield prefix + name, p
         for name, module in self._modules.items():
-            yield from module.named_parameters(f"{prefix}{name}.")
+            yield from module.named_parameters(f"{prefix}{name}.", seen)
 
     def parameters(self):
         return [p for _, p in self.named_parameters()]

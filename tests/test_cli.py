@@ -2,6 +2,7 @@
 import json
 import math
 import os
+import re
 import subprocess
 import sys
 
@@ -107,15 +108,27 @@ def test_manifold_resume_continues_the_run_to_the_same_model(tmp_path, monkeypat
     assert read_metrics(parts)["elbo_nats_per_image"] == read_metrics(whole)["elbo_nats_per_image"]
 
     # a checkpoint written with other options: one line, no traceback
-    with pytest.raises(SystemExit, match=r"manifold: .*batch_size=64; this call has "
-                                         r"batch_size=32"):
-        cli.main(base + ["--batch-size", "32", "--epochs", "4", "--out", str(parts),
-                         "--resume"])
+    err = usage_error(base + ["--batch-size", "32", "--epochs", "4", "--out", str(parts),
+                              "--resume"])
+    assert "manifold: error: " in err and "batch_size=64; this call has batch_size=32" in err
+
+
+def usage_error(argv):
+    """Run the command line; it must exit with status 2 and one line on stderr."""
+    import contextlib
+    import io
+    err = io.StringIO()
+    with contextlib.redirect_stderr(err), pytest.raises(SystemExit) as stop:
+        cli.main(argv)
+    assert stop.value.code == 2, err.getvalue()
+    text = err.getvalue()
+    assert "Traceback" not in text and text.count("\n") <= 1 + text.count("usage:") * 20
+    return text
 
 
 def test_manifold_rejects_another_flavor(tmp_path):
-    with pytest.raises(SystemExit, match="variational"):
-        cli.main(["manifold", "--flavor", "vanilla", "--out", str(tmp_path)] + SMALL)
+    err = usage_error(["manifold", "--flavor", "vanilla", "--out", str(tmp_path)] + SMALL)
+    assert "variational" in err
 
 
 def test_retrieve_small_run(tmp_path, fashion_dir):
@@ -162,9 +175,41 @@ def test_denoise_small_run(tmp_path, fashion_dir):
 
 
 def test_missing_data_gives_a_clear_message(tmp_path):
-    with pytest.raises(SystemExit, match="retrieve:.*(not found|missing|No such)"):
-        cli.main(["retrieve", "--data-dir", str(tmp_path / "nowhere"), "--out",
-                  str(tmp_path / "o")] + SMALL)
+    err = usage_error(["retrieve", "--data-dir", str(tmp_path / "nowhere"), "--out",
+                       str(tmp_path / "o")] + SMALL)
+    assert re.search("retrieve: error: .*(not found|missing|No such)", err), err
+
+
+@pytest.mark.parametrize("argv, words", [
+    (["manifold", "--hidden", "512,x"], "argument --hidden: expected positive integers"),
+    (["manifold", "--hidden", "512,-3"], "argument --hidden: expected positive integers"),
+    (["manifold", "--lr", "fast"], "argument --lr: expected a positive finite number, got 'fast'"),
+    (["manifold", "--lr", "-0.1"], "argument --lr: expected a positive finite number"),
+    (["manifold", "--lr", "inf"], "argument --lr: expected a positive finite number"),
+    (["manifold", "--beta", "nan"], "argument --beta: expected a finite number >= 0"),
+    (["manifold", "--span", "-2"], "argument --span: expected a positive finite number"),
+    (["manifold", "--seed", "-1"], "argument --seed: expected a non-negative integer"),
+    (["manifold", "--flavor", "fancy"], "argument --flavor: invalid choice: 'fancy'"),
+    (["denoise", "--noise-level", "-0.5"], "argument --noise-level: expected a finite number >= 0"),
+    (["retrieve", "--query", "1,two"], "argument --query: expected test-set indices"),
+    (["retrieve", "--query", "-4"], "argument --query: expected test-set indices"),
+    (["features", "--labels", "100,0"], "argument --labels: expected positive label counts"),
+    (["features", "--labels", "ten"], "argument --labels: expected positive label counts"),
+])
+def test_every_bad_option_value_is_a_one_line_usage_error(argv, words):
+    assert words in usage_error(argv + ["--no-progress"])
+
+
+def test_an_out_that_is_a_file_and_a_corrupt_model_are_usage_errors(tmp_path, fashion_dir):
+    blocker = tmp_path / "file"
+    blocker.write_text("not a folder")
+    err = usage_error(["manifold", "--out", str(blocker)] + SMALL)
+    assert f"--out {blocker}: cannot write the run there" in err
+    broken = tmp_path / "model.npz"
+    broken.write_bytes(b"PK\x03\x04 truncated")
+    err = usage_error(["retrieve", "--model", str(broken), "--data-dir", str(fashion_dir),
+                       "--out", str(tmp_path / "o")] + SMALL)
+    assert f"--model {broken}: " in err and "not a complete autoencoder file" in err
 
 
 def test_module_entry_point_help():

@@ -114,3 +114,37 @@ def test_optimizer_hyper_parameters_are_finite_numbers(make, error, words):
     params = [mg.Tensor(np.zeros(3, np.float32), requires_grad=True)]
     with pytest.raises(error, match=words.replace("(", r"\(").replace(")", r"\)")):
         make(params)
+
+
+def test_a_model_with_tied_parameters_trains_saves_and_loads(tmp_path):
+    """One Dense layer used by the encoder and the decoder: listed once, updated once
+    per step with the sum of its two gradients, saved and loaded under one name."""
+    from minigrad import nn
+    from autoencoders import VanillaAutoencoder
+
+    def build():
+        rng = np.random.default_rng(0)
+        shared = nn.Dense(6, 6, activation="tanh", rng=rng)
+        encoder = nn.Sequential([nn.Dense(10, 6, activation="tanh", rng=rng), shared])
+        decoder = nn.Sequential([shared, nn.Dense(6, 10, rng=rng)])
+        return VanillaAutoencoder(encoder=encoder, decoder=decoder, input_dim=10), shared
+
+    model, shared = build()
+    params = model.parameters()
+    assert len(params) == 6 and sum(p is shared.weight for p in params) == 1
+    X = np.random.default_rng(1).random((32, 10)).astype(np.float32)
+    # the shared weight's gradient is the sum over its two uses: finite differences agree
+    model64, _ = build()
+    for p in model64.parameters():
+        p.data = p.data.astype(np.float64)
+    model64.dtype = "float64"
+    x64 = mg.Tensor(X[:4].astype(np.float64))
+    shared64 = next(p for p in model64.parameters() if p.shape == (6, 6))
+    # gradcheck perturbs the parameter's own data, which both uses read
+    assert mg.gradcheck(lambda weight: model64.loss(x64)[0], [shared64])
+    model.fit(X, epochs=2, batch_size=8, progress=False)
+    assert np.all(np.isfinite(shared.weight.numpy()))
+    path = model.save(tmp_path / "tied.npz")
+    fresh, _ = build()
+    loaded = VanillaAutoencoder.load(path, encoder=fresh.encoder, decoder=fresh.decoder)
+    np.testing.assert_array_equal(loaded.transform(X), model.transform(X))
