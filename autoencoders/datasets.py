@@ -78,55 +78,93 @@ _IDX_DTYPES = {0x08: np.dtype(np.uint8), 0x09: np.dtype(np.int8), 0x0B: np.dtype
 _IDX_CODES = {np.dtype(v).newbyteorder("=").str: k for k, v in _IDX_DTYPES.items()}
 
 
-def _read_bytes(path):
-    with open(path, "rb") as f:
-        raw = f.read()
-    if raw[:2] == b"\x1f\x8b":  # gzip magic, whatever the file is called
-        try:
-            return gzip.decompress(raw)
-        except (OSError, EOFError, zlib.error) as error:
-            raise IDXFormatError(f"{path}: broken gzip stream ({error})") from None
-    return raw
+_CHUNK = 1 << 20
 
 
-def load_idx(path):
+def _open_idx(path):
+    """A binary stream over the IDX bytes of ``path``, gzip'd or not (told by its
+    first two bytes, 1f 8b, not by its name)."""
+    f = open(path, "rb")
+    if f.read(2) == b"\x1f\x8b":
+        f.seek(0)
+        return gzip.GzipFile(fileobj=f, mode="rb"), f
+    f.seek(0)
+    return f, f
+
+
+def _read_exactly(stream, n, path):
+    """Up to ``n`` bytes, read a chunk at a time (so memory follows what the file
+    really holds, never what a header claims); a broken gzip stream is an
+    IDXFormatError."""
+    chunks, got = [], 0
+    try:
+        while got < n:
+            chunk = stream.read(min(_CHUNK, n - got))
+            if not chunk:
+                break
+            chunks.append(chunk)
+            got += len(chunk)
+    except (OSError, EOFError, zlib.error) as error:
+        raise IDXFormatError(f"{path}: broken gzip stream ({error})") from None
+    return b"".join(chunks)
+
+
+def load_idx(path, max_bytes=None):
     """The array stored in IDX file ``path``, of the declared shape, in native byte order.
 
     The file may be plain or gzip'd (told by its first two bytes, 1f 8b, not by its
     name).  Raises :class:`IDXFormatError`, naming the file and the problem, when
     the magic is wrong, the dtype code unknown, the header or data truncated, or
-    there are bytes after the data.
+    there are bytes after the data.  The header is checked before any data is read,
+    and the data are read (and decompressed) a chunk at a time, never beyond what
+    the header declares: a small gzip file cannot make the reader inflate gigabytes
+    to reject it.  ``max_bytes`` refuses headers that declare more data than that.
     """
     path = os.fspath(path)
-    raw = _read_bytes(path)
-    if len(raw) < 4:
-        raise IDXFormatError(f"{path}: truncated header ({len(raw)} bytes; an IDX file "
-                             f"starts with 4 magic bytes)")
-    zero, code, ndim = struct.unpack(">HBB", raw[:4])
-    if zero != 0:
-        raise IDXFormatError(f"{path}: bad magic number 0x{raw[:4].hex()}: the first two "
-                             f"bytes of an IDX file are zero")
-    if code not in _IDX_DTYPES:
-        raise IDXFormatError(f"{path}: unknown dtype code 0x{code:02x}; expected one of "
-                             f"{', '.join(f'0x{c:02x}' for c in _IDX_DTYPES)}")
-    if ndim == 0:
-        raise IDXFormatError(f"{path}: the header declares 0 dimensions")
-    header = 4 + 4 * ndim
-    if len(raw) < header:
-        raise IDXFormatError(f"{path}: truncated header: {ndim} dimensions need {header} "
-                             f"bytes, the file holds {len(raw)}")
-    dims = struct.unpack(f">{ndim}I", raw[4:header])
-    dtype = _IDX_DTYPES[code]
-    # math.prod, not np.prod: a corrupt header can declare dims whose product
-    # overflows int64 and would wrap to a small (even matching) number.
-    expected = math.prod(dims) * dtype.itemsize
-    got = len(raw) - header
-    shape = "x".join(map(str, dims))
+    stream, raw_file = _open_idx(path)
+    with raw_file, stream:
+        start = _read_exactly(stream, 4, path)
+        if len(start) < 4:
+            raise IDXFormatError(f"{path}: truncated header ({len(start)} bytes; an IDX file "
+                                 f"starts with 4 magic bytes)")
+        zero, code, ndim = struct.unpack(">HBB", start)
+        if zero != 0:
+            raise IDXFormatError(f"{path}: bad magic number 0x{start.hex()}: the first two "
+                                 f"bytes of an IDX file are zero")
+        if code not in _IDX_DTYPES:
+            raise IDXFormatError(f"{path}: unknown dtype code 0x{code:02x}; expected one of "
+                                 f"{', '.join(f'0x{c:02x}' for c in _IDX_DTYPES)}")
+        if ndim == 0:
+            raise IDXFormatError(f"{path}: the header declares 0 dimensions")
+        header = 4 + 4 * ndim
+        rest = _read_exactly(stream, 4 * ndim, path)
+        if len(rest) < 4 * ndim:
+            raise IDXFormatError(f"{path}: truncated header: {ndim} dimensions need {header} "
+                                 f"bytes, the file holds {4 + len(rest)}")
+        dims = struct.unpack(f">{ndim}I", rest)
+        dtype = _IDX_DTYPES[code]
+        # math.prod, not np.prod: a corrupt header can declare dims whose product
+        # overflows int64 and would wrap to a small (even matching) number.
+        expected = math.prod(dims) * dtype.itemsize
+        shape = "x".join(map(str, dims))
+        if max_bytes is not None and expected > max_bytes:
+            raise IDXFormatError(f"{path}: the header declares {shape} {dtype.name} = "
+                                 f"{expected} bytes of data, more than the {max_bytes} "
+                                 f"expected here")
+        if stream is raw_file:  # a plain file: its size says at once whether the data fit
+            got = os.fstat(raw_file.fileno()).st_size - header
+            if got != expected:
+                what = "truncated" if got < expected else "trailing bytes"
+                raise IDXFormatError(f"{path}: {what}: header says {shape} {dtype.name} = "
+                                     f"{expected} bytes of data, file holds {got}")
+        raw = _read_exactly(stream, expected + 1, path)  # one more: are there trailing bytes?
+    got = len(raw)
     if got != expected:
         what = "truncated" if got < expected else "trailing bytes"
+        held = f"file holds {got}" if got < expected else "file holds more"
         raise IDXFormatError(f"{path}: {what}: header says {shape} {dtype.name} = {expected} "
-                             f"bytes of data, file holds {got}")
-    data = np.frombuffer(raw, dtype=dtype, offset=header).reshape(dims)
+                             f"bytes of data, {held}")
+    data = np.frombuffer(raw, dtype=dtype).reshape(dims)
     return data.astype(dtype.newbyteorder("="), copy=True)
 
 
@@ -268,7 +306,10 @@ def _load(name, root, split, flatten, download):
             os.makedirs(directory, exist_ok=True)
             path = _download(name, filename, directory)
         paths.append(path)
-    images, labels = load_idx(paths[0]), load_idx(paths[1])
+    _check_identity(name, paths)
+    # a generous bound (a million images) against headers that declare absurd sizes
+    images = load_idx(paths[0], max_bytes=_MAX_IMAGES * 28 * 28)
+    labels = load_idx(paths[1], max_bytes=_MAX_IMAGES * 8)
     if images.ndim != 3 or images.shape[1:] != (28, 28) or images.dtype != np.uint8:
         raise IDXFormatError(f"{paths[0]}: expected uint8 images of 28x28, got "
                              f"{images.dtype} of shape {images.shape}")
@@ -285,6 +326,37 @@ def _load(name, root, split, flatten, download):
     if flatten:
         images = images.reshape(len(images), -1)
     return images, labels.astype(np.int64)
+
+
+_MAX_IMAGES = 1_000_000
+
+
+def _check_identity(name, paths):
+    """MNIST and Fashion-MNIST share file names and formats: an official file of the
+    other data set (told by its published MD5) is refused, naming which it is.  Files
+    that match neither table (unpacked or re-packed copies) are read as they are."""
+    for path in paths:
+        filename = os.path.basename(path)
+        others = {other: sums[filename] for other, sums in CHECKSUMS.items()
+                  if other != name and filename in sums}
+        if not others or os.path.getsize(path) > 64 << 20:
+            continue
+        digest = _md5(path)
+        if digest == CHECKSUMS.get(name, {}).get(filename):
+            continue
+        for other, published in others.items():
+            if digest == published:
+                raise IDXFormatError(
+                    f"{path} is the {other} file {filename} (its MD5 is {other}'s published "
+                    f"one), not {name}'s; point root / --data-dir at the {name} files")
+
+
+def _md5(path):
+    digest = hashlib.md5()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(_CHUNK), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
 
 
 class _Rejected(Exception):

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 from autoencoders import datasets
-from autoencoders.datasets import IDXFormatError
+from autoencoders.datasets import IDXFormatError, load_idx, write_idx
 
 SHARED = Path(__file__).resolve().parents[1].parent / "shared" / "datasets"
 
@@ -388,3 +388,49 @@ def test_real_files(name):
     assert counts.sum() == 10_000 and counts.min() > 800
     if name == "fashion-mnist":
         assert set(counts) == {1000}
+
+
+def test_a_small_gzip_file_is_never_inflated_beyond_its_header(tmp_path):
+    """A 'bomb': a few KB of gzip that inflate to 64 MB behind a header that declares
+    10 bytes (or a bad magic) is rejected after reading about a chunk, not 64 MB."""
+    import tracemalloc
+    zeros = b"\x00" * (64 << 20)
+    for header in (struct.pack(">HBBI", 0, 0x08, 1, 10), b"\xff\xff\x08\x01"):
+        path = tmp_path / "bomb.gz"
+        path.write_bytes(gzip.compress(header + zeros, compresslevel=9))
+        assert path.stat().st_size < 100_000
+        tracemalloc.start()
+        try:
+            with pytest.raises(IDXFormatError, match="trailing bytes|bad magic"):
+                load_idx(path)
+            peak = tracemalloc.get_traced_memory()[1]
+        finally:
+            tracemalloc.stop()
+        assert peak < 4 << 20, peak
+    path = tmp_path / "huge.idx"
+    path.write_bytes(struct.pack(">HBBIII", 0, 0x08, 3, 4_000_000, 28, 28))
+    with pytest.raises(IDXFormatError, match=r"more than the 1000 expected here"):
+        load_idx(path, max_bytes=1000)
+
+
+def test_the_loaders_refuse_the_other_data_sets_official_files(tmp_path, monkeypatch):
+    from autoencoders import datasets
+    images = np.zeros((3, 28, 28), np.uint8)
+    write_idx(tmp_path / "train-images-idx3-ubyte.gz", images)
+    write_idx(tmp_path / "train-labels-idx1-ubyte.gz", np.arange(3, dtype=np.uint8))
+    digest = datasets._md5(tmp_path / "train-images-idx3-ubyte.gz")
+    # pretend these bytes are MNIST's published file
+    sums = {k: dict(v) for k, v in datasets.CHECKSUMS.items()}
+    sums["mnist"]["train-images-idx3-ubyte.gz"] = digest
+    monkeypatch.setattr(datasets, "CHECKSUMS", sums)
+    with pytest.raises(IDXFormatError, match=r"is the mnist file train-images-idx3-ubyte.gz "
+                                             r".* not fashion-mnist's"):
+        datasets.load_fashion_mnist(tmp_path)
+    assert datasets.load_mnist(tmp_path)[0].shape == (3, 28, 28)
+
+
+@pytest.mark.skipif(not (SHARED / "mnist").is_dir(), reason="needs ../shared/datasets")
+def test_the_real_mnist_files_are_refused_as_fashion_mnist():
+    from autoencoders import datasets
+    with pytest.raises(IDXFormatError, match="is the mnist file"):
+        datasets.load_fashion_mnist(SHARED / "mnist", split="test")
