@@ -458,6 +458,7 @@ class Autoencoder(nn.Module):
             if encoder is not None or decoder is not None:
                 raise ValueError(f"{path} holds a model built from sizes; do not pass "
                                  f"encoder or decoder")
+            _check_declared_sizes(path, config["sizes"], weights)
             model = target(config["sizes"], **options)
         model._set_weights(weights, path)
         return model
@@ -503,6 +504,19 @@ class Autoencoder(nn.Module):
 # ----------------------------------------------------------------------------------
 # helpers
 # ----------------------------------------------------------------------------------
+
+def _check_declared_sizes(path, sizes, weights):
+    """A file's config may not declare a model bigger than the weights it holds: the
+    model is built before its weights are compared, so a hostile config could
+    otherwise make ``load`` allocate any amount of memory.  Every flavor has at least
+    the encoder's weight matrices sizes[i] x sizes[i+1]."""
+    sizes = _check_sizes(f"{path}: config", sizes, 2)
+    declared = sum(a * b for a, b in zip(sizes, sizes[1:]))
+    held = sum(int(numpy.size(w)) for w in weights.values())
+    if declared > held:
+        raise ValueError(f"{path}: the config declares sizes {sizes}, which need at least "
+                         f"{declared} weights, but the file holds {held}; the file is damaged")
+
 
 def _check_sizes(name, sizes, minimum):
     if sizes is None:

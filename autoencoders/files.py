@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import math
 import os
 import tempfile
 import zipfile
@@ -102,6 +103,7 @@ def _read_npz(path, what, key, label):
     if not os.path.exists(path):
         raise FileNotFoundError(f"no {what} file at {path}")
     try:
+        _check_members(path, what)
         with numpy.load(path, allow_pickle=False) as data:
             arrays = {name: data[name] for name in data.files}
     except (zipfile.BadZipFile, EOFError, OSError, ValueError, KeyError) as e:
@@ -118,6 +120,35 @@ def _read_npz(path, what, key, label):
     if not isinstance(document, dict):
         raise ValueError(f"{path}: malformed {what} {label}")
     return document, arrays
+
+
+def _check_members(path, what):
+    """Every array in the archive declares no more data than the archive holds for it.
+
+    ``numpy.load`` allocates what an array's header declares before reading it, so a
+    few kilobytes of hostile file could ask for terabytes; the headers are read and
+    checked first (and a compressed member may not inflate beyond 1000 times its size).
+    """
+    with zipfile.ZipFile(path) as archive:
+        for info in archive.infolist():
+            if info.compress_type != zipfile.ZIP_STORED and \
+                    info.file_size > max(1000 * info.compress_size, 1 << 20):
+                raise ValueError(f"{path}: {info.filename} would inflate {info.compress_size} "
+                                 f"bytes to {info.file_size}; not a {what} file")
+            with archive.open(info) as member:
+                version = numpy.lib.format.read_magic(member)
+                if version == (1, 0):
+                    shape, _, dtype = numpy.lib.format.read_array_header_1_0(member)
+                elif version == (2, 0):
+                    shape, _, dtype = numpy.lib.format.read_array_header_2_0(member)
+                else:
+                    raise ValueError(f"{path}: {info.filename} is in .npy format version "
+                                     f"{version}, which this reader does not accept")
+                declared = math.prod(shape) * dtype.itemsize
+                if declared > info.file_size:
+                    raise ValueError(f"{path}: {info.filename} declares an array of shape "
+                                     f"{shape} {dtype} ({declared} bytes) but holds "
+                                     f"{info.file_size} bytes")
 
 
 def _check_format(path, document, name, version, what):

@@ -148,3 +148,53 @@ def test_a_model_with_tied_parameters_trains_saves_and_loads(tmp_path):
     fresh, _ = build()
     loaded = VanillaAutoencoder.load(path, encoder=fresh.encoder, decoder=fresh.decoder)
     np.testing.assert_array_equal(loaded.transform(X), model.transform(X))
+
+
+def _traced_peak(call):
+    import tracemalloc
+    tracemalloc.start()
+    try:
+        call()
+    except Exception as error:  # the caller checks the error itself
+        return error, tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    return None, 0
+
+
+def test_a_model_file_whose_config_declares_huge_sizes_is_refused_before_building(tmp_path):
+    import json
+    from autoencoders import Autoencoder, VanillaAutoencoder
+    path = VanillaAutoencoder([6, 3], seed=0).save(tmp_path / "small.npz")
+    with np.load(path, allow_pickle=False) as data:
+        arrays = {name: data[name] for name in data.files}
+    config = json.loads(str(arrays["__config__"][()]))
+    config["sizes"] = [200_000, 100_000, 3]        # 80 GB of float32 weights
+    arrays["__config__"] = np.array(json.dumps(config))
+    np.savez(tmp_path / "hostile.npz", **arrays)
+    error, peak = _traced_peak(lambda: Autoencoder.load(tmp_path / "hostile.npz"))
+    assert isinstance(error, ValueError), error
+    assert "declares sizes [200000, 100000, 3]" in str(error) and "hostile.npz" in str(error)
+    assert peak < 1 << 20
+
+
+def test_an_array_header_declaring_more_than_the_file_holds_is_refused_unread(tmp_path):
+    import io
+    import zipfile
+    from autoencoders import Autoencoder, VanillaAutoencoder
+    path = VanillaAutoencoder([6, 3], seed=0).save(tmp_path / "small.npz")
+    # rewrite one member: a header declaring 10^12 float32 values, 16 bytes of data
+    header = io.BytesIO()
+    np.lib.format.write_array_header_1_0(header, {"descr": "<f4", "fortran_order": False,
+                                                  "shape": (1_000_000, 1_000_000)})
+    with zipfile.ZipFile(path) as source, \
+            zipfile.ZipFile(tmp_path / "hostile.npz", "w") as target:
+        for info in source.infolist():
+            data = source.read(info)
+            if info.filename.startswith("encoder"):
+                data = b"\x93NUMPY\x01\x00" + header.getvalue()[8:] + b"\x00" * 16
+            target.writestr(info.filename, data)
+    error, peak = _traced_peak(lambda: Autoencoder.load(tmp_path / "hostile.npz"))
+    assert isinstance(error, ValueError), error
+    assert "declares an array of shape (1000000, 1000000)" in str(error)
+    assert peak < 1 << 20
