@@ -25,6 +25,7 @@ any logit), while ``decode`` and ``reconstruct`` return the probabilities.
 """
 from __future__ import annotations
 
+import math
 import numbers
 import os
 
@@ -145,6 +146,26 @@ class Autoencoder(nn.Module):
     def _check_hyper(self):
         """Validate the flavor's hyper-parameters (a subclass hook; raise ValueError)."""
 
+    def _check_number(self, name, low=0.0, high=math.inf, *, open_low=False, open_high=False,
+                      integer=False):
+        """Hyper-parameter ``name`` is a finite real number (an integer if ``integer``) in
+        the interval, or a TypeError / ValueError names the flavor, the parameter, its
+        value and what is expected.  Strings and bools are not numbers here."""
+        value = getattr(self, name)
+        kind = "an integer" if integer else "a number"
+        if isinstance(value, bool) or not isinstance(
+                value, numbers.Integral if integer else numbers.Real):
+            raise TypeError(f"{self._name}: {name} must be {kind}, got {value!r} "
+                            f"({type(value).__name__})")
+        inside = ((low < value if open_low else low <= value)
+                  and (value < high if open_high else value <= high))
+        if not math.isfinite(value) or not inside:
+            interval = (("(" if open_low else "[") + f"{low:g}, "
+                        + ("inf)" if high == math.inf else f"{high:g}" + (")" if open_high
+                                                                          else "]")))
+            raise ValueError(f"{self._name}: {name}={value!r}; expected {kind} in {interval}"
+                             + ("" if math.isfinite(value) else " (finite)"))
+
     def _default_latent_activation(self):
         return self.default_latent_activation
 
@@ -230,7 +251,8 @@ class Autoencoder(nn.Module):
         mse: sum_i (x̂_i - x_i)^2.
         """
         if self.loss_name == "bce":
-            per_pixel = losses.binary_cross_entropy_with_logits(pre, x, reduction="none")
+            per_pixel = losses.binary_cross_entropy_with_logits(pre, x, reduction="none",
+                                                                check_target=False)
         else:
             per_pixel = losses.mse(self._output(pre), x, reduction="none")
         return per_pixel.sum(axis=-1)
@@ -242,7 +264,9 @@ class Autoencoder(nn.Module):
         fused kernel node on the Numba and CuPy backends.
         """
         if self.loss_name == "bce":
-            return losses.binary_cross_entropy_with_logits(pre, x, reduction="batchmean")
+            # the data were checked to lie in [0, 1] when they entered the model
+            return losses.binary_cross_entropy_with_logits(pre, x, reduction="batchmean",
+                                                           check_target=False)
         return losses.mse(self._output(pre), x, reduction="batchmean")
 
     # -- the loss --------------------------------------------------------------------

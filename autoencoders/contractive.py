@@ -52,9 +52,7 @@ class ContractiveAutoencoder(Autoencoder):
         _stages(self.encoder)  # fail now, not in fit, for an encoder we cannot differentiate
 
     def _check_hyper(self):
-        if not self.weight >= 0:
-            raise ValueError(f"ContractiveAutoencoder: weight={self.weight} must be "
-                             f"non-negative")
+        self._check_number("weight")
 
     def contractive_penalty(self, x):
         """The batch mean of ‖J_f(x)‖_F² as a scalar Tensor (differentiable)."""

@@ -41,10 +41,11 @@ class DenoisingAutoencoder(Autoencoder):
         if self.noise not in _NOISES:
             raise ValueError(f"DenoisingAutoencoder: noise={self.noise!r}; expected one of "
                              f"{_NOISES}")
-        limit = numpy.inf if self.noise == "gaussian" else 1
-        if not 0 <= self.noise_level <= limit:
-            raise ValueError(f"DenoisingAutoencoder: noise_level={self.noise_level} must lie "
-                             f"in [0, {limit}] for noise={self.noise!r}")
+        # a fraction of the pixels for masking and salt-and-pepper, a std for gaussian
+        self._check_number("noise_level", 0, numpy.inf if self.noise == "gaussian" else 1)
+        if self.clip is not None and not isinstance(self.clip, bool):
+            raise TypeError(f"DenoisingAutoencoder: clip must be None (clip to [0, 1] when "
+                            f"loss='bce'), True or False, got {self.clip!r}")
 
     def corrupt(self, x, rng=None):
         """x̃ ~ C(x̃ | x) for a batch (Tensor or array); returns a Tensor, noise from ``rng``."""

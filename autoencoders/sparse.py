@@ -51,12 +51,9 @@ class SparseAutoencoder(Autoencoder):
         if self.sparsity not in ("l1", "kl"):
             raise ValueError(f"SparseAutoencoder: sparsity={self.sparsity!r}; expected "
                              f"'l1' or 'kl'")
-        if not self.l1 >= 0 or not self.kl_weight >= 0:
-            raise ValueError(f"SparseAutoencoder: l1={self.l1} and kl_weight="
-                             f"{self.kl_weight} must be non-negative")
-        if not 0 < self.rho < 1:
-            raise ValueError(f"SparseAutoencoder: rho={self.rho} must lie strictly between "
-                             f"0 and 1")
+        self._check_number("l1")
+        self._check_number("kl_weight")
+        self._check_number("rho", 0, 1, open_low=True, open_high=True)
 
     def _default_latent_activation(self):
         return "sigmoid" if self.sparsity == "kl" else "relu"

@@ -94,12 +94,8 @@ class VariationalAutoencoder(Autoencoder):
         self._kl_scale = 1.0
 
     def _check_hyper(self):
-        if not self.beta >= 0:
-            raise ValueError(f"VariationalAutoencoder: beta={self.beta} must be non-negative")
-        if isinstance(self.kl_warmup_epochs, bool) or \
-                not isinstance(self.kl_warmup_epochs, int) or self.kl_warmup_epochs < 0:
-            raise ValueError(f"VariationalAutoencoder: kl_warmup_epochs="
-                             f"{self.kl_warmup_epochs!r} must be a non-negative integer")
+        self._check_number("beta")
+        self._check_number("kl_warmup_epochs", integer=True)
 
     # -- building -------------------------------------------------------------------
     def _build_encoder(self, rng):

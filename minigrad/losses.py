@@ -91,6 +91,23 @@ class FusedSumLoss(Function):
         return grad_pred, grad_target
 
 
+def _check_range(op, name, t, low, high, *, open_low=False, open_high=False):
+    """Every value of Tensor ``t`` in the interval, or a ValueError naming the loss, the
+    argument, the values found and what is expected (NaN counts as outside).  One
+    reduction, and one read from the device."""
+    xp, data = t.xp, t.data
+    inside = (data > low if open_low else data >= low) & (data < high if open_high
+                                                           else data <= high)
+    if bool(inside.all()):
+        return
+    lo, hi = float(xp.nanmin(data)), float(xp.nanmax(data))
+    interval = (("(" if open_low else "[") + f"{low:g}, {high:g}"
+                + (")" if open_high or high == math.inf else "]"))
+    nans = int(xp.isnan(data).sum())
+    raise ValueError(f"{op}: {name} must lie in {interval}, found values in [{lo:g}, {hi:g}]"
+                     + (f" and {nans} NaN" if nans else ""))
+
+
 def _fused(kernel, pred, target, reduction):
     """The fused kernel node, where the data's device fuses and the reduction allows
     (the one place a loss decides between the fused kernel and the primitives)."""
@@ -112,13 +129,18 @@ def mse(pred, target, reduction="mean"):
     return _reduce("mse", diff * diff, reduction)
 
 
-def binary_cross_entropy(prob, target, reduction="mean"):
+def binary_cross_entropy(prob, target, reduction="mean", check_target=True):
     """-(t ln p + (1 - t) ln(1 - p)) per element, for probabilities p in [0, 1].
 
     Each log is clamped below at -100 (as PyTorch does), so p of exactly 0 or 1
-    gives a finite loss and gradient.
+    gives a finite loss and gradient.  ``prob`` and ``target`` outside [0, 1] are
+    errors (``check_target=False`` skips the target's check, for targets checked
+    already, as the autoencoders' data are when they enter ``fit``).
     """
     prob, target = _same_shape("binary_cross_entropy", prob, target, ("prob", "target"))
+    _check_range("binary_cross_entropy", "prob", prob, 0.0, 1.0)
+    if check_target:
+        _check_range("binary_cross_entropy", "target", target, 0.0, 1.0)
     with numpy.errstate(divide="ignore"):  # ln 0 = -inf is expected here, and clamped
         log_p = F.maximum(F.log(prob), -100.0)
         log_1mp = F.maximum(F.log(1.0 - prob), -100.0)
@@ -126,13 +148,17 @@ def binary_cross_entropy(prob, target, reduction="mean"):
                    reduction)
 
 
-def binary_cross_entropy_with_logits(logits, target, reduction="mean"):
+def binary_cross_entropy_with_logits(logits, target, reduction="mean", check_target=True):
     """BCE of sigmoid(x) against t, as max(x, 0) - t x + ln(1 + e^-|x|): finite for any
     logit x, and without the cancellation of softplus(x) - t x, which for a confident
     right answer (x = 20, t = 1) subtracts two numbers near 20 to leave 2e-9.  The
-    gradient is sigmoid(x) - t everywhere (max splits a tie at x = 0 in halves)."""
+    gradient is sigmoid(x) - t everywhere (max splits a tie at x = 0 in halves).
+    Targets outside [0, 1] are an error (``check_target=False`` skips that check, for
+    targets checked already)."""
     logits, target = _same_shape("binary_cross_entropy_with_logits", logits, target,
                                  ("logits", "target"))
+    if check_target:
+        _check_range("binary_cross_entropy_with_logits", "target", target, 0.0, 1.0)
     fused = _fused("bce_with_logits", logits, target, reduction)
     if fused is not None:
         return fused
@@ -143,6 +169,9 @@ def binary_cross_entropy_with_logits(logits, target, reduction="mean"):
 def kl_divergence(p, q, reduction="mean"):
     """KL(p || q) = sum_i p_i ln(p_i / q_i) over the last axis; terms with p_i = 0 give 0."""
     p, q = _same_shape("kl_divergence", p, q, ("p", "q"))
+    # probabilities cannot be negative (ln of one would be NaN, or be masked away)
+    _check_range("kl_divergence", "p", p, 0.0, math.inf)
+    _check_range("kl_divergence", "q", q, 0.0, math.inf)
     positive = p.data > 0
     # Where p = 0 the term is 0; feed ln() ones there so no inf enters the graph.
     safe_p, safe_q = F.where(positive, p, 1.0), F.where(positive, q, 1.0)
@@ -195,6 +224,7 @@ def bernoulli_kl(rho, rho_hat, reduction="sum"):
     if not 0.0 < rho < 1.0:
         raise ValueError(f"bernoulli_kl: rho={rho} must lie strictly between 0 and 1")
     rho_hat = as_tensor(rho_hat)
+    _check_range("bernoulli_kl", "rho_hat", rho_hat, 0.0, 1.0)
     terms = (rho * (math.log(rho) - F.log(rho_hat))
              + (1.0 - rho) * (math.log(1.0 - rho) - F.log(1.0 - rho_hat)))
     return _reduce("bernoulli_kl", terms, reduction)

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 import minigrad as mg
-from minigrad import optim
+from minigrad import losses, optim
 from autoencoders import VanillaAutoencoder
 
 
@@ -198,3 +198,47 @@ def test_an_array_header_declaring_more_than_the_file_holds_is_refused_unread(tm
     assert isinstance(error, ValueError), error
     assert "declares an array of shape (1000000, 1000000)" in str(error)
     assert peak < 1 << 20
+
+
+@pytest.mark.parametrize("flavor, hyper, error, words", [
+    ("sparse", {"l1": "0.1"}, TypeError, "SparseAutoencoder: l1 must be a number, got '0.1'"),
+    ("sparse", {"l1": float("inf")}, ValueError, "l1=inf; expected a number in [0, inf) (finite)"),
+    ("sparse", {"kl_weight": float("nan")}, ValueError, "kl_weight=nan"),
+    ("sparse", {"sparsity": "kl", "rho": -0.1}, ValueError, "rho=-0.1; expected a number in (0, 1)"),
+    ("sparse", {"sparsity": "kl", "rho": True}, TypeError, "rho must be a number, got True"),
+    ("denoising", {"noise_level": float("inf")}, ValueError, "noise_level=inf"),
+    ("denoising", {"noise": "gaussian", "noise_level": float("inf")}, ValueError,
+     "noise_level=inf; expected a number in [0, inf) (finite)"),
+    ("denoising", {"noise_level": "0.3"}, TypeError, "noise_level must be a number, got '0.3'"),
+    ("denoising", {"clip": "yes"}, TypeError, "clip must be None"),
+    ("contractive", {"weight": float("inf")}, ValueError, "weight=inf"),
+    ("contractive", {"weight": "1"}, TypeError, "weight must be a number, got '1'"),
+    ("variational", {"beta": float("inf")}, ValueError, "beta=inf"),
+    ("variational", {"beta": "1"}, TypeError, "beta must be a number, got '1'"),
+    ("variational", {"kl_warmup_epochs": 2.5}, TypeError, "kl_warmup_epochs must be an integer"),
+    ("variational", {"kl_warmup_epochs": -1}, ValueError, "kl_warmup_epochs=-1; expected an "
+                                                         "integer in [0, inf)"),
+])
+def test_flavor_hyper_parameters_are_finite_numbers_in_range(flavor, hyper, error, words):
+    import re
+    from autoencoders import FLAVORS
+    with pytest.raises(error, match=re.escape(words)):
+        FLAVORS[flavor]([4, 2], **hyper)
+
+
+@pytest.mark.parametrize("call, words", [
+    (lambda: losses.binary_cross_entropy_with_logits(np.zeros(3), np.full(3, 5.0)),
+     "binary_cross_entropy_with_logits: target must lie in [0, 1], found values in [5, 5]"),
+    (lambda: losses.binary_cross_entropy(np.full(3, 0.5), np.array([0.0, np.nan, 1.0])),
+     "binary_cross_entropy: target must lie in [0, 1], found values in [0, 1] and 1 NaN"),
+    (lambda: losses.binary_cross_entropy(np.full(3, 1.5), np.zeros(3)),
+     "binary_cross_entropy: prob must lie in [0, 1], found values in [1.5, 1.5]"),
+    (lambda: losses.kl_divergence(np.array([[-0.1, 1.1]]), np.array([[0.5, 0.5]])),
+     "kl_divergence: p must lie in [0, inf), found values in [-0.1, 1.1]"),
+    (lambda: losses.bernoulli_kl(0.05, np.array([0.2, 1.5])),
+     "bernoulli_kl: rho_hat must lie in [0, 1], found values in [0.2, 1.5]"),
+])
+def test_losses_refuse_values_outside_their_domain(call, words):
+    import re
+    with pytest.raises(ValueError, match=re.escape(words)):
+        call()
