@@ -6,11 +6,14 @@ results may keep the broadcast shape: the engine sums them back to each input's
 shape in one place (:func:`minigrad.backward.unbroadcast`).  The primitives
 that reduce, reshape, index and multiply matrices are in :mod:`minigrad.array_ops`.
 
-Gradients that pass through a "masked" branch (``where``, ``maximum``, ``clip``)
-are exact zeros; the primitives whose derivative can be infinite (``log``,
-``sqrt``, ``/``, ``**``) turn a zero incoming gradient into a zero outgoing one,
-so an ``inf`` or ``nan`` of the branch that was not taken never reaches a
-gradient (``0 * inf`` would be ``nan``).
+A gradient masked to exact zeros (the branch ``where``, ``maximum`` or ``clip``
+did not take) stays zero through every elementwise primitive, even where its own
+derivative is infinite (``log`` and ``/`` at 0, ``**``, an overflowed ``exp``,
+``*`` by inf; ``0 * inf`` would be ``nan``): ``where(x > 0, log(x), 0)`` has
+gradient 0 at x = 0.  Not so through a matrix product or a fused kernel (dense
+layers, losses, the VAE's reparameterization and KL), where an infinite operand
+meets the zeros in a sum: there mask the *input* too,
+``where(c, f(where(c, x, safe_x)), 0)``.
 
 The public functions at the bottom (``exp``, ``where``, ...), and those of
 :mod:`minigrad.array_ops` (``sum``, ``matmul``, ...), are also attached to
@@ -21,14 +24,21 @@ from __future__ import annotations
 import numbers
 import operator
 
+import numpy
+
 from . import activations
 from .array_ops import (_check_broadcast, _drop_axes, _normalize_axis, broadcast_to,
                         concatenate, getitem, matmul, max, mean, reshape, sum, transpose, where)
-from .tensor import Function, Tensor, as_tensor
+from .tensor import Function, Tensor
 
 # ----------------------------------------------------------------------------
 # helpers
 # ----------------------------------------------------------------------------
+
+
+def _times(xp, grad, local):
+    """``grad * local``, with 0 wherever ``grad`` is 0 (see the module docstring)."""
+    return xp.where(grad == 0, 0.0, grad * local)
 
 
 def _nonzero_denominator(xp, grad, denominator):
@@ -73,7 +83,8 @@ class Mul(Function):
     def backward(self, g):
         a, b = self.saved
         need_a, need_b = self.needs_input_grad  # (x * 2.0: no gradient for the 2.0)
-        return (g * b if need_a else None), (g * a if need_b else None)
+        return (_times(self.xp, g, b) if need_a else None), \
+            (_times(self.xp, g, a) if need_b else None)
 
 
 class Div(Function):
@@ -88,7 +99,8 @@ class Div(Function):
         a, b = self.saved
         b = _nonzero_denominator(self.xp, g, b)
         g_over_b = g / b
-        return g_over_b, (-g_over_b * (a / b) if self.needs_input_grad[1] else None)
+        return g_over_b, (_times(self.xp, g_over_b, -(a / b))
+                          if self.needs_input_grad[1] else None)
 
 
 class Neg(Function):
@@ -114,11 +126,9 @@ class Pow(Function):
         p = self.exponent
         if p == 0:
             return self.xp.zeros_like(g)
-        if p >= 1 or float(p).is_integer():
-            return g * (p * x ** (p - 1))
-        # x^(p-1) is infinite at x = 0 for p < 1: keep 0 * inf out of the gradient.
-        base = _nonzero_denominator(self.xp, g, x)
-        return g * (p * base ** (p - 1))
+        # x^(p-1) is infinite at x = 0 for p < 1: where g is 0, base 1 keeps it finite
+        base = x if p >= 1 else _nonzero_denominator(self.xp, g, x)
+        return _times(self.xp, g, p * base ** (p - 1))
 
 
 # ----------------------------------------------------------------------------
@@ -135,7 +145,7 @@ class Exp(Function):
 
     def backward(self, g):
         y, = self.saved
-        return g * y
+        return _times(self.xp, g, y)
 
 
 class Log(Function):
@@ -252,6 +262,34 @@ def _split_by_winner(xp, g, a_wins, tie):
     return ga, gb
 
 
+class LogSumExp(Function):
+    """y = ln s + m over ``axis``, with m = max x and s = sum_i e^(x_i - m).
+
+    backward: g * softmax(x) = g * e^(x - m) / s; where y is infinite (an entry +inf,
+    or all -inf) softmax's limit, equal shares among the entries equal to the max."""
+
+    def forward(self, x, axis, keepdims):
+        xp = self.xp
+        axes = _normalize_axis("logsumexp", axis, x.ndim)
+        m = x.max(axis=axes, keepdims=True)
+        shift = xp.where(xp.isfinite(m), m, 0)
+        with numpy.errstate(divide="ignore", invalid="ignore", over="ignore"):
+            e = xp.exp(x - shift)
+            total = e.sum(axis=axes, keepdims=True)
+            y = xp.log(total) + shift
+        self.save_for_backward(x, m, e, total, y)
+        self.axes = axes
+        return y if keepdims else y.reshape(_drop_axes(y.shape, axes))
+
+    def backward(self, g):
+        xp = self.xp
+        x, m, e, total, y = self.saved
+        g, finite, at_max = g.reshape(y.shape), xp.isfinite(y), x == m
+        limit = at_max / at_max.sum(axis=self.axes, keepdims=True)
+        softmax = e / xp.where(finite, total, 1)
+        return g * xp.where(finite, softmax, limit)
+
+
 # ============================================================================
 # Public functions (each also a Tensor method).  Composites are built from the
 # primitives above; their gradients come from the chain rule.
@@ -308,19 +346,7 @@ def minimum(a, b): return Minimum.apply(a, b)
 
 
 def logsumexp(x, axis=None, keepdims=False):
-    """ln sum exp(x) over ``axis``, as m + ln sum exp(x - m) with m = max x.
-
-    m is a constant to the gradient (detached): the result does not depend on
-    it, and the gradient that remains is softmax(x), finite for any input.
-    """
-    x = as_tensor(x)
-    m = x.detach().max(axis=axis, keepdims=True)
-    m = Tensor._wrap(x.xp.where(x.xp.isfinite(m.data), m.data, 0), False)
-    out = log(sum(exp(x - m), axis=axis, keepdims=True)) + m
-    if keepdims:
-        return out
-    axes = _normalize_axis("logsumexp", axis, x.ndim)
-    return reshape(out, _drop_axes(out.shape, axes))
+    return LogSumExp.apply(x, axis=axis, keepdims=keepdims)
 
 
 # ----------------------------------------------------------------------------

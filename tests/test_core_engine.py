@@ -390,3 +390,45 @@ def test_leaves_never_share_a_gradient_array():
     seed[:] = 100  # the caller's seed is not the leaf's gradient either
     np.testing.assert_array_equal(host(a.grad), [2, 2, 2])
     np.testing.assert_array_equal(host(b.grad), [2, 2, 2])
+
+
+@pytest.mark.parametrize("name, f, x, grad", [
+    ("pow -1 at 0", lambda x: mg.where(x.data > 0, x ** -1, 0.0), [0.0, 2.0], [0.0, -0.25]),
+    ("pow 0.5 at 0", lambda x: mg.where(x.data > 0, x ** 0.5, 0.0), [0.0, 4.0], [0.0, 0.25]),
+    ("exp overflow", lambda x: mg.where(x.data < 500, mg.exp(x), 0.0), [1000.0, 0.0], [0.0, 1.0]),
+    ("x * x at inf", lambda x: mg.where(np.isfinite(x.data), x * x, 0.0), [np.inf, 2.0],
+     [0.0, 4.0]),
+    ("1 / x at 0", lambda x: mg.where(x.data != 0, 1.0 / x, 0.0), [0.0, 2.0], [0.0, -0.25]),
+    ("inf / x", lambda x: mg.where(x.data > 1, np.inf / x, 0.0), [1.0, 2.0], [0.0, -np.inf]),
+    ("log at 0", lambda x: mg.where(x.data > 0, mg.log(x), 0.0), [0.0, 2.0], [0.0, 0.5]),
+])
+def test_masked_branches_give_zero_gradients_through_every_elementwise_primitive(
+        device, name, f, x, grad):
+    """The promise of minigrad/functions.py's docstring, op by op."""
+    x = mg.Tensor(np.array(x), requires_grad=True)
+    with np.errstate(all="ignore"):
+        f(x).sum().backward()
+    np.testing.assert_array_equal(host(x.grad), grad)
+
+
+def test_where_the_promise_stops_a_matrix_product_and_the_masked_input_that_fixes_it():
+    """Through matmul an infinite operand meets zeros in a sum: NaN, as documented;
+    masking the input as well keeps the gradient finite."""
+    w = mg.Tensor(np.array([[np.inf], [1.0]]))
+    x = mg.Tensor(np.array([[0.0, 2.0]]), requires_grad=True)
+    with np.errstate(all="ignore"):
+        mg.where(np.array([[False]]), x @ w, 0.0).sum().backward()
+    assert np.isnan(host(x.grad)).any()
+    x.grad = None
+    safe_w = mg.where(np.isfinite(w.data), w, 0.0)
+    mg.where(np.array([[False]]), x @ safe_w, 0.0).sum().backward()
+    np.testing.assert_array_equal(host(x.grad), [[0.0, 0.0]])
+
+
+@pytest.mark.parametrize("x, grad", [
+    ([np.inf, 0.0], [1.0, 0.0]), ([np.inf, np.inf, 1.0], [0.5, 0.5, 0.0]),
+    ([-np.inf, -np.inf], [0.5, 0.5]), ([-np.inf, 0.0], [0.0, 1.0])])
+def test_logsumexp_gradient_at_infinite_entries_is_softmaxs_limit(device, x, grad):
+    t = mg.Tensor(np.array(x), requires_grad=True)
+    mg.logsumexp(t).backward()
+    np.testing.assert_allclose(host(t.grad), grad)
