@@ -1,13 +1,15 @@
 """``python -m autoencoders <command>`` (also installed as the ``autoencoders`` script).
 
 Commands: ``manifold`` (the main job, no download needed), ``retrieve``,
-``features``, ``denoise``.  ``python -m autoencoders <command> --help`` lists each
+``features``, ``denoise``, and ``index build`` / ``index query`` (similar-image search
+on your own pictures).  ``python -m autoencoders <command> --help`` lists each
 command's options and defaults.
 """
 from __future__ import annotations
 
 import argparse
 import math
+import os
 import sys
 
 __all__ = ["main", "build_parser"]
@@ -77,7 +79,8 @@ def _seed(text):
     return value
 
 
-def _common(parser, *, flavor, latent, hidden, epochs, batch_size=128, lr=1e-3):
+def _common(parser, *, flavor, latent, hidden, epochs, batch_size=128, lr=1e-3, data=True,
+            out=None):
     g = parser.add_argument_group("model and training")
     g.add_argument("--flavor", default=flavor, choices=_FLAVORS,
                    help="vanilla, sparse, denoising, contractive or variational "
@@ -96,11 +99,14 @@ def _common(parser, *, flavor, latent, hidden, epochs, batch_size=128, lr=1e-3):
                    help="minigrad backend: numpy, numba or cupy (default: MINIGRAD_BACKEND, "
                         "else numba when installed)")
     o = parser.add_argument_group("files")
-    o.add_argument("--out", default=None, help="output directory (default: runs/<command>)")
-    o.add_argument("--data-dir", default=None,
-                   help="directory with the IDX files (default: $AUTOENCODERS_DATA)")
-    o.add_argument("--download", action="store_true",
-                   help="fetch missing data files from the official sources (checksummed)")
+    o.add_argument("--out", default=out,
+                   help="output directory (default: %(default)s)" if out else
+                        "output directory (default: runs/<command>)")
+    if data:
+        o.add_argument("--data-dir", default=None,
+                       help="directory with the IDX files (default: $AUTOENCODERS_DATA)")
+        o.add_argument("--download", action="store_true",
+                       help="fetch missing data files from the official sources (checksummed)")
     o.add_argument("--no-progress", dest="progress", action="store_false",
                    help="no progress bar")
     o.add_argument("--resume", action="store_true",
@@ -153,6 +159,35 @@ def build_parser():
                            help="label budgets, comma-separated (default: 100,1000,60000)")
             p.add_argument("--max-iter", type=_positive_int, default=1000,
                            help="LogisticRegression max_iter (default: %(default)s)")
+
+    p = sub.add_parser("index", help="similar-image search on your own pictures: build an "
+                                     "index of codes, query it")
+    actions = p.add_subparsers(dest="action", required=True, metavar="action")
+    b = actions.add_parser("build", help="encode every picture under --images into an index")
+    _common(b, flavor="vanilla", latent=32, hidden="256", epochs=10, data=False,
+            out=os.path.join("runs", "index"))
+    b.add_argument("--images", required=True, help="folder of pictures (searched recursively)")
+    b.add_argument("--model", default=None,
+                   help="encode with this saved model (default: train one on the pictures)")
+    b.add_argument("--size", type=_int_list(1, "HEIGHT,WIDTH (two positive integers)"),
+                   default=None, help="picture size the model sees (default: the model's "
+                                      "square input, or 28,28 when training)")
+    b.add_argument("--mode", choices=("L", "RGB"), default="L",
+                   help="grey (L) or colour (RGB) (default: %(default)s)")
+    b.add_argument("--kind", choices=("exact", "hnsw", "ivf"), default="exact",
+                   help="exact search, or an approximate FAISS index for large collections "
+                        "(default: %(default)s)")
+    q = actions.add_parser("query", help="the nearest indexed pictures of each IMAGE")
+    q.add_argument("images", nargs="+", metavar="IMAGE", help="query picture files")
+    q.add_argument("--index", required=True, help="an index folder written by 'index build'")
+    q.add_argument("-k", type=_positive_int, default=4,
+                   help="neighbours per query (default: %(default)s)")
+    q.add_argument("--model", default=None,
+                   help="the model the index was built with (default: its copy in the index)")
+    q.add_argument("--out", default=os.path.join("runs", "index-query"),
+                   help="where neighbors.png goes (default: %(default)s)")
+    q.add_argument("--backend", default=None, help="minigrad backend (numpy, numba or cupy)")
+    q.add_argument("--no-progress", dest="progress", action="store_false", help="(no effect)")
 
     p = sub.add_parser("denoise", help="denoising vs vanilla autoencoder on corrupted images")
     _common(p, flavor="denoising", latent=128, hidden="512", epochs=10)

@@ -217,6 +217,13 @@ def _grid_span(codes, span):
 # retrieval
 # ----------------------------------------------------------------------------
 
+def index(options, run):
+    """``index build`` / ``index query``: similar-image search on your own pictures
+    (:mod:`autoencoders.search`)."""
+    from . import search
+    return getattr(search, options.action)(options, run)
+
+
 DEFAULT_QUERIES = (1, 6, 0, 7, 8)  # classes: trouser (jeans), shirt, T-shirt, sneaker, bag
 
 
@@ -235,7 +242,9 @@ def retrieve(options, run):
         f"pca{pca.n_components}": (pca.transform(X), pca.transform(X_test)),
     }.items():
         started = time.perf_counter()
-        precision = metrics.precision_at_k(queries, y_test, items, y, ks=ks)
+        neighbors = _cosine_index(items).search(queries, k=max(ks)).ids
+        hits = y[neighbors] == y_test[:, None]
+        precision = {k: float(hits[:, :k].mean()) for k in ks}
         results[name] = {f"precision@{k}": v for k, v in precision.items()}
         run.log(f"{name:>8}: " + ", ".join(f"p@{k} {v:.4f}" for k, v in precision.items())
                 + f"  ({time.perf_counter() - started:.1f} s)")
@@ -243,7 +252,7 @@ def retrieve(options, run):
                latent_dim=model.latent_dim, metric="cosine")
 
     queries = _query_indices(options.query, y_test)
-    neighbors = metrics.nearest_neighbors(test_codes[queries], codes, 4, metric="cosine")
+    neighbors = _cosine_index(codes).search(test_codes[queries], k=4).ids
     side = int(round(np.sqrt(X.shape[1])))
     figures.neighbors_figure(
         X_test[queries].reshape(-1, side, side), X[neighbors].reshape(len(queries), 4, side, side),
@@ -254,6 +263,14 @@ def retrieve(options, run):
     run.record(queries=[int(q) for q in queries])
     run.log(f"wrote {run.path('neighbors.png')}")
     return run.metrics
+
+
+def _cosine_index(items):
+    """An exact cosine index over ``items`` (the one ``index build`` saves), ids 0..n-1."""
+    from .index import CodeIndex
+    index = CodeIndex(items.shape[1], kind="exact")
+    index.add(items, [str(i) for i in range(len(items))])
+    return index
 
 
 def _query_indices(query, labels):

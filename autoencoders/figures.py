@@ -85,11 +85,13 @@ def latent_figure(codes, heights, widths, path):
 
 
 def neighbors_figure(query_images, neighbor_images, path, query_titles=None,
-                     neighbor_titles=None, neighbor_matches=None):
+                     neighbor_titles=None, neighbor_matches=None, cmap="gray_r", title=None):
     """One row per query: the query, then its nearest training images.
 
     ``neighbor_matches`` (n, k) booleans, optional: titles of neighbours that share the
-    query's label are drawn in green, the others in red.
+    query's label are drawn in green, the others in red.  Grey images are drawn with
+    ``cmap`` ("gray_r": ink on paper, as Fashion-MNIST; "gray" for photographs), RGB
+    images (..., 3) as they are.
     """
     plt = _pyplot()
     n, k = neighbor_images.shape[:2]
@@ -98,7 +100,7 @@ def neighbors_figure(query_images, neighbor_images, path, query_titles=None,
         row = [query_images[i]] + list(neighbor_images[i])
         for j, image in enumerate(row):
             ax = axes[i, j]
-            ax.imshow(image, cmap="gray_r", vmin=0, vmax=1)
+            ax.imshow(image, cmap=cmap, vmin=0, vmax=1)
             ax.set_xticks([])
             ax.set_yticks([])
             if j == 0:
@@ -111,9 +113,10 @@ def neighbors_figure(query_images, neighbor_images, path, query_titles=None,
                 color = ("black" if neighbor_matches is None
                          else "tab:green" if neighbor_matches[i][j - 1] else "tab:red")
                 ax.set_title(neighbor_titles[i][j - 1], fontsize=7, color=color)
-    fig.suptitle("Test queries (left) and their nearest training images by cosine distance "
-                 "of the codes" + ("\n(green: same class as the query, red: another class)"
-                                   if neighbor_matches is not None else ""),
+    fig.suptitle((title or "Test queries (left) and their nearest training images by cosine "
+                           "distance of the codes")
+                 + ("\n(green: same class as the query, red: another class)"
+                    if neighbor_matches is not None else ""),
                  fontsize=9)
     fig.tight_layout(rect=(0, 0, 1, 0.97))
     return _save(fig, path)
