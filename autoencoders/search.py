@@ -54,6 +54,25 @@ def _image_size(options, model):
     return side, side
 
 
+def _encode(model, X, progress, batch=4096):
+    """``model.transform(X)`` a block at a time, with a progress bar when asked for."""
+    bar = None
+    if progress:
+        try:
+            from tqdm import tqdm
+            bar = tqdm(total=len(X), unit="picture", desc="encoding", dynamic_ncols=True)
+        except ImportError:  # the bar is optional
+            pass
+    parts = []
+    for start in range(0, len(X), batch):
+        parts.append(model.transform(X[start:start + batch]))
+        if bar is not None:
+            bar.update(len(parts[-1]))
+    if bar is not None:
+        bar.close()
+    return np.concatenate(parts)
+
+
 def build(options, run):
     """Encode every picture under ``--images`` and save the index in ``--out``."""
     model = None
@@ -84,8 +103,9 @@ def build(options, run):
     sha = _sha256(source)
     model_file = f"model-{sha[:16]}.npz"
     run.log(f"encoding {len(X)} pictures")
-    codes = model.transform(X)
+    codes = _encode(model, X, options.progress)
     index = CodeIndex(model.latent_dim, kind=options.kind)
+    run.log(f"building the {options.kind} index")
     index.add(codes, paths)
     # the model beside the index, under a name its content decides, before the manifest
     # that names it: a build that fails anywhere leaves the previous index whole
