@@ -28,7 +28,7 @@ from pathlib import PurePath
 
 import numpy as np
 
-from .files import atomic_write
+from .files import atomic_write, file_digest
 
 __all__ = ["blocks", "load_idx", "write_idx", "load_fashion_mnist", "load_mnist",
            "IDXFormatError", "MIRRORS", "CHECKSUMS", "load_images", "load_image",
@@ -352,11 +352,7 @@ def _check_identity(name, paths):
 
 
 def _md5(path):
-    digest = hashlib.md5()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(_CHUNK), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
+    return file_digest(path, "md5")
 
 
 class _Rejected(Exception):

@@ -20,6 +20,7 @@ state, and the options the run was started with).
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import math
 import os
@@ -28,7 +29,7 @@ import zipfile
 
 import numpy
 
-__all__ = ["atomic_write", "write_json", "FORMAT_VERSION", "CHECKPOINT_VERSION",
+__all__ = ["atomic_write", "write_json", "file_digest", "read_npy_header", "FORMAT_VERSION", "CHECKPOINT_VERSION",
            "write_model", "read_model", "write_checkpoint", "read_checkpoint"]
 
 #: Version of the model file layout written by ``Autoencoder.save``.
@@ -122,6 +123,27 @@ def _read_npz(path, what, key, label):
     return document, arrays
 
 
+def file_digest(path, algorithm="sha256"):
+    """The hex digest of a file's bytes, read a chunk at a time."""
+    digest = hashlib.new(algorithm)
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 22), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def read_npy_header(f):
+    """``(shape, fortran_order, dtype)`` from the header of the .npy stream ``f`` (left
+    at the first data byte), without reading the data; ValueError for a format
+    version this reader does not accept."""
+    version = numpy.lib.format.read_magic(f)
+    if version == (1, 0):
+        return numpy.lib.format.read_array_header_1_0(f)
+    if version == (2, 0):
+        return numpy.lib.format.read_array_header_2_0(f)
+    raise ValueError(f".npy format version {version}, which this reader does not accept")
+
+
 def _check_members(path, what):
     """Every array in the archive declares no more data than the archive holds for it.
 
@@ -136,14 +158,10 @@ def _check_members(path, what):
                 raise ValueError(f"{path}: {info.filename} would inflate {info.compress_size} "
                                  f"bytes to {info.file_size}; not a {what} file")
             with archive.open(info) as member:
-                version = numpy.lib.format.read_magic(member)
-                if version == (1, 0):
-                    shape, _, dtype = numpy.lib.format.read_array_header_1_0(member)
-                elif version == (2, 0):
-                    shape, _, dtype = numpy.lib.format.read_array_header_2_0(member)
-                else:
-                    raise ValueError(f"{path}: {info.filename} is in .npy format version "
-                                     f"{version}, which this reader does not accept")
+                try:
+                    shape, _, dtype = read_npy_header(member)
+                except ValueError as error:
+                    raise ValueError(f"{path}: {info.filename}: {error}") from None
                 declared = math.prod(shape) * dtype.itemsize
                 if declared > info.file_size:
                     raise ValueError(f"{path}: {info.filename} declares an array of shape "

@@ -110,7 +110,7 @@ from typing import NamedTuple
 
 import numpy as np
 
-from .files import _jsonable, atomic_write
+from .files import _jsonable, atomic_write, file_digest, read_npy_header
 
 __all__ = ["CodeIndex", "SearchResult", "KINDS", "ENGINES", "DEFAULT_PARAMS",
            "INDEX_FORMAT", "INDEX_FORMAT_VERSION", "INSTALL_HINT"]
@@ -792,11 +792,7 @@ def _check_file(path, entry):
     if size != entry["bytes"]:
         raise _bad(path, f"{size} bytes where the manifest says {entry['bytes']} (truncated or "
                          f"corrupt?)")
-    sha = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 22), b""):
-            sha.update(chunk)
-    if sha.hexdigest() != entry["sha256"]:
+    if file_digest(path) != entry["sha256"]:
         raise _bad(path, "its SHA-256 does not match the manifest's (corrupt?)")
 
 
@@ -807,13 +803,7 @@ def _read_codes(path, entry, count, dim):
         raise FileNotFoundError(f"{path} is missing (named by the index's manifest)")
     try:
         with open(path, "rb") as f:
-            version = np.lib.format.read_magic(f)
-            if version == (1, 0):
-                shape, fortran, dtype = np.lib.format.read_array_header_1_0(f)
-            elif version == (2, 0):
-                shape, fortran, dtype = np.lib.format.read_array_header_2_0(f)
-            else:
-                raise ValueError(f"unsupported .npy version {version}")
+            shape, fortran, dtype = read_npy_header(f)
             offset = f.tell()
     except (ValueError, EOFError, OSError, SyntaxError) as e:
         raise _bad(path, f"not a complete .npy file (truncated or corrupt?): {e}") from None

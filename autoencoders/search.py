@@ -13,7 +13,6 @@ writes ``neighbors.png``: each query beside its k nearest.
 """
 from __future__ import annotations
 
-import hashlib
 import math
 import os
 import shutil
@@ -22,7 +21,7 @@ import numpy as np
 
 from . import datasets, figures
 from .base import Autoencoder
-from .files import atomic_write
+from .files import atomic_write, file_digest
 from .index import CodeIndex
 
 __all__ = ["build", "query"]
@@ -30,14 +29,6 @@ __all__ = ["build", "query"]
 
 class SearchError(ValueError):
     """A user error of the index commands (printed in one line)."""
-
-
-def _sha256(path):
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def _image_size(options, model):
@@ -100,7 +91,7 @@ def build(options, run):
                               f"{size[0] * size[1] * channels}; give a matching --size / "
                               f"--mode")
         source = options.model
-    sha = _sha256(source)
+    sha = file_digest(source)
     model_file = f"model-{sha[:16]}.npz"
     run.log(f"encoding {len(X)} pictures")
     codes = _encode(model, X, options.progress)
@@ -129,7 +120,7 @@ def query(options, run):
     expect = None
     model_path = options.model
     if model_path:
-        expect = {"model_sha256": _sha256(model_path)}
+        expect = {"model_sha256": file_digest(model_path)}
     try:
         index = CodeIndex.load(folder, expect=expect)
     except FileNotFoundError as error:
@@ -141,7 +132,7 @@ def query(options, run):
     meta = index.metadata
     if model_path is None:
         model_path = os.path.join(folder, meta["model_file"])
-        if not os.path.exists(model_path) or _sha256(model_path) != meta["model_sha256"]:
+        if not os.path.exists(model_path) or file_digest(model_path) != meta["model_sha256"]:
             raise SearchError(f"--index {folder}: its model {meta['model_file']} is missing or "
                               f"changed (SHA-256 differs from the manifest's); rebuild the "
                               f"index")

@@ -37,8 +37,10 @@ import numpy
 
 import minigrad
 from minigrad import optim
+from minigrad.optim import _host
 
 from . import files
+from .base import _floats, _positive_int
 from .inputs import Rows, source
 
 try:  # the progress bar is optional
@@ -456,10 +458,6 @@ def _tensorboard(log_dir):
     return SummaryWriter(logdir=log_dir)
 
 
-def _host(a):
-    return a.get() if hasattr(a, "get") else numpy.array(a, copy=True)
-
-
 def _restore(params, last_good):
     """Put the weights kept in ``last_good`` back into the parameters."""
     for p, good in zip(params, last_good):
@@ -497,19 +495,6 @@ def _update_keeping(opt, params, last_good):
             good[...] = p.data
         opt.step()
     return copy_then_step
-
-
-def _positive_int(name, value):
-    if isinstance(value, bool) or not isinstance(value, (int, numpy.integer)) or value <= 0:
-        raise ValueError(f"{name} must be a positive integer, got {value!r}")
-    return int(value)
-
-
-def _floats(total, terms):
-    out = {"total": float(total.item())}
-    for key, value in terms.items():
-        out[key] = float(value.item()) if hasattr(value, "item") else float(value)
-    return out
 
 
 class _Progress:
