@@ -270,6 +270,13 @@ class Autoencoder(nn.Module):
         return losses.mse(self._output(pre), x, reduction="batchmean")
 
     # -- the loss --------------------------------------------------------------------
+    #: Whether the loss is a mean over examples of per-example terms, so that the
+    #: mean of the ranks' losses (weighted by their rows) is the whole batch's loss
+    #: (data-parallel training relies on it; a batch statistic such as the sparse
+    #: KL's mean activation is computed on each rank's part of the batch instead).
+    def _per_example_loss(self):
+        return True
+
     def _loss(self, x, rng):  # pragma: no cover - abstract
         """``(total Tensor, {name: Tensor or float})`` for a checked batch ``x``."""
         raise NotImplementedError
@@ -332,7 +339,7 @@ class Autoencoder(nn.Module):
     def fit(self, X, epochs=10, batch_size=128, lr=1e-3, optimizer="adam",
             validation_data=None, seed=0, callbacks=(), progress=True, backend=None, *,
             validation_split=None, early_stopping=None, schedule=None, clip_grad_norm=None,
-            checkpoint_dir=None, resume=False, log_dir=None, tensorboard=False):
+            checkpoint_dir=None, resume=False, log_dir=None, tensorboard=False, comm=None):
         """Train on ``X`` with minibatch gradient descent; returns the history.
 
         ``X``: rows (a NumPy array, a ``numpy.memmap`` -- read a batch at a time, never
@@ -377,6 +384,14 @@ class Autoencoder(nn.Module):
         ``callbacks``: callables ``cb(model, epoch, logs)`` run after each epoch;
         one returning True stops training.
 
+        ``comm``: data-parallel training over the processes of an MPI communicator
+        (``minigrad.distributed.world()``, or ``mpi4py``'s ``MPI.COMM_WORLD``; see
+        :mod:`autoencoders.parallel`).  Every rank calls fit with the same data and
+        options; ``batch_size`` is **per rank**, so a step sees ``batch_size x
+        ranks`` rows (the global batch), and R ranks end with the weights one process
+        with ``batch_size x R`` would have (to float rounding).  Rank 0 alone writes
+        the checkpoint and log and shows progress; an error on any rank stops all.
+
         Returns the history ``{term: [per-epoch mean], "val_" + term: [...]}`` (also
         kept as ``model.history_``).  If the loss becomes NaN or infinite, training
         stops with a FloatingPointError naming the epoch and batch; the model then
@@ -386,7 +401,7 @@ class Autoencoder(nn.Module):
         options = dict(validation_split=validation_split, early_stopping=early_stopping,
                        schedule=schedule, clip_grad_norm=clip_grad_norm,
                        checkpoint_dir=checkpoint_dir, resume=resume, log_dir=log_dir,
-                       tensorboard=tensorboard)
+                       tensorboard=tensorboard, comm=comm)
         args = (X, epochs, batch_size, lr, optimizer, validation_data, seed, callbacks, progress)
         if backend is None:
             return training.fit(self, *args, **options)
@@ -567,7 +582,8 @@ def _positive_int(name, value):
 
 
 def _check_rng(rng):
-    if not isinstance(rng, numpy.random.Generator):
+    from minigrad.distributed import ShardedGenerator  # one rank's part of a batch's noise
+    if not isinstance(rng, (numpy.random.Generator, ShardedGenerator)):
         raise TypeError(f"rng must be a numpy.random.Generator (numpy.random.default_rng(seed)), "
                         f"got {type(rng).__name__}")
     return rng

@@ -58,6 +58,9 @@ class SparseAutoencoder(Autoencoder):
     def _default_latent_activation(self):
         return "sigmoid" if self.sparsity == "kl" else "relu"
 
+    def _per_example_loss(self):
+        return self.sparsity == "l1"  # the KL's ρ̂ is a mean over the batch
+
     def _loss(self, x, rng):
         h = self._encode(x)
         reconstruction = self.reconstruction_loss(self.decoder(h), x)

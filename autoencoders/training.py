@@ -19,6 +19,13 @@ with the same ``checkpoint_dir`` starts from it, and ends with the weights an
 uninterrupted run would have had, bit for bit (same data, options and backend).
 Ctrl-C therefore loses at most the epoch in progress.
 
+**Several processes.**  ``fit(..., comm=minigrad.distributed.world())`` under
+``mpiexec -n R`` trains one model data-parallel (:mod:`autoencoders.parallel`):
+``batch_size`` rows per rank and step, one Allreduce of all gradients per step,
+the same weights on every rank; rank 0 writes the files.  A checkpoint records the
+global batch (``batch_size x R``), so a run can resume on another number of ranks
+with the per-rank batch that keeps it.
+
 **Calling fit again** continues from the model's weights and, when ``optimizer``
 names the same kind as last time (the default "adam" does), with that optimizer's
 state -- Adam's moments and step counts -- at the new ``lr``.  To start the
@@ -36,7 +43,7 @@ import time
 import numpy
 
 import minigrad
-from minigrad import optim
+from minigrad import distributed, optim
 from minigrad.optim import _host
 
 from . import files
@@ -97,11 +104,11 @@ class EarlyStopping:
 def fit(model, X, epochs=10, batch_size=128, lr=1e-3, optimizer="adam",
         validation_data=None, seed=0, callbacks=(), progress=True, *,
         validation_split=None, early_stopping=None, schedule=None, clip_grad_norm=None,
-        checkpoint_dir=None, resume=False, log_dir=None, tensorboard=False):
+        checkpoint_dir=None, resume=False, log_dir=None, tensorboard=False, comm=None):
     """See :meth:`Autoencoder.fit`."""
     return _Training(model, X, epochs, batch_size, lr, optimizer, validation_data, seed,
                      callbacks, progress, validation_split, early_stopping, schedule,
-                     clip_grad_norm, checkpoint_dir, resume, log_dir, tensorboard).run()
+                     clip_grad_norm, checkpoint_dir, resume, log_dir, tensorboard, comm).run()
 
 
 class _Training:
@@ -109,9 +116,10 @@ class _Training:
 
     def __init__(self, model, X, epochs, batch_size, lr, optimizer, validation_data, seed,
                  callbacks, progress, validation_split, early_stopping, schedule,
-                 clip_grad_norm, checkpoint_dir, resume, log_dir, tensorboard):
+                 clip_grad_norm, checkpoint_dir, resume, log_dir, tensorboard, comm):
         name = f"{model._name}.fit"
         self.model = model
+        self.comm = distributed.as_communicator(comm) or distributed.Communicator()
         self.epochs = _positive_int("epochs", epochs)
         self.batch_size = _positive_int("batch_size", batch_size)
         self.seed = seed
@@ -141,15 +149,21 @@ class _Training:
         if tensorboard and self.log_dir is None:
             raise ValueError(f"{name}: tensorboard=True needs log_dir (or checkpoint_dir)")
         for folder in {self.log_dir, checkpoint_dir and os.fspath(checkpoint_dir)} - {None}:
-            os.makedirs(folder, exist_ok=True)
+            if self.comm.root:  # rank 0 writes every file
+                os.makedirs(folder, exist_ok=True)
         self.shuffle_rng, self.noise_rng = (
             numpy.random.default_rng(s) for s in numpy.random.SeedSequence(seed).spawn(2))
         self.params = model.parameters()
         self.best_weights = None
         self.epoch, self.history = 0, {}
-        if resume and os.path.exists(self.checkpoint):
-            self._load_checkpoint()
-        self.writer = _tensorboard(self.log_dir) if tensorboard else None
+        if resume:
+            self._resume()
+        self.writer = _tensorboard(self.log_dir) if tensorboard and self.comm.root else None
+        # several processes: the steps, validation and agreement of autoencoders.parallel
+        self.parallel = None
+        if self.comm.size > 1:
+            from .parallel import Parallel
+            self.parallel = Parallel(self)
 
     # -- the loop ----------------------------------------------------------------------
     def run(self):
@@ -160,7 +174,7 @@ class _Training:
         own_arrays = [p.data for p in params]  # given back to the parameters at the end
         update = _update_keeping(self.opt, params, last_good)
         n_batches = self.train_rows.n_batches(self.batch_size)
-        bar = _Progress(self.progress, self.epochs, n_batches, self.epoch)
+        bar = _Progress(self.progress and self.comm.root, self.epochs, n_batches, self.epoch)
         was_training = model.training
         model.train()
         try:
@@ -174,27 +188,32 @@ class _Training:
                 # the steps run with subnormals flushed to zero on every thread that
                 # computes (minigrad.denormals); callbacks and the rest run without
                 with minigrad.flush_denormals():
-                    for b, xb in enumerate(self.train_rows.batches(self.batch_size, order)):
-                        terms = self._step(model._tensor(xb), update, last_good,
-                                           f"{where}, batch {b + 1}"
-                                           + (f" of {n_batches}" if n_batches else ""))
+                    for b, (terms, rows) in enumerate(self._steps(order, update, last_good,
+                                                                  where, n_batches)):
                         for key, value in terms.items():
-                            sums[key] = sums.get(key, 0.0) + value * len(xb)
-                        seen += len(xb)
+                            sums[key] = sums.get(key, 0.0) + value * rows
+                        seen += rows
                         bar.batch(epoch, sums["total"] / seen)
                 self._check_finite_weights(last_good, where)
+                if self.parallel is not None:
+                    self.parallel.check_same_weights(where)
                 logs = {key: value / seen for key, value in sums.items()}
                 if self.val_rows is not None:
-                    val = model._evaluate(self.val_rows, 1024, numpy.random.default_rng(self.seed))
+                    val = (model._evaluate(self.val_rows, 1024, numpy.random.default_rng(self.seed))
+                           if self.parallel is None else self.parallel.evaluate(self.val_rows))
                     logs.update({"val_" + key: value for key, value in val.items()})
                 for key, value in logs.items():
                     self.history.setdefault(key, []).append(value)
                 self.epoch += 1
-                self._end_epoch(logs)
-                bar.epoch(epoch, logs, time.perf_counter() - started)
-                self._log(logs, time.perf_counter() - started)
-                stops = [cb(model, epoch, logs) for cb in self.callbacks]
-                if any(stop is True for stop in stops):
+                # on several ranks: files by rank 0, callbacks everywhere, and whatever
+                # raises on one rank raises on all (autoencoders.parallel)
+                with distributed.Together(self.comm, f"the end of {where}") as together:
+                    self._end_epoch(logs)
+                    bar.epoch(epoch, logs, time.perf_counter() - started)
+                    self._log(logs, time.perf_counter() - started)
+                    stops = [cb(model, epoch, logs) for cb in self.callbacks]
+                    together.vote(any(stop is True for stop in stops))
+                if together.any:
                     break
             if self.best_weights is not None:
                 for p, best in zip(params, self.best_weights):
@@ -207,6 +226,18 @@ class _Training:
             model.train(was_training)
             _give_back_arrays(params, own_arrays)
         return self.history
+
+    def _steps(self, order, update, last_good, where, n_batches):
+        """Each step's ``(loss terms, rows in the batch)``, in one process or several."""
+        if self.parallel is not None:
+            for b, (fetch, start, stop, n) in enumerate(self.parallel.batches(order)):
+                yield self.parallel.step(fetch, start, stop, n, update, last_good,
+                                         f"{where}, batch {b + 1} of {n_batches or '?'}"), n
+            return
+        for b, xb in enumerate(self.train_rows.batches(self.batch_size, order)):
+            yield self._step(self.model._tensor(xb), update, last_good,
+                             f"{where}, batch {b + 1}" + (f" of {n_batches}" if n_batches else "")
+                             ), len(xb)
 
     def _step(self, xb, update, last_good, where):
         """One training step on batch ``xb``; returns its loss terms as floats.  A
@@ -259,13 +290,14 @@ class _Training:
             else:
                 for best, p in zip(self.best_weights, self.params):
                     best[...] = p.data
-        if self.checkpoint is not None:
+        if self.checkpoint is not None and self.comm.root:
             self._save_checkpoint()
 
     # -- checkpoints -------------------------------------------------------------------
     def _options(self):
         """What must be the same for a resumed run to continue this one exactly."""
-        return {"batch_size": self.batch_size, "seed": self.seed,
+        return {"batch_size": self.batch_size * self.comm.size,  # the global batch
+                "seed": self.seed,
                 "rows": self.train_rows.n if isinstance(self.train_rows, Rows) else None,
                 "optimizer": type(self.opt).__name__,
                 "schedule": None if self.schedule is None else type(self.schedule).__name__}
@@ -298,9 +330,19 @@ class _Training:
         }
         files.write_checkpoint(self.checkpoint, state, arrays)
 
-    def _load_checkpoint(self):
+    def _resume(self):
+        """Continue from the checkpoint if there is one: rank 0 reads it and hands it
+        to the others (no shared file system needed)."""
+        loaded = None
+        with distributed.Together(self.comm, f"reading {self.checkpoint}"):
+            if self.comm.root and os.path.exists(self.checkpoint):
+                loaded = files.read_checkpoint(self.checkpoint)
+        loaded = self.comm.bcast_object(loaded)
+        if loaded is not None:
+            self._load_checkpoint(*loaded)
+
+    def _load_checkpoint(self, state, arrays):
         path, model, opt = self.checkpoint, self.model, self.opt
-        state, arrays = files.read_checkpoint(path)
         saved = state["model"]
         if saved["flavor"] != model.flavor or list(saved["sizes"]) != list(model.sizes):
             raise ValueError(f"{path} is a checkpoint of a {saved['flavor']!r} autoencoder of "
@@ -309,9 +351,11 @@ class _Training:
         for key, now in self._options().items():
             then = state["options"].get(key)
             if then != now:
+                ranks = (f" (batch_size x {self.comm.size} ranks: the global batch)"
+                         if key == "batch_size" and self.comm.size > 1 else "")
                 raise ValueError(f"{path} was written by a run with {key}={then!r}; this "
-                                 f"call has {key}={now!r}; resume with the same options (or "
-                                 f"start afresh with resume=False)")
+                                 f"call has {key}={now!r}{ranks}; resume with the same "
+                                 f"options (or start afresh with resume=False)")
         weights = {name[len("model/"):]: a for name, a in arrays.items()
                    if name.startswith("model/")}
         model._set_weights(weights, path)
@@ -338,7 +382,7 @@ class _Training:
     # -- logs --------------------------------------------------------------------------
     def _start_log(self):
         """A fresh log file, or on resume the lines of the epochs the checkpoint holds."""
-        if self.log_dir is None:
+        if self.log_dir is None or not self.comm.root:
             return
         path = os.path.join(self.log_dir, LOG_FILE)
         kept = []
@@ -354,7 +398,7 @@ class _Training:
             f.writelines(kept)
 
     def _log(self, logs, seconds):
-        if self.log_dir is None:
+        if self.log_dir is None or not self.comm.root:
             return
         record = {"epoch": self.epoch, "seconds": round(seconds, 4), "lr": self.opt.lr, **logs}
         with open(os.path.join(self.log_dir, LOG_FILE), "a") as f:
