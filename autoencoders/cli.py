@@ -115,6 +115,10 @@ def _common(parser, *, flavor, latent, hidden, epochs, batch_size=128, lr=1e-3, 
     o.add_argument("--tensorboard", action="store_true",
                    help="also write TensorBoard event files next to log.jsonl (needs "
                         "tensorboardX)")
+    g.add_argument("--distributed", action="store_true",
+                   help="data-parallel training over the processes started by mpiexec "
+                        "(mpiexec -n 4 python -m autoencoders ... --distributed); "
+                        "--batch-size is per process; needs the distributed extra")
 
 
 def build_parser():
@@ -207,15 +211,25 @@ def main(argv=None):
     import minigrad
     from . import experiments
 
+    comm = None
+
     def usage_error(message):
-        parser.exit(2, f"{parser.prog} {options.command}: error: {message}\n")
+        # with --distributed every rank usually meets the same error: rank 0 says it
+        parser.exit(2, f"{parser.prog} {options.command}: error: {message}\n"
+                    if comm is None or comm.root else None)
 
     try:  # for this command only: main() called from Python leaves the backend as it was
         backend = minigrad.set_backend(options.backend or minigrad.get_backend())
     except (ValueError, ImportError, RuntimeError) as error:
         usage_error(f"--backend {options.backend}: {error}" if options.backend else str(error))
+    if getattr(options, "distributed", False):
+        from minigrad import distributed
+        try:
+            comm = distributed.world(backend.current.type)
+        except ImportError as error:
+            usage_error(f"--distributed: {error}")
     try:
-        run = experiments.Run(options.command, options)
+        run = experiments.Run(options.command, options, comm)
     except OSError as error:
         usage_error(f"--out {options.out or 'runs/' + options.command}: cannot write the run "
                     f"there ({error.strerror or error})")
@@ -223,6 +237,8 @@ def main(argv=None):
     with backend:
         try:
             command(options, run)
+        except experiments.RankDone:
+            return 0  # a helper rank of --distributed: training is done
         except (experiments.UsageError, FileNotFoundError, ValueError, ImportError) as error:
             # bad data, a model or checkpoint that does not fit, a missing extra
             usage_error(str(error))

@@ -38,17 +38,27 @@ FASHION_CLASSES = ("T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sanda
 
 
 class Run:
-    """The output directory of one command: config, model, metrics, figures."""
+    """The output directory of one command: config, model, metrics, figures.
 
-    def __init__(self, command, options):
+    ``comm``: with ``--distributed``, the processes of ``mpiexec``
+    (:mod:`minigrad.distributed`).  All of them train; rank 0 alone writes and
+    prints, and the others stop once training is done (:meth:`trained`).
+    """
+
+    def __init__(self, command, options, comm=None):
         self.command = command
         self.options = options
+        self.comm = comm
+        self.root = comm is None or comm.root
         self.out = os.path.abspath(options.out or os.path.join("runs", command))
-        os.makedirs(self.out, exist_ok=True)
         self.started = time.perf_counter()
         self.metrics = {"command": command}
+        if not self.root:
+            return
+        os.makedirs(self.out, exist_ok=True)
         config = {"command": command, "options": vars(options),
                   "backend": minigrad.get_backend().name,
+                  "ranks": 1 if comm is None else comm.size,
                   "versions": {"python": platform.python_version(), "numpy": np.__version__,
                                "minigrad": minigrad.__version__},
                   "argv": sys.argv}
@@ -58,7 +68,8 @@ class Run:
         return os.path.join(self.out, name)
 
     def log(self, message):
-        print(f"[{self.command}] {message}", flush=True)
+        if self.root:
+            print(f"[{self.command}] {message}", flush=True)
 
     def record(self, **values):
         self.metrics.update(values)
@@ -66,7 +77,13 @@ class Run:
 
     def save_metrics(self):
         self.metrics["seconds"] = round(time.perf_counter() - self.started, 2)
-        write_json(self.path("metrics.json"), self.metrics)
+        if self.root:
+            write_json(self.path("metrics.json"), self.metrics)
+
+    def trained(self):
+        """Where the other ranks of a distributed run stop: they only helped train."""
+        if not self.root:
+            raise RankDone
 
     def train(self, model, X, name="model", **fit_options):
         """``model.fit`` with the run's options.  Each epoch ends by writing
@@ -75,16 +92,20 @@ class Run:
         and stops."""
         o = self.options
         folder = self.path(name)
+        ranks = "" if self.comm is None else f" per rank x {self.comm.size} ranks"
         self.log(f"training {type(model).__name__} {getattr(model, 'sizes', '')} on "
-                 f"{len(X)} examples: {o.epochs} epochs, batch {o.batch_size}, lr {o.lr}"
+                 f"{len(X)} examples: {o.epochs} epochs, batch {o.batch_size}{ranks}, lr {o.lr}"
                  + (" (resuming)" if getattr(o, "resume", False) else ""))
         started = time.perf_counter()
         try:
             history = model.fit(X, epochs=o.epochs, batch_size=o.batch_size, lr=o.lr,
                                 seed=o.seed, progress=o.progress, checkpoint_dir=folder,
                                 resume=getattr(o, "resume", False),
-                                tensorboard=getattr(o, "tensorboard", False), **fit_options)
+                                tensorboard=getattr(o, "tensorboard", False),
+                                comm=self.comm, **fit_options)
         except KeyboardInterrupt:
+            if not self.root:
+                raise SystemExit(130)
             model.save(self.path(f"{name}.npz"))
             done = len(next(iter(getattr(model, "history_", {}).values()), []))
             self.record(interrupted=True, epochs_completed=done)
@@ -92,6 +113,8 @@ class Run:
                      f"same command with --resume to continue from epoch {done + 1}")
             raise SystemExit(130)
         seconds = time.perf_counter() - started
+        if not self.root:
+            return history
         model.save(self.path(f"{name}.npz"))
         self.metrics.setdefault("train_seconds", {})[name] = round(seconds, 2)
         self.metrics.setdefault("history", {})[name] = history
@@ -101,6 +124,10 @@ class Run:
 
 class UsageError(Exception):
     """The options do not fit the task; the command line prints it in one line."""
+
+
+class RankDone(Exception):
+    """Raised on ranks other than 0 once a distributed command's training is done."""
 
 
 def _hidden(options):
@@ -130,9 +157,11 @@ def _load_or_train(run, options, X, **hyper):
         if model.input_dim != X.shape[1]:
             raise UsageError(f"--model {options.model}: it takes {model.input_dim} inputs, the "
                              f"data has {X.shape[1]}")
+        run.trained()
         return model
     model = build_model(options, X.shape[1], **hyper)
     run.train(model, X)
+    run.trained()
     return model
 
 
@@ -171,6 +200,7 @@ def manifold(options, run):
 
     model = build_model(options, X.shape[1], beta=options.beta)
     run.train(model, X)
+    run.trained()
 
     codes = model.transform(X_test)
     recon = model.inverse_transform(codes)
@@ -369,6 +399,7 @@ def denoise(options, run):
     run.train(dae, X, name="denoising")
     vanilla = build_model(options, X.shape[1], flavor="vanilla")
     run.train(vanilla, X, name="vanilla")
+    run.trained()
     denoised, plain = _reconstruct(dae, corrupted), _reconstruct(vanilla, corrupted)
     results = {
         "noise": "gaussian", "noise_level": options.noise_level,

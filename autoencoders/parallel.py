@@ -52,11 +52,7 @@ class Parallel:
         self.buffer = FlatBuffer(self.params, extra=EXTRA)
         self.noise = ShardedGenerator(training.noise_rng)
         self.global_batch = training.batch_size * self.comm.size
-        if not self.model._per_example_loss():
-            warnings.warn(f"{self.model._name}: this loss has a batch statistic (the sparse "
-                          f"KL's mean activation), which each of the {self.comm.size} ranks "
-                          f"computes on its own part of the batch; the result differs from "
-                          f"one process's", stacklevel=4)
+        warn_if_batch_statistic(self.model, self.comm.size)
         # every rank starts from rank 0's weights (a model built with seed=None differs)
         self.buffer.set_weights(self.comm.bcast(self.buffer.weights()))
 
@@ -161,6 +157,14 @@ class Parallel:
             raise DistributedError(
                 f"{self.model._name}.fit: after {where} the ranks' weights differ (checksums "
                 f"{digests}); the ranks must run the same backend, dtype and code")
+
+
+def warn_if_batch_statistic(model, ranks):
+    """A loss that is not a mean of per-example terms cannot be split exactly."""
+    if not model._per_example_loss():
+        warnings.warn(f"{model._name}: this loss has a batch statistic (the sparse KL's mean "
+                      f"activation), which each of the {ranks} ranks computes on its own part "
+                      f"of the batch; the result differs from one process's", stacklevel=5)
 
 
 def _host_float64(array):

@@ -83,6 +83,7 @@ def build(options, run):
         from .experiments import build_model
         model = build_model(options, X.shape[1])
         run.train(model, X, name="training")
+        run.trained()
         source = run.path("training.npz")
     else:
         if model.input_dim != X.shape[1]:
@@ -90,6 +91,7 @@ def build(options, run):
                               f"{options.mode} pictures of {size[0]}x{size[1]} give "
                               f"{size[0] * size[1] * channels}; give a matching --size / "
                               f"--mode")
+        run.trained()  # nothing to train: the other ranks of --distributed stop here
         source = options.model
     sha = file_digest(source)
     model_file = f"model-{sha[:16]}.npz"

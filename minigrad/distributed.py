@@ -35,13 +35,14 @@ step costs t_compute(B/R) + 2 (R-1)/R · P s / bandwidth + 2 (R-1) · latency.
 from __future__ import annotations
 
 import builtins
+import os
 import zlib
 
 import numpy
 
 __all__ = ["Communicator", "NcclCommunicator", "world", "as_communicator", "shard",
            "FlatBuffer", "ShardedGenerator", "Together", "DistributedError",
-           "weights_digest"]
+           "weights_digest", "set_threads"]
 
 
 class DistributedError(RuntimeError):
@@ -144,19 +145,45 @@ class NcclCommunicator(Communicator):
         return array
 
 
-def world(device="cpu"):
+def world(device="cpu", share_cores=True):
     """The processes ``mpiexec`` started, as a :class:`Communicator` (NCCL's for
     ``device="cuda"``); one process, size 1, when not started by ``mpiexec``.
-    Needs ``mpi4py`` (the ``distributed`` extra)."""
+    Needs ``mpi4py`` (the ``distributed`` extra).
+
+    ``share_cores``: with several ranks on one machine, each gets an equal share of
+    its cores for Numba's and OpenBLAS's threads (2 ranks on 2 cores: one thread
+    each), as ranks that each start a thread per core would fight over them.
+    """
     try:
         from mpi4py import MPI
     except ImportError:
         raise ImportError("distributed training needs mpi4py and an MPI: pip install "
                           "'minigrad-autoencoders[distributed]'") from None
     comm = MPI.COMM_WORLD
+    if share_cores and comm.Get_size() > 1:
+        local = comm.Split_type(MPI.COMM_TYPE_SHARED).Get_size()
+        set_threads(max(1, (os.cpu_count() or 1) // local))
     if str(device) == "cuda" and comm.Get_size() > 1:
         return NcclCommunicator(comm)
     return Communicator(comm)
+
+
+def set_threads(n):
+    """Use ``n`` threads for Numba's parallel kernels and OpenBLAS's products."""
+    import ctypes
+    from .denormals import blas_libraries
+    for path in blas_libraries():
+        library = ctypes.CDLL(path)
+        for name in ("openblas_set_num_threads", "scipy_openblas_set_num_threads64_",
+                     "scipy_openblas_set_num_threads"):
+            if hasattr(library, name):
+                getattr(library, name)(ctypes.c_int(n))
+                break
+    try:
+        import numba
+        numba.set_num_threads(min(n, numba.config.NUMBA_NUM_THREADS))
+    except ImportError:  # pragma: no cover - numba is a core dependency
+        pass
 
 
 def as_communicator(comm):
