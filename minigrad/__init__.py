@@ -9,8 +9,9 @@ array([2., 4., 6.], dtype=float32)
 
 The pieces, in reading order: :mod:`minigrad.tensor` (Tensor, Function, the
 backward pass), :mod:`minigrad.functions` (the primitives, forward and backward
-side by side), :mod:`minigrad.activations` (each activation written once, for
-every place that computes one), :mod:`minigrad.device` (where data lives: the
+side by side; the convolutions in :mod:`minigrad.conv`),
+:mod:`minigrad.activations` (each activation written once, for every place that
+computes one), :mod:`minigrad.device` (where data lives: the
 array namespace and the fused kernels, :mod:`minigrad.kernels`),
 :mod:`minigrad.gradcheck` (finite-difference checks), :mod:`minigrad.denormals`
 (why and how training keeps subnormal numbers out of the arithmetic).
@@ -21,6 +22,7 @@ from .functions import (abs, activate, add, broadcast_to, clip, concatenate, div
                         leaky_relu, log, log_sigmoid, logsumexp, matmul, max, maximum,
                         mean, minimum, mul, neg, pow, relu, reshape, sigmoid, softplus,
                         sqrt, sub, sum, tanh, transpose, where)
+from .conv import conv2d, conv_transpose2d, upsample2d
 from .gradcheck import gradcheck
 from .denormals import flush_denormals
 from . import activations, denormals, losses, nn, optim
@@ -34,5 +36,5 @@ __all__ = [
     "abs", "add", "broadcast_to", "clip", "concatenate", "div", "exp", "getitem",
     "leaky_relu", "log", "log_sigmoid", "logsumexp", "matmul", "max", "maximum", "mean",
     "minimum", "mul", "neg", "pow", "relu", "reshape", "sigmoid", "softplus", "sqrt",
-    "sub", "sum", "tanh", "transpose", "where",
+    "sub", "sum", "tanh", "transpose", "where", "conv2d", "conv_transpose2d", "upsample2d",
 ]

@@ -1,4 +1,5 @@
-"""Layers: Module, Parameter, Dense, Sequential and activation modules.
+"""Layers: Module, Parameter, Dense, Conv2d, ConvTranspose2d, Flatten, Unflatten,
+Sequential and activation modules.
 
 A :class:`Module` finds its parameters and sub-modules by attribute: assigning a
 :class:`Parameter` or a :class:`Module` to ``self.name`` registers it under
@@ -10,13 +11,14 @@ import math
 
 import numpy
 
-from . import activations
+from . import activations, conv
 from . import functions as F
 from .device import device_type, get_backend, move
 from .tensor import Function, Tensor
 
 __all__ = ["Parameter", "Module", "Dense", "DenseFunction", "Sequential", "ReLU", "LeakyReLU", "Sigmoid",
-           "Tanh", "Softplus", "Identity", "activation_module"]
+           "Tanh", "Softplus", "Identity", "activation_module", "Conv2d", "ConvTranspose2d",
+           "Flatten", "Unflatten"]
 
 
 class Parameter(Tensor):
@@ -282,6 +284,92 @@ class Dense(Module):
     def extra_repr(self):
         return (f"{self.in_features}, {self.out_features}, activation={self.activation!r}, "
                 f"init={self.init!r}")
+
+
+# ----------------------------------------------------------------------------
+# Convolutions (the primitives are in minigrad.conv), Flatten and Unflatten
+# ----------------------------------------------------------------------------
+
+class _Convolution(Module):
+    """What Conv2d and ConvTranspose2d share: arguments, shape checks, and PyTorch's
+    initialisation (:func:`minigrad.conv.initial_parameters`)."""
+
+    transposed = False
+
+    def __init__(self, in_channels, out_channels, kernel_size, stride, padding,
+                 output_padding, bias, dtype, rng):
+        super().__init__()
+        (self.in_channels, self.out_channels, self.kernel_size, self.stride, self.padding,
+         self.output_padding) = conv.layer_arguments(
+            type(self).__name__, in_channels, out_channels, kernel_size, stride, padding,
+            output_padding)
+        rng = rng if isinstance(rng, numpy.random.Generator) else numpy.random.default_rng(rng)
+        w, b = conv.initial_parameters(self, rng, bias)
+        xp = get_backend().xp
+        self.weight = Parameter(xp.asarray(w, dtype=dtype))
+        self.bias = None if b is None else Parameter(xp.asarray(b, dtype=dtype))
+
+    def output_shape(self, input_shape):
+        """The output's (C, H, W) for an input of ``input_shape`` (C, H, W), or
+        (N, C, H, W) for (N, C, H, W); a ValueError for an input the layer refuses."""
+        return conv.layer_output_shape(self, input_shape)
+
+    def forward(self, x):
+        x = x if isinstance(x, Tensor) else Tensor(x)
+        conv.layer_output_shape(self, x.shape, batched=True)  # errors name the layer
+        if self.transposed:
+            return conv.conv_transpose2d(x, self.weight, self.bias, self.stride,
+                                         self.padding, self.output_padding)
+        return conv.conv2d(x, self.weight, self.bias, self.stride, self.padding)
+
+    def extra_repr(self):
+        return conv.layer_repr(self)
+
+
+class Conv2d(_Convolution):
+    """y = conv2d(x, W) + b, W: (out_channels, in_channels, kh, kw) (see minigrad.conv)."""
+
+    def __init__(self, in_channels, out_channels, kernel_size, stride=1, padding=0, bias=True,
+                 dtype="float32", rng=None):
+        super().__init__(in_channels, out_channels, kernel_size, stride, padding, 0, bias,
+                         dtype, rng)
+
+
+class ConvTranspose2d(_Convolution):
+    """y = conv_transpose2d(x, W) + b, W: (in_channels, out_channels, kh, kw), H_out =
+    (H - 1) sh - 2 ph + kh + output_padding (see minigrad.conv)."""
+
+    transposed = True
+
+    def __init__(self, in_channels, out_channels, kernel_size, stride=1, padding=0,
+                 output_padding=0, bias=True, dtype="float32", rng=None):
+        super().__init__(in_channels, out_channels, kernel_size, stride, padding,
+                         output_padding, bias, dtype, rng)
+
+
+class Flatten(Module):
+    """(N, d1, d2, ...) -> (N, d1 d2 ...): every axis after the batch axis as one."""
+
+    def forward(self, x):
+        x = x if isinstance(x, Tensor) else Tensor(x)
+        return F.reshape(x, x.shape[:1] + (math.prod(x.shape[1:]),))
+
+
+class Unflatten(Module):
+    """(N, d1 d2 ...) -> (N, d1, d2, ...) for ``shape`` = (d1, d2, ...)."""
+
+    def __init__(self, shape):
+        super().__init__()
+        self.shape = tuple(int(d) for d in shape)
+        if not self.shape or min(self.shape) < 1:
+            raise ValueError(f"Unflatten: shape={shape!r}; expected positive sizes")
+
+    def forward(self, x):
+        x = x if isinstance(x, Tensor) else Tensor(x)
+        if x.ndim != 2 or x.shape[1] != math.prod(self.shape):
+            raise ValueError(f"Unflatten{self.shape}: input has shape {x.shape}; expected "
+                             f"(batch, {math.prod(self.shape)})")
+        return F.reshape(x, (x.shape[0],) + self.shape)
 
 
 class Sequential(Module):

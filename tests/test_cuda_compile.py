@@ -18,7 +18,7 @@ nvidia-cuda-nvrtc).
 import pytest
 
 from support import cuda_sources as cs
-from minigrad.kernels import _cuda, dense, losses, optim
+from minigrad.kernels import _cuda, conv, dense, losses, optim
 
 try:
     from cupy_backends.cuda.libs import nvrtc
@@ -67,7 +67,7 @@ def test_every_cuda_spec_of_the_kernel_modules_is_launched_by_a_kernel():
     """No orphan CUDA code: each module-level spec belongs to a registered kernel
     (and is therefore compiled below)."""
     used = {id(s) for s in SPECS}
-    orphans = [f"{module.__name__}.{name}" for module in (dense, losses, optim)
+    orphans = [f"{module.__name__}.{name}" for module in (dense, losses, optim, conv)
                for name, value in vars(module).items()
                if isinstance(value, _cuda.Raw) and id(value) not in used]
     assert not orphans

@@ -12,6 +12,7 @@ module             kernels (its ``KERNELS``)
 ``dense.py``       ``dense_forward``, ``dense_backward``
 ``losses.py``      ``bce_with_logits``, ``mse``
 ``optim.py``       ``sgd_update``, ``adam_update``
+``conv.py``        ``im2col``, ``col2im``
 =================  =====================================================
 
 Each attribute checks its arguments' shapes and dtypes first (:mod:`._checks`).
@@ -39,6 +40,13 @@ nesterov)``
 ``adam_update(param, grad, m, v, lr,  in place, bias-corrected; decoupled=True is
 beta1, beta2, eps, weight_decay,      AdamW.  Moments below the smallest normal
 step, decoupled)``                    number are flushed to 0 (no subnormal slowdown)
+``im2col(x, kernel_size, stride,      the (C kh kw, N oh ow) matrix of the patches of
+padding) -> cols``                    the (N, C, H, W) batch x that each output pixel
+                                      sees (0 in the padding): a convolution is then
+                                      one GEMM (kernel_size, stride, padding: pairs)
+``col2im(cols, image_shape,           its adjoint: each entry of cols added into the
+kernel_size, stride, padding)         pixel of an (N, C, H, W) = image_shape batch
+-> image``                            that im2col took it from (in a fixed order)
 ====================================  ===============================================
 
 Sums are accumulated in float64; everything else keeps the input dtype.
@@ -51,7 +59,7 @@ import importlib
 __all__ = ["Kernels", "MODULES", "names"]
 
 #: The kernel modules, each with a ``KERNELS`` tuple of the kernels it defines.
-MODULES = ("dense", "losses", "optim")
+MODULES = ("dense", "losses", "optim", "conv")
 
 
 def _modules():

@@ -85,7 +85,54 @@ def adam_update(param, grad, m, v, lr, beta1, beta2, eps, weight_decay, step, de
             _like("adam_update", name, a, "param", param, same_dtype=True)
 
 
+def _pairs(op, kernel_size, stride, padding):
+    """kernel_size and stride pairs of positive ints, padding of non-negative ones."""
+    for name, pair, least in (("kernel_size", kernel_size, 1), ("stride", stride, 1),
+                              ("padding", padding, 0)):
+        if (not isinstance(pair, tuple) or len(pair) != 2
+                or not all(isinstance(v, (int, numpy.integer)) and v >= least for v in pair)):
+            raise ValueError(f"{op}: {name} is {pair!r}; expected a pair of integers "
+                             f">= {least}")
+
+
+def _conv_output(op, image_shape, kernel_size, stride, padding):
+    """(oh, ow), or a ValueError where the kernel is larger than the padded image."""
+    h, w = image_shape[2:]
+    (kh, kw), (sh, sw), (ph, pw) = kernel_size, stride, padding
+    if h + 2 * ph < kh or w + 2 * pw < kw:
+        raise ValueError(f"{op}: the image of shape {tuple(image_shape)} padded by "
+                         f"{padding} is smaller than the kernel {kernel_size}")
+    return (h + 2 * ph - kh) // sh + 1, (w + 2 * pw - kw) // sw + 1
+
+
+def im2col(x, kernel_size, stride, padding):
+    _float("im2col", "x", x)
+    if x.ndim != 4:
+        raise ValueError(f"im2col: x has shape {tuple(x.shape)}; expected an image batch "
+                         f"(batch, channels, height, width)")
+    _pairs("im2col", kernel_size, stride, padding)
+    _conv_output("im2col", x.shape, kernel_size, stride, padding)
+
+
+def col2im(cols, image_shape, kernel_size, stride, padding):
+    _float("col2im", "cols", cols)
+    image_shape = tuple(image_shape)
+    if len(image_shape) != 4 or not all(isinstance(v, (int, numpy.integer)) and v > 0
+                                        for v in image_shape):
+        raise ValueError(f"col2im: image_shape is {image_shape!r}; expected four positive "
+                         f"integers (batch, channels, height, width)")
+    _pairs("col2im", kernel_size, stride, padding)
+    oh, ow = _conv_output("col2im", image_shape, kernel_size, stride, padding)
+    n, c = image_shape[:2]
+    expected = (c * kernel_size[0] * kernel_size[1], n * oh * ow)
+    if tuple(cols.shape) != expected:
+        raise ValueError(f"col2im: cols has shape {tuple(cols.shape)}, expected {expected} "
+                         f"(channels * kh * kw, batch * oh * ow) for image_shape "
+                         f"{image_shape} and kernel_size {kernel_size}")
+
+
 #: kernel name -> its check (called with the kernel's own arguments)
 CHECKS = {"dense_forward": dense_forward, "dense_backward": dense_backward,
           "bce_with_logits": _loss("bce_with_logits"), "mse": _loss("mse"),
-          "sgd_update": sgd_update, "adam_update": adam_update}
+          "sgd_update": sgd_update, "adam_update": adam_update,
+          "im2col": im2col, "col2im": col2im}

@@ -1,0 +1,330 @@
+"""2-D convolutions on (batch, channels, height, width) tensors: conv2d,
+conv_transpose2d (PyTorch's semantics and weight layouts) and nearest upsample2d.
+
+**im2col.** conv2d is a cross-correlation: output pixel (oy, ox) of channel o is
+
+    y[n, o, oy, ox] = b[o] + sum over c, ki, kj of
+                      W[o, c, ki, kj] * x[n, c, oy*sh - ph + ki, ox*sw - pw + kj]
+
+(x is 0 outside the image: the padding).  Lay every patch that one output pixel
+sees out as a column -- ``cols = im2col(x)``, a (C kh kw, N oh ow) matrix, rows
+(c, ki, kj), columns (n, oy, ox); see :mod:`minigrad.kernels.conv` -- and the sum
+is one matrix product for the whole batch,
+
+    Y = W2 @ cols + b,   W2 = W reshaped to (C_out, C kh kw),   Y: (C_out, N oh ow),
+
+which is then put back into (N, C_out, oh, ow) order.  oh = (H + 2 ph - kh) // sh + 1.
+
+**col2im** is im2col's adjoint (its transpose as a linear map): each entry of a
+(C kh kw, N oh ow) matrix is *added* into the pixel im2col copied it from (pixels
+shared by overlapping patches collect several).  The VJPs of Y = W2 @ cols follow:
+
+    dL/dW2 = G @ cols^T,   dL/db = G summed over its columns,
+    dL/dx  = col2im(W2^T @ G),           G = dL/dY as a (C_out, N oh ow) matrix.
+
+**conv_transpose2d** is that input gradient, used as a layer: its forward is
+``col2im(W2^T @ X)`` with X the input as a (C_in, N H W) matrix, W of shape
+(C_in, C_out, kh, kw) being exactly a conv2d weight with C_in outputs.  So its VJP
+for the input is conv2d's forward (im2col of dL/dy, then W2 @ that), and for the
+weight ``X @ im2col(dL/dy)^T``: the two primitives below share the same two halves,
+:func:`_correlate` and :func:`_scatter`, in swapped roles.  Its output size is
+(H - 1) sh - 2 ph + kh + output_padding, output_padding < stride choosing among
+the sizes that a stride-sh conv2d maps to H.
+
+The kernels ``im2col`` / ``col2im`` are those of the device the data is on
+(``self.device.kernels``): NumPy, Numba or CUDA.  The GEMMs are the array
+library's (BLAS, cuBLAS).
+"""
+from __future__ import annotations
+
+import math
+import numbers
+
+from .tensor import Function, as_tensor
+
+__all__ = ["conv2d", "conv_transpose2d", "upsample2d", "Conv2dFunction",
+           "ConvTranspose2dFunction", "Upsample2dFunction", "pair", "check_input",
+           "output_size", "transposed_output_size", "layer_arguments", "layer_output_shape",
+           "layer_repr", "initial_parameters"]
+
+
+# ----------------------------------------------------------------------------
+# arguments and shapes (shared with the modules of minigrad.nn)
+# ----------------------------------------------------------------------------
+
+def _is_int(v):
+    return isinstance(v, numbers.Integral) and not isinstance(v, bool)
+
+
+def pair(op, name, value, least):
+    """``value`` -- an int, or a pair of ints (height, width) -- as a pair of ints
+    >= ``least``; otherwise a ValueError naming ``op``, the argument and its value."""
+    values = (value, value) if _is_int(value) else value
+    if not (isinstance(values, (tuple, list)) and len(values) == 2
+            and all(_is_int(v) and v >= least for v in values)):
+        raise ValueError(f"{op}: {name}={value!r}; expected an integer >= {least} or a "
+                         f"pair (height, width) of them")
+    return int(values[0]), int(values[1])
+
+
+def output_size(size, kernel_size, stride, padding):
+    """(oh, ow) out of a conv2d of an input of ``size`` (height, width)."""
+    return tuple((s + 2 * p - k) // st + 1
+                 for s, k, st, p in zip(size, kernel_size, stride, padding))
+
+
+def transposed_output_size(size, kernel_size, stride, padding, output_padding):
+    """(H, W) out of a conv_transpose2d of an input of ``size`` (height, width)."""
+    return tuple((s - 1) * st - 2 * p + k + op for s, k, st, p, op in
+                 zip(size, kernel_size, stride, padding, output_padding))
+
+
+def _check_output_padding(op, output_padding, stride):
+    if any(p >= s for p, s in zip(output_padding, stride)):
+        raise ValueError(f"{op}: output_padding={output_padding} must be smaller than "
+                         f"stride={stride} in each dimension")
+
+
+def layer_arguments(op, in_channels, out_channels, kernel_size, stride, padding,
+                    output_padding):
+    """A convolution layer's arguments, checked (a ValueError naming the argument and
+    its value) and normalized: ``(in_channels, out_channels, kernel_size, stride,
+    padding, output_padding)``, the last four as pairs."""
+    for name, value in (("in_channels", in_channels), ("out_channels", out_channels)):
+        if not _is_int(value) or value < 1:
+            raise ValueError(f"{op}: {name}={value!r}; expected a positive integer")
+    stride = pair(op, "stride", stride, 1)
+    output_padding = pair(op, "output_padding", output_padding, 0)
+    _check_output_padding(op, output_padding, stride)
+    return (int(in_channels), int(out_channels), pair(op, "kernel_size", kernel_size, 1),
+            stride, pair(op, "padding", padding, 0), output_padding)
+
+
+def check_input(op, shape, channels, kernel_size, stride, padding, output_padding=None):
+    """The output (height, width) of a convolution of an input of ``shape`` (batch,
+    channels, height, width), transposed when ``output_padding`` is given; a
+    ValueError that names ``op``, the shape and what was expected otherwise."""
+    shape = tuple(shape)
+    if len(shape) != 4:
+        raise ValueError(f"{op}: input has shape {shape} ({len(shape)} dimensions); expected "
+                         f"a 4-D batch (batch, {channels}, height, width)")
+    if shape[1] != channels:
+        raise ValueError(f"{op}: input has shape {shape} with {shape[1]} channels; expected "
+                         f"(batch, {channels}, height, width)")
+    if output_padding is not None:
+        _check_output_padding(op, output_padding, stride)
+        out = transposed_output_size(shape[2:], kernel_size, stride, padding, output_padding)
+        if min(out) < 1:
+            raise ValueError(f"{op}: input of shape {shape} gives an output of height x width "
+                             f"{out[0]}x{out[1]}; expected at least 1x1 (reduce padding="
+                             f"{padding})")
+        return out
+    (h, w), (kh, kw), (ph, pw) = shape[2:], kernel_size, padding
+    if h + 2 * ph < kh or w + 2 * pw < kw:
+        raise ValueError(f"{op}: input of shape {shape} has height x width {h}x{w}, "
+                         f"{h + 2 * ph}x{w + 2 * pw} with padding={padding}, smaller than "
+                         f"the kernel {kh}x{kw}; expected at least the kernel's size")
+    return output_size((h, w), kernel_size, stride, padding)
+
+
+def layer_output_shape(layer, input_shape, batched=False):
+    """:meth:`minigrad.nn.Conv2d.output_shape` (and ConvTranspose2d's): (C, H, W) out
+    for (C, H, W) in, or (N, C, H, W) for (N, C, H, W) (only that when ``batched``)."""
+    shape = tuple(input_shape)
+    batch = (1,) + shape if len(shape) == 3 and not batched else shape
+    size = check_input(repr(layer), batch, layer.in_channels, layer.kernel_size,
+                       layer.stride, layer.padding,
+                       layer.output_padding if layer.transposed else None)
+    return shape[:-3] + (layer.out_channels,) + tuple(size)
+
+
+def layer_repr(layer):
+    extra = f", output_padding={layer.output_padding}" if layer.transposed else ""
+    return (f"{layer.in_channels}, {layer.out_channels}, kernel_size={layer.kernel_size}, "
+            f"stride={layer.stride}, padding={layer.padding}{extra}"
+            + ("" if layer.bias is not None else ", bias=False"))
+
+
+def initial_parameters(layer, rng, bias):
+    """A layer's (weight, bias or None) as PyTorch initialises them (kaiming-uniform
+    with a = sqrt 5): U(-a, a), a = 1 / sqrt(fan_in), fan_in = weight.shape[1] kh kw --
+    in_channels kh kw for Conv2d, out_channels kh kw for ConvTranspose2d, whose weight
+    is (in_channels, out_channels, kh, kw)."""
+    channels = (layer.in_channels, layer.out_channels)
+    shape = (channels if layer.transposed else channels[::-1]) + layer.kernel_size
+    limit = 1.0 / math.sqrt(math.prod(shape[1:]))
+    weight = rng.uniform(-limit, limit, shape)
+    return weight, (rng.uniform(-limit, limit, layer.out_channels) if bias else None)
+
+
+def _check_operands(op, x, weight, bias, channels_axis):
+    """weight is 4-D, bias (if any) matches its output channels, all one dtype;
+    returns ``weight.shape[channels_axis]``, the input channels it expects."""
+    if weight.ndim != 4:
+        raise ValueError(f"{op}: weight has shape {weight.shape}; expected 4 dimensions "
+                         + ("(in_channels, out_channels, kh, kw)" if channels_axis == 0 else
+                            "(out_channels, in_channels, kh, kw)"))
+    out_channels = weight.shape[1 - channels_axis]
+    if bias is not None and bias.shape != (out_channels,):
+        raise ValueError(f"{op}: bias has shape {bias.shape}; expected ({out_channels},) "
+                         f"for weight of shape {weight.shape}")
+    for name, t in (("weight", weight), ("bias", bias)):
+        if t is not None and t.dtype != x.dtype:
+            raise TypeError(f"{op}: {name} has dtype {t.dtype} but the input {x.dtype}; "
+                            f"expected one dtype (convert with x.astype or build the layer "
+                            f"with dtype={str(x.dtype)!r})")
+    return weight.shape[channels_axis]
+
+
+# ----------------------------------------------------------------------------
+# the two halves: im2col then GEMM, GEMM then col2im
+# ----------------------------------------------------------------------------
+
+def _as_matrix(xp, images):
+    """(N, C, H, W) -> the (C, N H W) matrix (a copy, in that order)."""
+    n, c, h, w = images.shape
+    return xp.ascontiguousarray(images.transpose(1, 0, 2, 3)).reshape(c, n * h * w)
+
+
+def _as_images(xp, matrix, n, h, w):
+    """A (C, N H W) matrix -> the (N, C, H, W) batch (a copy, in that order)."""
+    return xp.ascontiguousarray(matrix.reshape(-1, n, h, w).transpose(1, 0, 2, 3))
+
+
+def _correlate(node, images, w2, geometry):
+    """conv2d without bias: ``(W2 @ im2col(images), the columns)``, the product as a
+    (C_out, N oh ow) matrix."""
+    cols = node.device.kernels.im2col(images, *geometry)
+    return w2 @ cols, cols
+
+
+def _scatter(node, matrix, w2, image_shape, geometry):
+    """conv2d's input gradient: ``col2im(W2^T @ matrix)``, an (N, C, H, W) batch."""
+    return node.device.kernels.col2im(w2.T @ matrix, image_shape, *geometry)
+
+
+# ----------------------------------------------------------------------------
+# the primitives
+# ----------------------------------------------------------------------------
+
+class Conv2dFunction(Function):
+    """y = conv2d(x, W) + b: Y = W2 @ im2col(x) + b, one GEMM for the batch.
+
+    backward (G = g as a (C_out, N oh ow) matrix):
+        gx = col2im(W2^T @ G);   gW = G @ im2col(x)^T;   gb = sum of G's columns
+    """
+
+    def forward(self, x, weight, *bias, stride, padding):
+        self.geometry = (weight.shape[2:], stride, padding)
+        self.input_shape = x.shape
+        n = x.shape[0]
+        oh, ow = output_size(x.shape[2:], *self.geometry)
+        y, cols = _correlate(self, x, weight.reshape(weight.shape[0], -1), self.geometry)
+        if bias:
+            y += bias[0][:, None]
+        self.save_for_backward(weight, cols)
+        return _as_images(self.xp, y, n, oh, ow)
+
+    def backward(self, g):
+        weight, cols = self.saved
+        need = self.needs_input_grad
+        g2 = _as_matrix(self.xp, g)
+        w2 = weight.reshape(weight.shape[0], -1)
+        gx = _scatter(self, g2, w2, self.input_shape, self.geometry) if need[0] else None
+        gw = (g2 @ cols.T).reshape(weight.shape) if need[1] else None
+        if len(need) == 2:
+            return gx, gw
+        return gx, gw, (g2.sum(axis=1) if need[2] else None)
+
+
+class ConvTranspose2dFunction(Function):
+    """y = conv_transpose2d(x, W) + b = col2im(W2^T @ X) + b: conv2d's input gradient,
+    W of shape (C_in, C_out, kh, kw), W2 = W as a (C_in, C_out kh kw) matrix.
+
+    backward (X = x as a (C_in, N H W) matrix, cols = im2col(g)):
+        gx = W2 @ cols (conv2d's forward);   gW = X @ cols^T;   gb = sum of g over
+        batch and pixels
+    """
+
+    def forward(self, x, weight, *bias, stride, padding, output_padding):
+        n, _, h, w = x.shape
+        self.geometry = (weight.shape[2:], stride, padding)
+        size = transposed_output_size((h, w), *self.geometry, output_padding)
+        x2 = _as_matrix(self.xp, x)
+        y = _scatter(self, x2, weight.reshape(weight.shape[0], -1),
+                     (n, weight.shape[1], *size), self.geometry)
+        if bias:
+            y += bias[0][:, None, None]
+        self.save_for_backward(x2, weight)
+        self.input_shape = x.shape
+        return y
+
+    def backward(self, g):
+        x2, weight = self.saved
+        need = self.needs_input_grad
+        n, _, h, w = self.input_shape
+        gx2, cols = _correlate(self, g, weight.reshape(weight.shape[0], -1), self.geometry)
+        gx = _as_images(self.xp, gx2, n, h, w) if need[0] else None
+        gw = (x2 @ cols.T).reshape(weight.shape) if need[1] else None
+        if len(need) == 2:
+            return gx, gw
+        return gx, gw, (g.sum(axis=(0, 2, 3)) if need[2] else None)
+
+
+class Upsample2dFunction(Function):
+    """y = x with every pixel repeated (sh x sw times) (nearest neighbour).
+
+    backward: g summed over each sh x sw block"""
+
+    def forward(self, x, scale):
+        self.scale = scale
+        return x.repeat(scale[0], axis=2).repeat(scale[1], axis=3)
+
+    def backward(self, g):
+        n, c, h, w = g.shape
+        sh, sw = self.scale
+        return g.reshape(n, c, h // sh, sh, w // sw, sw).sum(axis=(3, 5))
+
+
+# ----------------------------------------------------------------------------
+# public functions
+# ----------------------------------------------------------------------------
+
+def conv2d(x, weight, bias=None, stride=1, padding=0):
+    """The 2-D cross-correlation of x (N, C_in, H, W) with weight (C_out, C_in, kh, kw),
+    plus bias (C_out,) if given: (N, C_out, oh, ow), oh = (H + 2 ph - kh) // sh + 1.
+    ``stride`` and ``padding`` (zeros): an int or a pair (height, width)."""
+    x, weight = as_tensor(x), as_tensor(weight)
+    bias = None if bias is None else as_tensor(bias)
+    channels = _check_operands("conv2d", x, weight, bias, channels_axis=1)
+    stride, padding = pair("conv2d", "stride", stride, 1), pair("conv2d", "padding", padding, 0)
+    check_input("conv2d", x.shape, channels, weight.shape[2:], stride, padding)
+    operands = (x, weight) if bias is None else (x, weight, bias)
+    return Conv2dFunction.apply(*operands, stride=stride, padding=padding)
+
+
+def conv_transpose2d(x, weight, bias=None, stride=1, padding=0, output_padding=0):
+    """The transposed convolution (conv2d's input gradient) of x (N, C_in, H, W) with
+    weight (C_in, C_out, kh, kw), plus bias (C_out,): (N, C_out, H_out, W_out),
+    H_out = (H - 1) sh - 2 ph + kh + output_padding (output_padding < stride)."""
+    x, weight = as_tensor(x), as_tensor(weight)
+    bias = None if bias is None else as_tensor(bias)
+    op = "conv_transpose2d"
+    channels = _check_operands(op, x, weight, bias, channels_axis=0)
+    stride, padding = pair(op, "stride", stride, 1), pair(op, "padding", padding, 0)
+    output_padding = pair(op, "output_padding", output_padding, 0)
+    check_input(op, x.shape, channels, weight.shape[2:], stride, padding, output_padding)
+    operands = (x, weight) if bias is None else (x, weight, bias)
+    return ConvTranspose2dFunction.apply(*operands, stride=stride, padding=padding,
+                                         output_padding=output_padding)
+
+
+def upsample2d(x, scale):
+    """Nearest-neighbour upsampling of x (N, C, H, W) by ``scale`` (an int or a pair):
+    (N, C, H sh, W sw)."""
+    x = as_tensor(x)
+    scale = pair("upsample2d", "scale", scale, 1)
+    if x.ndim != 4:
+        raise ValueError(f"upsample2d: input has shape {x.shape}; expected a 4-D batch "
+                         f"(batch, channels, height, width)")
+    return Upsample2dFunction.apply(x, scale=scale)

@@ -1,0 +1,191 @@
+"""The convolution kernels (minigrad/kernels/conv.py, conv.cu): im2col and col2im of
+every backend against the NumPy reference, and the reference against a loop over
+the definition; no subnormal written; the argument checks.
+
+Parity runs on every device (the ``device`` fixture: NumPy, Numba, the GPU and
+CuPy emulated on the host); the Numba versions also in their serial and their
+parallel (one image per thread) form.
+"""
+import itertools
+
+import numpy as np
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from helpers import HAS_NUMBA, tolerance
+from minigrad import kernels
+from minigrad.kernels import _jit, conv
+
+REF = kernels.Kernels("numpy")
+SETTINGS = settings(max_examples=15, deadline=None,
+                    suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large,
+                                           HealthCheck.function_scoped_fixture])
+DTYPES = [np.float32, np.float64]
+
+
+@st.composite
+def geometries(draw):
+    """(image shape, kernel_size, stride, padding) with the kernel inside the padded
+    image."""
+    n, c = draw(st.integers(1, 3)), draw(st.integers(1, 3))
+    kernel = (draw(st.integers(1, 4)), draw(st.integers(1, 4)))
+    stride = (draw(st.integers(1, 3)), draw(st.integers(1, 3)))
+    padding = (draw(st.integers(0, 2)), draw(st.integers(0, 2)))
+    size = tuple(max(1, k - 2 * p) + draw(st.integers(0, 6)) for k, p in zip(kernel, padding))
+    return (n, c) + size, kernel, stride, padding
+
+
+def im2col_by_definition(x, kernel_size, stride, padding):
+    """cols[(c, ki, kj), (n, oy, ox)] = x[n, c, oy sh - ph + ki, ox sw - pw + kj], one
+    entry at a time."""
+    (kh, kw), (sh, sw), (ph, pw) = kernel_size, stride, padding
+    n, c, h, w = x.shape
+    oh, ow = (h + 2 * ph - kh) // sh + 1, (w + 2 * pw - kw) // sw + 1
+    cols = np.zeros((c, kh, kw, n, oh, ow), x.dtype)
+    for b, ch, ki, kj, oy, ox in itertools.product(range(n), range(c), range(kh), range(kw),
+                                                   range(oh), range(ow)):
+        iy, ix = oy * sh - ph + ki, ox * sw - pw + kj
+        if 0 <= iy < h and 0 <= ix < w:
+            cols[ch, ki, kj, b, oy, ox] = x[b, ch, iy, ix]
+    return cols.reshape(c * kh * kw, n * oh * ow)
+
+
+def test_every_conv_kernel_has_three_versions():
+    assert set(conv.KERNELS) == {"im2col", "col2im"} <= set(kernels.names())
+    for name in conv.KERNELS:
+        for backend in ("numpy", "numba", "cupy"):
+            assert getattr(kernels.Kernels(backend), name).__wrapped__ is \
+                getattr(conv, f"{name}_{backend}")
+
+
+@settings(max_examples=25, deadline=None)
+@given(geometry=geometries(), seed=st.integers(0, 2 ** 31))
+def test_reference_is_the_definition_and_col2im_its_adjoint(geometry, seed):
+    """im2col as defined entry by entry; col2im its adjoint: <im2col(x), C> = <x, col2im(C)>."""
+    shape, kernel_size, stride, padding = geometry
+    rng = np.random.default_rng(seed)
+    x = rng.standard_normal(shape)
+    cols = REF.im2col(x, kernel_size, stride, padding)
+    np.testing.assert_array_equal(cols, im2col_by_definition(x, kernel_size, stride, padding))
+    other = rng.standard_normal(cols.shape)
+    image = REF.col2im(other, shape, kernel_size, stride, padding)
+    assert image.shape == shape
+    np.testing.assert_allclose(np.sum(cols * other), np.sum(x * image), rtol=1e-12, atol=1e-12)
+
+
+def _check_parity(device, geometry, dtype, seed, strided):
+    shape, kernel_size, stride, padding = geometry
+    rng = np.random.default_rng(seed)
+    big = rng.standard_normal((shape[0] * 2,) + shape[1:]).astype(dtype)
+    x = big[::2] if strided else big[:shape[0]]
+    expected = REF.im2col(x, kernel_size, stride, padding)
+    x_dev = device.to_device(big)[::2] if strided else device.to_device(x)
+    cols = device.kernels.im2col(x_dev, kernel_size, stride, padding)
+    got = device.to_host(cols)
+    assert got.dtype == dtype and got.shape == expected.shape
+    np.testing.assert_array_equal(got, expected)  # a copy: exact
+
+    c = rng.standard_normal(expected.shape).astype(dtype)
+    expected_image = REF.col2im(c, shape, kernel_size, stride, padding)
+    image = device.to_host(device.kernels.col2im(device.to_device(c), shape, kernel_size,
+                                                 stride, padding))
+    assert image.dtype == dtype and image.shape == shape
+    np.testing.assert_allclose(image, expected_image, **tolerance(dtype))
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@SETTINGS
+@given(geometry=geometries(), seed=st.integers(0, 2 ** 31), strided=st.booleans())
+def test_kernels_equal_the_reference_on_every_device(device, dtype, geometry, seed, strided):
+    _check_parity(device, geometry, dtype, seed, strided)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("geometry", [
+    ((2, 3, 20, 21), (3, 3), (1, 1), (1, 1)),   # more entries than one grid-stride pass
+    ((4, 1, 28, 28), (3, 3), (2, 2), (1, 1)),   # the autoencoders' first layer
+    ((1, 2, 5, 4), (5, 4), (1, 1), (0, 0)),     # one output pixel
+    ((3, 2, 3, 3), (1, 1), (3, 3), (2, 2)),     # padding wider than the kernel
+])
+def test_kernels_equal_the_reference_at_fixed_sizes(device, dtype, geometry):
+    _check_parity(device, geometry, dtype, 0, False)
+
+
+@pytest.fixture(params=["serial", "parallel"])
+def variant(request, monkeypatch):
+    monkeypatch.setattr(_jit, "PARALLEL_MIN_SIZE", 1 if request.param == "parallel" else 1 << 62)
+    return request.param
+
+
+@pytest.mark.skipif(not HAS_NUMBA, reason="the Numba kernels need numba")
+@pytest.mark.parametrize("dtype", DTYPES)
+@SETTINGS
+@given(geometry=geometries(), seed=st.integers(0, 2 ** 31))
+def test_numba_serial_and_parallel_versions(variant, dtype, geometry, seed):
+    numba_kernels = kernels.Kernels("numba")
+    shape, kernel_size, stride, padding = geometry
+    rng = np.random.default_rng(seed)
+    x = rng.standard_normal(shape).astype(dtype)
+    np.testing.assert_array_equal(numba_kernels.im2col(x, kernel_size, stride, padding),
+                                  REF.im2col(x, kernel_size, stride, padding))
+    c = rng.standard_normal(REF.im2col(x, kernel_size, stride, padding).shape).astype(dtype)
+    np.testing.assert_allclose(numba_kernels.col2im(c, shape, kernel_size, stride, padding),
+                               REF.col2im(c, shape, kernel_size, stride, padding),
+                               **tolerance(dtype))
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_no_subnormal_is_written(device, dtype):
+    """Subnormal inputs come out as 0 (im2col), and so do sums of them (col2im)."""
+    tiny = np.finfo(dtype).tiny
+    rng = np.random.default_rng(2)
+    x = rng.standard_normal((2, 2, 6, 5)).astype(dtype)
+    x[:, :, ::2] = dtype(tiny / 8)  # subnormal rows
+    geometry = ((3, 3), (1, 2), (1, 1))
+    cols = device.to_host(device.kernels.im2col(device.to_device(x), *geometry))
+    assert not np.any((cols != 0) & (np.abs(cols) < tiny))
+    assert np.count_nonzero(cols) == np.count_nonzero(REF.im2col(x, *geometry))
+    c = np.full(cols.shape, tiny / 16, dtype)
+    c[:, ::3] = 1.0
+    image = device.to_host(device.kernels.col2im(device.to_device(c), x.shape, *geometry))
+    assert not np.any((image != 0) & (np.abs(image) < tiny))
+    assert np.any(image == 0) and np.any(image >= 1)
+
+
+@pytest.mark.parametrize("backend", ["numpy", "numba"])
+def test_arguments_are_checked(backend):
+    if backend == "numba" and not HAS_NUMBA:
+        pytest.skip("the Numba kernels need numba")
+    k = kernels.Kernels(backend)
+    x = np.zeros((2, 3, 5, 5), np.float32)
+    with pytest.raises(ValueError, match=r"im2col: x has shape \(3, 5, 5\); expected an image "
+                                         r"batch \(batch, channels, height, width\)"):
+        k.im2col(x[0], (3, 3), (1, 1), (0, 0))
+    with pytest.raises(TypeError, match="im2col: x has dtype int32"):
+        k.im2col(x.astype(np.int32), (3, 3), (1, 1), (0, 0))
+    with pytest.raises(ValueError, match=r"im2col: stride is \(0, 1\); expected a pair of "
+                                         r"integers >= 1"):
+        k.im2col(x, (3, 3), (0, 1), (0, 0))
+    with pytest.raises(ValueError, match=r"im2col: padding is 1; expected a pair"):
+        k.im2col(x, (3, 3), (1, 1), 1)
+    with pytest.raises(ValueError, match=r"im2col: the image of shape \(2, 3, 5, 5\) padded by "
+                                         r"\(1, 0\) is smaller than the kernel \(8, 2\)"):
+        k.im2col(x, (8, 2), (1, 1), (1, 0))
+    cols = np.zeros((27, 2 * 9), np.float32)
+    k.col2im(cols, x.shape, (3, 3), (1, 1), (0, 0))  # valid
+    with pytest.raises(ValueError, match=r"col2im: cols has shape \(27, 17\), expected "
+                                         r"\(27, 18\)"):
+        k.col2im(cols[:, 1:], x.shape, (3, 3), (1, 1), (0, 0))
+    with pytest.raises(ValueError, match=r"col2im: image_shape is \(3, 5, 5\); expected four"):
+        k.col2im(cols, (3, 5, 5), (3, 3), (1, 1), (0, 0))
+    with pytest.raises(TypeError, match="col2im: cols has dtype float16"):
+        k.col2im(cols.astype(np.float16), x.shape, (3, 3), (1, 1), (0, 0))
+
+
+def test_cupy_kernels_refuse_host_arrays():
+    cupy_kernels = kernels.Kernels("cupy")
+    with pytest.raises(TypeError, match="im2col: the 'cupy' backend's kernels run on the GPU"):
+        cupy_kernels.im2col(np.zeros((1, 1, 3, 3), np.float32), (3, 3), (1, 1), (0, 0))
+    with pytest.raises(TypeError, match="col2im: the 'cupy' backend's kernels run on the GPU"):
+        cupy_kernels.col2im(np.zeros((9, 1), np.float32), (1, 1, 3, 3), (3, 3), (1, 1), (0, 0))
