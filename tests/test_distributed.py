@@ -238,3 +238,23 @@ def test_distributed_without_mpiexec_is_one_process(tmp_path):
                  "--hidden", "16", "--grid", "3", "--no-progress", "--out",
                  str(tmp_path / "m")]) == 0
     assert json.loads((tmp_path / "m" / "config.json").read_text())["ranks"] == 1
+
+
+def test_two_gpus_through_nccl_train_as_one_gpu_of_batch_2b(tmp_path):
+    cupy = pytest.importorskip("cupy", reason="CuPy is not installed (the gpu extra)")
+    try:
+        gpus = cupy.cuda.runtime.getDeviceCount()
+    except Exception as error:  # no driver, no device
+        pytest.skip(f"no usable CUDA device: {error}")
+    if gpus < 2:
+        pytest.skip(f"NCCL between two ranks needs two GPUs; this machine has {gpus}")
+    done = _run_two([os.path.join(HERE, "support", "mpi_job.py"), "--nccl", str(tmp_path)],
+                    timeout=300)
+    assert done.returncode == 0, done.stdout + done.stderr
+    with minigrad.set_backend("cupy"):
+        model = mpi_job.build("variational", "float32")
+        model.fit(mpi_job.data(164), epochs=mpi_job.EPOCHS, batch_size=2 * mpi_job.PER_RANK_BATCH,
+                  progress=False, validation_split=0.1)
+    ranks = [np.load(tmp_path / f"nccl-rank{r}.npy") for r in range(2)]
+    np.testing.assert_array_equal(ranks[0], ranks[1])
+    _close(mpi_job.flat(model), ranks[0], "float32")
