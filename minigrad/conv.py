@@ -188,7 +188,7 @@ def _as_matrix(xp, images):
 
 def _as_images(xp, matrix, n, h, w):
     """A (C, N H W) matrix -> the (N, C, H, W) batch (a copy, in that order)."""
-    return xp.ascontiguousarray(matrix.reshape(-1, n, h, w).transpose(1, 0, 2, 3))
+    return xp.ascontiguousarray(matrix.reshape(matrix.shape[0], n, h, w).transpose(1, 0, 2, 3))
 
 
 def _correlate(node, images, w2, geometry):

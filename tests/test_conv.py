@@ -19,7 +19,7 @@ import minigrad as mg
 from helpers import CPU_DEVICES, host
 from minigrad import losses, nn, optim
 
-SETTINGS = settings(max_examples=12, deadline=None,
+SETTINGS = settings(max_examples=25, deadline=None,
                     suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large,
                                            HealthCheck.function_scoped_fixture])
 
@@ -142,6 +142,42 @@ def test_forward_and_gradients_equal_pytorch(device, torch, dtype, transposed, c
     for name, mine, reference in zip(("x", "weight", "bias"), ours, theirs):
         np.testing.assert_allclose(host(mine.grad), reference.grad.numpy(), **tol,
                                    err_msg=f"gradient of {name}")
+
+
+@pytest.mark.parametrize("transposed", [False, True], ids=["conv2d", "conv_transpose2d"])
+@pytest.mark.parametrize("case", TORCH_CASES[1:3], ids=lambda c: "-".join(map(str, c)))
+def test_every_device_computes_what_the_numpy_backend_does(device, transposed, case):
+    """Without PyTorch too: forward and gradients of each device against the plain
+    NumPy backend (float64)."""
+    n, c_in, c_out, h, w, kernel, stride, padding, output_padding, _ = case
+    rng = np.random.default_rng(3)
+    arrays = [rng.standard_normal((n, c_in, h, w)),
+              rng.standard_normal(((c_in, c_out) if transposed else (c_out, c_in))
+                                  + as_pair(kernel)), rng.standard_normal(c_out)]
+    kwargs = dict(stride=stride, padding=padding)
+    if transposed:
+        kwargs["output_padding"] = output_padding
+    fn = mg.conv_transpose2d if transposed else mg.conv2d
+    results = {}
+    for name in ("numpy", device.name):
+        with mg.set_backend(name):
+            inputs = [leaf(a) for a in arrays]
+            y = fn(*inputs, **kwargs)
+            (y * y).sum().backward()
+            results[name] = [host(y)] + [host(t.grad) for t in inputs]
+    for a, b in zip(results["numpy"], results[device.name]):
+        np.testing.assert_allclose(b, a, rtol=1e-12, atol=1e-12)
+
+
+def test_an_empty_batch_gives_an_empty_batch(device):
+    for fn, weight, size in ((mg.conv2d, (4, 2, 3, 3), (2, 2)),
+                             (mg.conv_transpose2d, (2, 4, 3, 3), (11, 11))):
+        x = leaf(np.zeros((0, 2, 5, 5)))
+        w = leaf(np.ones(weight))
+        y = fn(x, w, leaf(np.ones(4)), stride=2)
+        assert y.shape == (0, 4) + size
+        y.sum().backward()
+        assert x.grad.shape == x.shape and float(host(w.grad).sum()) == 0.0
 
 
 def test_upsample_equals_pytorch_nearest(torch):

@@ -177,7 +177,7 @@ def test_arguments_are_checked(backend):
     with pytest.raises(ValueError, match=r"col2im: cols has shape \(27, 17\), expected "
                                          r"\(27, 18\)"):
         k.col2im(cols[:, 1:], x.shape, (3, 3), (1, 1), (0, 0))
-    with pytest.raises(ValueError, match=r"col2im: image_shape is \(3, 5, 5\); expected four"):
+    with pytest.raises(ValueError, match=r"col2im: image_shape is \(3, 5, 5\); expected four integers"):
         k.col2im(cols, (3, 5, 5), (3, 3), (1, 1), (0, 0))
     with pytest.raises(TypeError, match="col2im: cols has dtype float16"):
         k.col2im(cols.astype(np.float16), x.shape, (3, 3), (1, 1), (0, 0))

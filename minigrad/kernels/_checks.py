@@ -117,10 +117,11 @@ def im2col(x, kernel_size, stride, padding):
 def col2im(cols, image_shape, kernel_size, stride, padding):
     _float("col2im", "cols", cols)
     image_shape = tuple(image_shape)
-    if len(image_shape) != 4 or not all(isinstance(v, (int, numpy.integer)) and v > 0
-                                        for v in image_shape):
-        raise ValueError(f"col2im: image_shape is {image_shape!r}; expected four positive "
-                         f"integers (batch, channels, height, width)")
+    least = (0, 1, 1, 1)  # an empty batch is an empty batch; an empty image is a mistake
+    if len(image_shape) != 4 or not all(isinstance(v, (int, numpy.integer)) and v >= m
+                                        for v, m in zip(image_shape, least)):
+        raise ValueError(f"col2im: image_shape is {image_shape!r}; expected four integers "
+                         f"(batch, channels, height, width), the last three positive")
     _pairs("col2im", kernel_size, stride, padding)
     oh, ow = _conv_output("col2im", image_shape, kernel_size, stride, padding)
     n, c = image_shape[:2]
