@@ -100,26 +100,30 @@ def layer_arguments(op, in_channels, out_channels, kernel_size, stride, padding,
             stride, pair(op, "padding", padding, 0), output_padding)
 
 
-def check_input(op, shape, channels, kernel_size, stride, padding, output_padding=None):
+def check_input(op, shape, channels, kernel_size, stride, padding, output_padding=None,
+                unbatched=False):
     """The output (height, width) of a convolution of an input of ``shape`` (batch,
-    channels, height, width), transposed when ``output_padding`` is given; a
-    ValueError that names ``op``, the shape and what was expected otherwise."""
+    channels, height, width) -- or (channels, height, width) too if ``unbatched`` --
+    transposed when ``output_padding`` is given; a ValueError that names ``op``, the
+    shape and what was expected otherwise."""
     shape = tuple(shape)
-    if len(shape) != 4:
+    if len(shape) not in ((3, 4) if unbatched else (4,)):
+        either = f"({channels}, height, width) or " if unbatched else ""
         raise ValueError(f"{op}: input has shape {shape} ({len(shape)} dimensions); expected "
-                         f"a 4-D batch (batch, {channels}, height, width)")
-    if shape[1] != channels:
-        raise ValueError(f"{op}: input has shape {shape} with {shape[1]} channels; expected "
-                         f"(batch, {channels}, height, width)")
+                         f"{either}a 4-D batch (batch, {channels}, height, width)")
+    if shape[-3] != channels:
+        expected = ("batch, " if len(shape) == 4 else "") + f"{channels}, height, width"
+        raise ValueError(f"{op}: input has shape {shape} with {shape[-3]} channels; expected "
+                         f"({expected})")
     if output_padding is not None:
         _check_output_padding(op, output_padding, stride)
-        out = transposed_output_size(shape[2:], kernel_size, stride, padding, output_padding)
+        out = transposed_output_size(shape[-2:], kernel_size, stride, padding, output_padding)
         if min(out) < 1:
             raise ValueError(f"{op}: input of shape {shape} gives an output of height x width "
                              f"{out[0]}x{out[1]}; expected at least 1x1 (reduce padding="
                              f"{padding})")
         return out
-    (h, w), (kh, kw), (ph, pw) = shape[2:], kernel_size, padding
+    (h, w), (kh, kw), (ph, pw) = shape[-2:], kernel_size, padding
     if h + 2 * ph < kh or w + 2 * pw < kw:
         raise ValueError(f"{op}: input of shape {shape} has height x width {h}x{w}, "
                          f"{h + 2 * ph}x{w + 2 * pw} with padding={padding}, smaller than "
@@ -131,10 +135,10 @@ def layer_output_shape(layer, input_shape, batched=False):
     """:meth:`minigrad.nn.Conv2d.output_shape` (and ConvTranspose2d's): (C, H, W) out
     for (C, H, W) in, or (N, C, H, W) for (N, C, H, W) (only that when ``batched``)."""
     shape = tuple(input_shape)
-    batch = (1,) + shape if len(shape) == 3 and not batched else shape
-    size = check_input(repr(layer), batch, layer.in_channels, layer.kernel_size,
+    size = check_input(repr(layer), shape, layer.in_channels, layer.kernel_size,
                        layer.stride, layer.padding,
-                       layer.output_padding if layer.transposed else None)
+                       layer.output_padding if layer.transposed else None,
+                       unbatched=not batched)
     return shape[:-3] + (layer.out_channels,) + tuple(size)
 
 
@@ -191,11 +195,11 @@ def _as_images(xp, matrix, n, h, w):
     return xp.ascontiguousarray(matrix.reshape(matrix.shape[0], n, h, w).transpose(1, 0, 2, 3))
 
 
-def _correlate(node, images, w2, geometry):
+def _correlate(node, images, w2, geometry, product=True):
     """conv2d without bias: ``(W2 @ im2col(images), the columns)``, the product as a
-    (C_out, N oh ow) matrix."""
+    (C_out, N oh ow) matrix (None unless ``product``: only the columns are needed)."""
     cols = node.device.kernels.im2col(images, *geometry)
-    return w2 @ cols, cols
+    return (w2 @ cols if product else None), cols
 
 
 def _scatter(node, matrix, w2, image_shape, geometry):
@@ -263,7 +267,8 @@ class ConvTranspose2dFunction(Function):
         x2, weight = self.saved
         need = self.needs_input_grad
         n, _, h, w = self.input_shape
-        gx2, cols = _correlate(self, g, weight.reshape(weight.shape[0], -1), self.geometry)
+        gx2, cols = _correlate(self, g, weight.reshape(weight.shape[0], -1), self.geometry,
+                               product=need[0])
         gx = _as_images(self.xp, gx2, n, h, w) if need[0] else None
         gw = (x2 @ cols.T).reshape(weight.shape) if need[1] else None
         if len(need) == 2:

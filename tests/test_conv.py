@@ -169,6 +169,32 @@ def test_every_device_computes_what_the_numpy_backend_does(device, transposed, c
         np.testing.assert_allclose(b, a, rtol=1e-12, atol=1e-12)
 
 
+@pytest.mark.parametrize("transposed", [False, True], ids=["conv2d", "conv_transpose2d"])
+@pytest.mark.parametrize("wanted", [(False, True, True), (True, False, False),
+                                    (False, False, True)])
+def test_only_the_gradients_asked_for_are_computed(device, transposed, wanted):
+    """An input, a frozen weight or bias without requires_grad: no gradient for it,
+    the same gradients as in the full computation for the others."""
+    rng = np.random.default_rng(5)
+    arrays = [rng.standard_normal((2, 3, 6, 5)),
+              rng.standard_normal((3, 2, 3, 3) if transposed else (2, 3, 3, 3)),
+              rng.standard_normal(2)]
+    fn = mg.conv_transpose2d if transposed else mg.conv2d
+
+    def gradients(requires):
+        inputs = [mg.Tensor(a, requires_grad=r, dtype="float64") for a, r in
+                  zip(arrays, requires)]
+        (fn(*inputs, stride=2, padding=1) ** 2).sum().backward()
+        return [None if t.grad is None else host(t.grad) for t in inputs]
+
+    full, partial = gradients((True, True, True)), gradients(wanted)
+    for want, a, b in zip(wanted, full, partial):
+        if want:
+            np.testing.assert_allclose(b, a, rtol=1e-12, atol=1e-12)
+        else:
+            assert b is None
+
+
 def test_an_empty_batch_gives_an_empty_batch(device):
     for fn, weight, size in ((mg.conv2d, (4, 2, 3, 3), (2, 2)),
                              (mg.conv_transpose2d, (2, 4, 3, 3), (11, 11))):
@@ -274,6 +300,16 @@ def test_inputs_a_layer_refuses_are_named(layer, shape, message):
     if isinstance(layer, (nn.Conv2d, nn.ConvTranspose2d)) and len(shape) == 4:
         with pytest.raises(ValueError, match=message):
             layer.output_shape(shape)
+
+
+def test_output_shape_of_one_image_names_that_shape():
+    layer = nn.Conv2d(3, 4, 3)
+    with pytest.raises(ValueError, match=r"input has shape \(2, 8, 8\) with 2 channels; "
+                                         r"expected \(3, height, width\)"):
+        layer.output_shape((2, 8, 8))
+    with pytest.raises(ValueError, match=r"input has shape \(8, 8\) \(2 dimensions\); "
+                                         r"expected \(3, height, width\) or a 4-D batch"):
+        layer.output_shape((8, 8))
 
 
 def test_functional_errors_name_the_operands():
