@@ -49,7 +49,9 @@ kernel_size, stride, padding)         pixel of an (N, C, H, W) = image_shape bat
 -> image``                            that im2col took it from (in a fixed order)
 ====================================  ===============================================
 
-Sums are accumulated in float64; everything else keeps the input dtype.
+Sums are accumulated in float64 (but col2im's, at most kh kw terms a pixel, in the
+data's dtype, as in the matrix products around it); everything else keeps the
+input dtype.
 """
 from __future__ import annotations
 
