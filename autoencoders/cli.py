@@ -211,12 +211,17 @@ def main(argv=None):
     import minigrad
     from . import experiments
 
-    comm = None
+    comm, run = None, None
+
+    def together():  # --distributed, and the ranks still depend on each other
+        return comm is not None and comm.size > 1 and not (run and run.alone)
 
     def usage_error(message):
-        # with --distributed every rank usually meets the same error: rank 0 says it
-        parser.exit(2, f"{parser.prog} {options.command}: error: {message}\n"
-                    if comm is None or comm.root else None)
+        message = f"{parser.prog} {options.command}: error: {message}"
+        if together():  # said once, and no rank left waiting for another
+            from minigrad.distributed import exit_together
+            exit_together(comm, 2, message)
+        parser.exit(2, message + "\n")
 
     try:  # for this command only: main() called from Python leaves the backend as it was
         backend = minigrad.set_backend(options.backend or minigrad.get_backend())
@@ -242,6 +247,15 @@ def main(argv=None):
         except (experiments.UsageError, FileNotFoundError, ValueError, ImportError) as error:
             # bad data, a model or checkpoint that does not fit, a missing extra
             usage_error(str(error))
+        except BaseException as error:
+            if not together():
+                raise
+            from minigrad.distributed import exit_together
+            if isinstance(error, SystemExit):  # Ctrl-C after the checkpoint was kept
+                exit_together(comm, error.code)
+            import traceback  # a bug: its traceback, then every rank ends
+            traceback.print_exc()
+            exit_together(comm, 130 if isinstance(error, KeyboardInterrupt) else 1)
     run.log(f"done in {run.metrics.get('seconds', 0):.0f} s; results in {run.out}")
     return 0
 

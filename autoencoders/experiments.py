@@ -50,6 +50,7 @@ class Run:
         self.options = options
         self.comm = comm
         self.root = comm is None or comm.root
+        self.alone = comm is None  # rank 0 once the other ranks have left (trained)
         self.out = os.path.abspath(options.out or os.path.join("runs", command))
         self.started = time.perf_counter()
         self.metrics = {"command": command}
@@ -84,6 +85,7 @@ class Run:
         """Where the other ranks of a distributed run stop: they only helped train."""
         if not self.root:
             raise RankDone
+        self.alone = True
 
     def train(self, model, X, name="model", **fit_options):
         """``model.fit`` with the run's options.  Each epoch ends by writing

@@ -42,7 +42,7 @@ import numpy
 
 __all__ = ["Communicator", "NcclCommunicator", "world", "as_communicator", "shard",
            "FlatBuffer", "ShardedGenerator", "Together", "DistributedError",
-           "weights_digest", "set_threads"]
+           "weights_digest", "set_threads", "exit_together"]
 
 
 class DistributedError(RuntimeError):
@@ -62,6 +62,9 @@ class Communicator:
         self.rank = 0 if comm is None else comm.Get_rank()
         self.size = 1 if comm is None else comm.Get_size()
         self.bytes_sent = 0
+        # a communicator of its own for ranks that fail outside every agreement
+        # (see exit_together): its messages never meet the training's collectives
+        self._errors = comm.Dup() if self.size > 1 else None
 
     def __repr__(self):
         return f"{type(self).__name__}(rank {self.rank} of {self.size})"
@@ -143,6 +146,34 @@ class NcclCommunicator(Communicator):
         ptr, count, dtype, stream = self._args(array)
         self.nccl.bcast(ptr, count, dtype, root, stream)
         return array
+
+
+def exit_together(comm, code, message="", wait=10.0):
+    """End a failed run on every rank without leaving any waiting: this rank waits
+    up to ``wait`` seconds for the others to fail as well (the usual case: the same
+    bad option or data on every rank); then rank 0 prints each distinct message once
+    and every rank exits with ``code``.  If some rank does not arrive (it failed
+    alone, or is waiting in a collective), MPI_Abort ends the whole job instead,
+    after this rank printed its message naming itself."""
+    import sys
+    import time
+    if comm.size == 1:
+        if message:
+            print(message, file=sys.stderr, flush=True)
+        sys.exit(code)
+    request, deadline = comm._errors.Ibarrier(), time.monotonic() + wait
+    while not request.Test():
+        if time.monotonic() > deadline:
+            print(f"rank {comm.rank} of {comm.size}: {message}", file=sys.stderr, flush=True)
+            comm.mpi.Abort(code)
+        time.sleep(0.01)
+    messages = comm._errors.gather(message, root=0)
+    if comm.root:
+        for rank, text in enumerate(messages):
+            if text and text not in messages[:rank]:
+                print(text if rank == 0 else f"rank {rank} of {comm.size}: {text}",
+                      file=sys.stderr, flush=True)
+    sys.exit(code)
 
 
 def world(device="cpu", share_cores=True):

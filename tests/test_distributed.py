@@ -224,11 +224,32 @@ def test_the_command_line_trains_on_two_ranks_and_rank_0_writes(tmp_path):
     assert config["ranks"] == 2
     assert len((out / "model" / "log.jsonl").read_text().splitlines()) == 2
     assert (out / "manifold.png").exists() and (out / "model.npz").exists()
-    # a user error is said once, with argparse's exit status
+    # a user error met by every rank is said once, with argparse's exit status
     bad = _run_two(["-m", "autoencoders", "retrieve", "--distributed", "--data-dir",
                     str(tmp_path / "nowhere"), "--out", str(tmp_path / "r")], timeout=120)
     assert bad.returncode == 2
-    assert bad.stderr.count("error:") == 1, bad.stderr
+    assert bad.stderr.count("python -m autoencoders retrieve: error:") == 1, bad.stderr
+
+
+def test_an_error_on_one_rank_before_training_ends_the_job(tmp_path):
+    """Rank 1 alone cannot read its data: rank 0 is already waiting in training's
+    first collective, so rank 1 names itself and MPI_Abort ends both (no hang)."""
+    script = tmp_path / "one_rank_fails.py"
+    script.write_text(
+        "import sys\n"
+        "from autoencoders import cli, datasets\n"
+        "from mpi4py import MPI\n"
+        "if MPI.COMM_WORLD.Get_rank() == 1:\n"
+        "    def unreadable(*a, **k):\n"
+        "        raise ValueError('blocks.bin is truncated')\n"
+        "    datasets.blocks = unreadable\n"
+        "sys.exit(cli.main(sys.argv[1:]))\n")
+    done = _run_two([str(script), "manifold", "--distributed", "--n", "300", "--n-test", "50",
+                     "--epochs", "1", "--hidden", "16", "--no-progress",
+                     "--out", str(tmp_path / "m")], timeout=120)
+    assert done.returncode == 2, done.stdout + done.stderr
+    assert "rank 1 of 2: python -m autoencoders manifold: error: blocks.bin is truncated" \
+        in done.stderr
 
 
 def test_distributed_without_mpiexec_is_one_process(tmp_path):
