@@ -34,7 +34,7 @@ import numpy
 import minigrad
 from minigrad import Tensor, losses, nn, no_grad, optim
 
-from . import files, inputs
+from . import architecture, files, inputs
 from .files import FORMAT_VERSION
 
 __all__ = ["Autoencoder", "FORMAT_VERSION"]
@@ -64,6 +64,11 @@ class Autoencoder(nn.Module):
     dtype : ``"float32"`` (default) or ``"float64"`` (for gradient checks).
     seed : int
         Seeds the weight initialisation (and the model's own noise generator).
+    channels, image_shape, kernel_size : optional
+        A convolutional model (:mod:`autoencoders.architecture`): ``channels=(32,
+        64)`` stride-2 convolutions of ``kernel_size`` (3) read each row as an image
+        of ``image_shape`` (C, H, W), C·H·W = ``sizes[0]``, before the Dense layers
+        ``sizes[1:]``; the decoder mirrors them back to that shape.
     encoder, decoder : minigrad.nn.Module, optional
         Your own Modules instead of ``sizes``; give ``input_dim`` too.  The
         decoder must return pre-activations (``output`` is applied on top).
@@ -82,7 +87,8 @@ class Autoencoder(nn.Module):
 
     def __init__(self, sizes=None, *, activation="relu", latent_activation=_DEFAULT,
                  output="sigmoid", loss="bce", dtype=None, seed=0, encoder=None,
-                 decoder=None, input_dim=None, latent_dim=None, hyper=None):
+                 decoder=None, input_dim=None, latent_dim=None, hyper=None, channels=None,
+                 image_shape=None, kernel_size=3):
         super().__init__()
         if type(self) is Autoencoder:
             raise TypeError("Autoencoder is the base class; build a flavor such as "
@@ -127,6 +133,8 @@ class Autoencoder(nn.Module):
                 raise ValueError(f"{self._name}: input_dim and latent_dim go with your own "
                                  f"encoder and decoder; with sizes they come from the list")
             self.sizes = _check_sizes(self._name, sizes, self._min_sizes)
+            self.conv = architecture.conv_shape(self._name, image_shape, channels, kernel_size,
+                                                self.sizes[0])
             self.dtype = str(dtype or "float32")
             self.custom = False
             rng = numpy.random.default_rng(seed)
@@ -134,7 +142,12 @@ class Autoencoder(nn.Module):
             self.decoder = self._build_decoder(rng)
             self.input_dim, self.latent_dim = self.sizes[0], self.sizes[-1]
         else:
+            if channels is not None or image_shape is not None:
+                raise ValueError(f"{self._name}: channels and image_shape build the encoder "
+                                 f"and decoder; with your own Modules leave them out")
+            self.conv = None
             self._adopt_modules(sizes, encoder, decoder, input_dim, latent_dim, dtype)
+            self._check_output_shape()
 
     # -- construction -------------------------------------------------------------
     _min_sizes = 2
@@ -173,15 +186,44 @@ class Autoencoder(nn.Module):
         init = "he" if activation in ("relu", "leaky_relu") else "glorot"
         return nn.Dense(n_in, n_out, activation=activation, init=init, dtype=self.dtype, rng=rng)
 
+    @property
+    def image_shape(self):
+        """(C, H, W) of a convolutional model's input rows, else None."""
+        return None if self.conv is None else self.conv.image_shape
+
+    def _front(self, rng):
+        """``(layers before the Dense ones, their output width)``: a convolutional
+        model's Unflatten-convolutions-Flatten, or nothing."""
+        if self.conv is None:
+            return [], self.sizes[0]
+        return (architecture.encoder_front(self.conv, self.activation, self.dtype, rng),
+                self.conv.flat_width)
+
     def _build_encoder(self, rng):
-        s = self.sizes
+        front, width = self._front(rng)
+        s = [width, *self.sizes[1:]]
         acts = [self.activation] * (len(s) - 2) + [self.latent_activation]
-        return nn.Sequential([self._dense(a, b, act, rng) for a, b, act in zip(s, s[1:], acts)])
+        return nn.Sequential(front + [self._dense(a, b, act, rng)
+                                      for a, b, act in zip(s, s[1:], acts)])
 
     def _build_decoder(self, rng):
-        s = self.sizes[::-1]
-        acts = [self.activation] * (len(s) - 2) + [None]  # the last layer gives pre-activations
-        return nn.Sequential([self._dense(a, b, act, rng) for a, b, act in zip(s, s[1:], acts)])
+        s = [self.sizes[0] if self.conv is None else self.conv.flat_width, *self.sizes[1:]][::-1]
+        # the last Dense layer gives pre-activations, or the transposed convolutions' input
+        acts = [self.activation] * (len(s) - 2) + [None if self.conv is None else self.activation]
+        back = ([] if self.conv is None else
+                architecture.decoder_back(self.conv, self.activation, self.dtype, rng))
+        return nn.Sequential([self._dense(a, b, act, rng)
+                              for a, b, act in zip(s, s[1:], acts)] + back)
+
+    def _check_output_shape(self):
+        """The decoder gives back rows of the input's width (checked at construction)."""
+        if self.conv is None:
+            return
+        with no_grad():
+            out = self.decoder(Tensor(numpy.zeros((1, self.latent_dim), self.dtype)))
+        if out.shape != (1, self.input_dim):  # pragma: no cover - the geometry guarantees it
+            raise ValueError(f"{self._name}: the decoder gives shape {out.shape} for images "
+                             f"{self.image_shape}; expected (1, {self.input_dim})")
 
     def _adopt_modules(self, sizes, encoder, decoder, input_dim, latent_dim, dtype):
         name = self._name
@@ -452,6 +494,8 @@ class Autoencoder(nn.Module):
             "output": self.output, "loss": self.loss_name, "dtype": self.dtype,
             "seed": self.seed,
             "hyper": {name: getattr(self, name) for name in self._hyper_names},
+            # format 2 adds "conv" (convolutional models); format 1 files still load
+            **({} if self.conv is None else {"conv": self.conv.config()}),
         }
 
     def save(self, path):
@@ -497,7 +541,14 @@ class Autoencoder(nn.Module):
             if encoder is not None or decoder is not None:
                 raise ValueError(f"{path} holds a model built from sizes; do not pass "
                                  f"encoder or decoder")
-            _check_declared_sizes(path, config["sizes"], weights)
+            conv = config.get("conv")
+            if conv is not None:
+                if not isinstance(conv, dict) or set(conv) != {"image_shape", "channels",
+                                                               "kernel_size"}:
+                    raise ValueError(f"{path}: the config's 'conv' entry is malformed: "
+                                     f"{conv!r}")
+                options.update(conv)
+            _check_declared_sizes(path, config["sizes"], weights, conv, target.__name__)
             model = target(config["sizes"], **options)
         model._set_weights(weights, path)
         return model
@@ -537,20 +588,25 @@ class Autoencoder(nn.Module):
         self.load_state_dict(weights)
 
     def extra_repr(self):
-        return f"flavor={self.flavor!r}, sizes={self.sizes}, loss={self.loss_name!r}"
+        conv = ("" if self.conv is None else
+                f", image_shape={self.conv.image_shape}, channels={self.conv.channels}")
+        return f"flavor={self.flavor!r}, sizes={self.sizes}{conv}, loss={self.loss_name!r}"
 
 
 # ----------------------------------------------------------------------------------
 # helpers
 # ----------------------------------------------------------------------------------
 
-def _check_declared_sizes(path, sizes, weights):
+def _check_declared_sizes(path, sizes, weights, conv=None, name=None):
     """A file's config may not declare a model bigger than the weights it holds: the
     model is built before its weights are compared, so a hostile config could
     otherwise make ``load`` allocate any amount of memory.  Every flavor has at least
-    the encoder's weight matrices sizes[i] x sizes[i+1]."""
+    the encoder's weights (:func:`autoencoders.architecture.least_weights`)."""
     sizes = _check_sizes(f"{path}: config", sizes, 2)
-    declared = sum(a * b for a, b in zip(sizes, sizes[1:]))
+    shape = None if conv is None else architecture.conv_shape(
+        f"{path}: config ({name})", conv["image_shape"], conv["channels"], conv["kernel_size"],
+        sizes[0])
+    declared = architecture.least_weights(sizes, shape)
     held = sum(int(numpy.size(w)) for w in weights.values())
     if declared > held:
         raise ValueError(f"{path}: the config declares sizes {sizes}, which need at least "

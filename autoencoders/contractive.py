@@ -23,10 +23,21 @@ O(batch · d_L · Σ_{l<L} d_l d_{l-1}) time and O(batch · d_L · d_in) memory.
 an encoder whose widths do not grow (the usual funnel) this order is never slower
 than the input-side order, O(batch · d_in · Σ_{l≥2} d_l d_{l-1}); for two layers
 they are equal.
+
+A convolution z = conv2d(h, K) is a linear map C of the flattened image, so it is
+one more factor diag(d) C; multiplying the rows of J by C is what a convolution's
+input gradient does to a batch of images: ``conv_transpose2d`` of each row (read
+as an image of the convolution's output shape) with the same kernel, stride and
+padding -- exact, padding included (what the padding cuts off never reaches the
+input).  For one convolution plus activation this is Σ_out s'(z)² times the squared
+norm of the kernel weights that reach the input.  Cost: a transposed convolution
+of batch · d_L images per convolution layer (so keep d_L small, or the batch).
 """
 from __future__ import annotations
 
-from minigrad import activations, nn
+import math
+
+from minigrad import Tensor, activations, conv, nn
 
 from .base import Autoencoder
 
@@ -38,8 +49,9 @@ _ACTIVATION_MODULES = (nn.Identity, nn.ReLU, nn.LeakyReLU, nn.Sigmoid, nn.Tanh, 
 class ContractiveAutoencoder(Autoencoder):
     """Reconstruction plus ``weight`` times the squared Frobenius norm of ∂h/∂x.
 
-    The encoder must be made of Dense layers (each optionally followed by an
-    activation module), so the Jacobian has the closed form above.  Sigmoid
+    The encoder must be made of Dense and Conv2d layers (each optionally followed by
+    an activation module; Flatten / Unflatten between them), so the Jacobian has the
+    closed form above: any dense or convolutional model this package builds.  Sigmoid
     codes by default, as in Rifai et al. (2011).  Term ``"contractive"``: the
     batch mean of ‖J_f(x)‖_F².
     """
@@ -70,23 +82,46 @@ class ContractiveAutoencoder(Autoencoder):
 def jacobian_norms(encoder, x):
     """``(h, ‖J‖²)``: the codes of batch ``x`` and, per example, ‖∂h/∂x‖_F² (shape (n,)).
 
-    Works for any encoder of Dense layers (e.g. a vanilla autoencoder's), so the
-    penalty can be measured on models that were not trained with it.
+    Works for any encoder of Dense and Conv2d layers (e.g. a vanilla autoencoder's),
+    so the penalty can be measured on models that were not trained with it.
     """
+    n = x.shape[0]
     h, factors = x, []
-    for dense, after, name, slope in _stages(encoder):
-        h = dense(h)
+    for layer, after, name, slope in _stages(encoder):
+        if name is None:                               # Flatten / Unflatten: a reshape
+            h = layer(h)
+            continue
+        shape_in = h.shape[1:]
+        h = layer(h)
         if after is not None:
             h = after(h)
-        factors.append((dense.weight, _derivative(name, h, slope)))
-    n = x.shape[0]
-    (W, d), inner = factors[-1], factors[:-1]
-    if not inner:                                      # Σ_j d_j² Σ_i W_ij²
-        return h, (d * d) @ (W * W).sum(axis=0)
-    J = d.reshape(n, -1, 1) * W.T                      # diag(d_L) W_Lᵀ: (n, d_L, d_{L-1})
-    for W, d in reversed(inner):
-        J = (J * d.reshape(n, 1, -1)) @ W.T            # ... diag(d_l) W_lᵀ: (n, d_L, d_{l-1})
+        factors.append((layer, _derivative(name, h, slope).reshape(n, -1), shape_in))
+    (last, d, shape_in), inner = factors[-1], factors[:-1]
+    if isinstance(last, nn.Dense):
+        if not inner:                                  # Σ_j d_j² Σ_i W_ij²
+            return h, (d * d) @ (last.weight * last.weight).sum(axis=0)
+        J = d.reshape(n, -1, 1) * last.weight.T        # diag(d_L) W_Lᵀ: (n, d_L, d_{L-1})
+    else:                                              # diag(d_L) C_L, rows through C_L
+        eye = Tensor(d.xp.eye(d.shape[1], dtype=d.dtype), device=d.device)
+        J = _rows_through(last, d.reshape(n, -1, 1) * eye, shape_in)
+    for layer, d, shape_in in reversed(inner):
+        J = _rows_through(layer, J * d.reshape(n, 1, -1), shape_in)  # ... diag(d_l) M_l
     return h, (J * J).sum(axis=(1, 2))
+
+
+def _rows_through(layer, J, shape_in):
+    """J M for the linear map M of ``layer`` (its input of ``shape_in`` flattened):
+    Wᵀ for a Dense layer, the transposed convolution of each row for a Conv2d."""
+    if isinstance(layer, nn.Dense):
+        return J @ layer.weight.T
+    n, rows, width = J.shape
+    (oh, ow), (kh, kw) = layer.output_shape(shape_in)[1:], layer.kernel_size
+    (sh, sw), (ph, pw) = layer.stride, layer.padding
+    # the input rows and columns no window reaches get output_padding: zeros in J
+    extra = (shape_in[1] - ((oh - 1) * sh - 2 * ph + kh), shape_in[2] - ((ow - 1) * sw - 2 * pw + kw))
+    images = J.reshape(n * rows, layer.out_channels, oh, ow)
+    back = conv.conv_transpose2d(images, layer.weight, None, layer.stride, layer.padding, extra)
+    return back.reshape(n, rows, math.prod(shape_in))
 
 
 def _derivative(name, h, slope):
@@ -105,19 +140,25 @@ def _flatten(module):
 
 
 def _stages(encoder):
-    """``[(dense, activation module after it or None, activation name, slope)]``."""
+    """``[(layer, activation module after it or None, activation name, slope)]``; a
+    Flatten or Unflatten as ``(layer, None, None, None)``."""
     stages = []
     for layer in _flatten(encoder):
         if isinstance(layer, nn.Dense):
             stages.append((layer, None, layer.activation, layer.negative_slope))
+        elif isinstance(layer, nn.Conv2d):
+            stages.append((layer, None, "identity", 0.01))
+        elif isinstance(layer, (nn.Flatten, nn.Unflatten)):
+            stages.append((layer, None, None, None))
         elif (isinstance(layer, _ACTIVATION_MODULES) and stages and stages[-1][1] is None
               and stages[-1][2] == "identity"):
             stages[-1] = (stages[-1][0], layer, layer.name, layer.negative_slope)
         else:
             raise ValueError(f"ContractiveAutoencoder: the Jacobian penalty needs an encoder "
-                             f"of Dense layers, each followed by at most one activation "
-                             f"({', '.join(c.__name__ for c in _ACTIVATION_MODULES)}); found "
+                             f"of Dense and Conv2d layers, each followed by at most one "
+                             f"activation ({', '.join(c.__name__ for c in _ACTIVATION_MODULES)}),"
+                             f" with Flatten / Unflatten between them; found "
                              f"{type(layer).__name__}")
-    if not stages:
-        raise ValueError("ContractiveAutoencoder: the encoder has no Dense layer")
+    if not any(name is not None for _, _, name, _ in stages):
+        raise ValueError("ContractiveAutoencoder: the encoder has no Dense or Conv2d layer")
     return stages

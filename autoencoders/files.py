@@ -33,7 +33,7 @@ __all__ = ["atomic_write", "write_json", "file_digest", "read_npy_header", "FORM
            "write_model", "read_model", "write_checkpoint", "read_checkpoint"]
 
 #: Version of the model file layout written by ``Autoencoder.save``.
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2 adds convolutional models ("conv" in the config); 1 still loads
 #: Version of the checkpoint layout written by ``fit(..., checkpoint_dir=...)``.
 CHECKPOINT_VERSION = 1
 FORMAT_NAME = "minigrad-autoencoder"

@@ -99,9 +99,10 @@ class VariationalAutoencoder(Autoencoder):
 
     # -- building -------------------------------------------------------------------
     def _build_encoder(self, rng):
-        s = self.sizes
-        body = nn.Sequential([self._dense(a, b, self.activation, rng)
-                              for a, b in zip(s[:-2], s[1:-1])])
+        front, width = self._front(rng)
+        s = [width, *self.sizes[1:]]
+        body = nn.Sequential(front + [self._dense(a, b, self.activation, rng)
+                                      for a, b in zip(s[:-2], s[1:-1])])
         return GaussianEncoder(body, self._dense(s[-2], s[-1], None, rng),
                                self._dense(s[-2], s[-1], None, rng))
 

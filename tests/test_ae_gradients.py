@@ -166,9 +166,12 @@ def test_contractive_rejects_an_encoder_it_cannot_differentiate():
     class Square(nn.Module):
         def forward(self, x):
             return x * x
-    with pytest.raises(ValueError, match="Dense layers"):
+    with pytest.raises(ValueError, match="Dense and Conv2d layers.*found Square"):
         ContractiveAutoencoder(encoder=nn.Sequential(nn.Dense(4, 2), Square()),
                                decoder=nn.Dense(2, 4), input_dim=4)
+    transposed = nn.Sequential(nn.Unflatten((1, 2, 2)), nn.ConvTranspose2d(1, 1, 1), nn.Flatten())
+    with pytest.raises(ValueError, match="found ConvTranspose2d"):
+        ContractiveAutoencoder(encoder=transposed, decoder=nn.Dense(4, 4), input_dim=4)
 
 
 # ----------------------------------------------------------------------------
