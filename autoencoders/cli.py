@@ -80,15 +80,24 @@ def _seed(text):
 
 
 def _common(parser, *, flavor, latent, hidden, epochs, batch_size=128, lr=1e-3, data=True,
-            out=None):
+            out=None, arch="mlp"):
     g = parser.add_argument_group("model and training")
+    g.add_argument("--arch", choices=("mlp", "conv"), default=arch,
+                   help="mlp: Dense layers; conv: stride-2 convolutions (--channels) before "
+                        "the Dense layers, mirrored in the decoder (default: %(default)s)")
+    g.add_argument("--channels", type=_int_list(1, "positive channel counts"),
+                   default=[32, 64],
+                   help="--arch conv: channels of each stride-2 convolution, comma-separated "
+                        "(default: 32,64)")
+    parser.set_defaults(mlp_hidden=_hidden_sizes(hidden))
     g.add_argument("--flavor", default=flavor, choices=_FLAVORS,
                    help="vanilla, sparse, denoising, contractive or variational "
                         "(default: %(default)s)")
     g.add_argument("--latent", type=_positive_int, default=latent,
                    help="code size (default: %(default)s)")
-    g.add_argument("--hidden", type=_hidden_sizes, default=hidden,
-                   help="hidden layer sizes, comma-separated (default: %(default)s)")
+    g.add_argument("--hidden", type=_hidden_sizes, default=None,
+                   help=f"Dense hidden layer sizes, comma-separated, or none (default: "
+                        f"{hidden} with --arch mlp, none with conv)")
     g.add_argument("--epochs", type=_positive_int, default=epochs, help="(default: %(default)s)")
     g.add_argument("--batch-size", type=_positive_int, default=batch_size,
                    help="(default: %(default)s)")

@@ -133,23 +133,36 @@ class RankDone(Exception):
 
 
 def _hidden(options):
+    """The Dense hidden widths: ``--hidden``, else the command's default for its
+    ``--arch`` (a convolutional model goes from its convolutions to the code)."""
     hidden = options.hidden
+    if hidden is None:
+        hidden = [] if _arch(options) == "conv" else getattr(options, "mlp_hidden", [])
     if isinstance(hidden, str):  # options built by hand rather than by the parser
         return [int(h) for h in hidden.split(",") if h.strip()]
     return list(hidden)
 
 
-def build_model(options, input_dim, flavor=None, **hyper):
+def _arch(options):
+    return getattr(options, "arch", None) or "mlp"
+
+
+def build_model(options, input_dim, flavor=None, image_shape=None, **hyper):
+    """The command's model; ``image_shape`` (C, H, W) of the rows, for ``--arch conv``."""
     flavor = flavor or options.flavor
     cls = FLAVORS.get(flavor)
     if cls is None:
         raise UsageError(f"--flavor {flavor!r} is not a flavor; expected one of "
                          f"{sorted(FLAVORS)}")
     sizes = [input_dim, *_hidden(options), options.latent]
+    if _arch(options) == "conv":
+        if image_shape is None:  # pragma: no cover - every command passes its images' shape
+            raise UsageError("--arch conv needs images")
+        hyper.update(channels=tuple(options.channels), image_shape=tuple(image_shape))
     return cls(sizes, seed=options.seed, **hyper)
 
 
-def _load_or_train(run, options, X, **hyper):
+def _load_or_train(run, options, X, image_shape=(1, 28, 28), **hyper):
     if getattr(options, "model", None):
         run.log(f"loading {options.model}")
         try:
@@ -161,7 +174,7 @@ def _load_or_train(run, options, X, **hyper):
                              f"data has {X.shape[1]}")
         run.trained()
         return model
-    model = build_model(options, X.shape[1], **hyper)
+    model = build_model(options, X.shape[1], image_shape=image_shape, **hyper)
     run.train(model, X)
     run.trained()
     return model
@@ -200,7 +213,7 @@ def manifold(options, run):
     X_test = test_images.reshape(len(test_images), -1)
     run.log(f"{len(X)} training and {len(X_test)} held-out block images of {size}x{size}")
 
-    model = build_model(options, X.shape[1], beta=options.beta)
+    model = build_model(options, X.shape[1], image_shape=(1, size, size), beta=options.beta)
     run.train(model, X)
     run.trained()
 
@@ -396,10 +409,10 @@ def denoise(options, run):
     rng = np.random.default_rng(options.seed + 7)
     corrupted = np.clip(X_test + options.noise_level * rng.standard_normal(X_test.shape),
                         0, 1).astype(X_test.dtype)
-    dae = build_model(options, X.shape[1], flavor="denoising", noise="gaussian",
-                      noise_level=options.noise_level)
+    dae = build_model(options, X.shape[1], flavor="denoising", image_shape=(1, 28, 28),
+                      noise="gaussian", noise_level=options.noise_level)
     run.train(dae, X, name="denoising")
-    vanilla = build_model(options, X.shape[1], flavor="vanilla")
+    vanilla = build_model(options, X.shape[1], flavor="vanilla", image_shape=(1, 28, 28))
     run.train(vanilla, X, name="vanilla")
     run.trained()
     denoised, plain = _reconstruct(dae, corrupted), _reconstruct(vanilla, corrupted)

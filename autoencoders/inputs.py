@@ -55,11 +55,17 @@ def _shape_and_kind(model, X, name, codes):
     if dtype.kind not in "biuf":
         raise ValueError(f"{model._name}: {name} has dtype {dtype}; expected numbers")
     shape = tuple(X.shape)
+    image = getattr(model, "image_shape", None) if not codes else None
+    if image is not None and len(shape) in (3, 4) and isinstance(X, numpy.ndarray) and (
+            shape[1:] == image or (len(shape) == 3 and image[0] == 1 and shape[1:] == image[1:])):
+        X = X.reshape(shape[0], -1)  # images of a convolutional model's shape, as rows (a view)
+        shape = tuple(X.shape)
     if len(shape) != 2:
-        raise ValueError(f"{model._name}: {name} must be 2-D (examples, {width} features); "
-                         f"got shape {shape}"
+        raise ValueError(f"{model._name}: {name} must be 2-D (examples, {width} features)"
+                         + (f" or images (examples, {', '.join(map(str, image))})" if image
+                            else "") + f"; got shape {shape}"
                          + ("; flatten images with X.reshape(len(X), -1)" if len(shape) > 2
-                            else ""))
+                            and not image else ""))
     if shape[1] != width and not codes:
         raise ValueError(f"{model._name}: {name} has {shape[1]} features per example but "
                          f"this autoencoder expects {width}")

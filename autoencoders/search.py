@@ -38,6 +38,11 @@ def _image_size(options, model):
         return tuple(options.size)
     if model is None:
         return (28, 28)
+    if model.image_shape is not None:  # a convolutional model knows its pictures' shape
+        if model.image_shape[0] != channels:
+            raise SearchError(f"--model reads {model.image_shape[0]}-channel pictures; "
+                              f"--mode {options.mode} gives {channels}")
+        return model.image_shape[1:]
     side = math.isqrt(model.input_dim // channels)
     if side * side * channels != model.input_dim:
         raise SearchError(f"--model takes {model.input_dim} inputs, which is not a square "
@@ -81,7 +86,7 @@ def build(options, run):
     X = images.reshape(len(images), -1)
     if model is None:
         from .experiments import build_model
-        model = build_model(options, X.shape[1])
+        model = build_model(options, X.shape[1], image_shape=(channels, *size))
         run.train(model, X, name="training")
         run.trained()
         source = run.path("training.npz")
