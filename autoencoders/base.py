@@ -417,7 +417,8 @@ class Autoencoder(nn.Module):
 
         ``backend``: ``"numpy"``, ``"numba"`` or ``"cupy"`` to train under that
         minigrad backend (the active one when None).  The backend is switched for
-        the duration of the call only, but the model's parameters and its optimizer's
+        the duration of the call and for this thread only (``minigrad.use_backend``:
+        two threads can fit on two backends at once), but the model's parameters and its optimizer's
         buffers are moved to its device and **stay there**: after
         ``fit(X, backend="cupy")`` the model lives on the GPU -- its ``transform``
         and friends still return NumPy arrays, and ``model.to("cpu")`` brings it
@@ -447,7 +448,7 @@ class Autoencoder(nn.Module):
         args = (X, epochs, batch_size, lr, optimizer, validation_data, seed, callbacks, progress)
         if backend is None:
             return training.fit(self, *args, **options)
-        with minigrad.set_backend(backend) as active:
+        with minigrad.use_backend(backend) as active:  # this thread only
             self.to(active.type)
             for opt in {id(o): o for o in (optimizer, getattr(self, "optimizer_", None))
                         if isinstance(o, optim.Optimizer)}.values():

@@ -282,7 +282,7 @@ class AutoencoderTransformer(ClassNamePrefixFeaturesOutMixin, TransformerMixin, 
     def _backend(self):
         if self.backend is None:
             return contextlib.nullcontext()
-        return minigrad.set_backend(self.backend)
+        return minigrad.use_backend(self.backend)  # this thread only: fits run side by side
 
 
 def _hyper_parameters(cls):

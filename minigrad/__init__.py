@@ -16,7 +16,7 @@ array namespace and the fused kernels, :mod:`minigrad.kernels`),
 :mod:`minigrad.gradcheck` (finite-difference checks), :mod:`minigrad.denormals`
 (why and how training keeps subnormal numbers out of the arithmetic).
 """
-from .device import Device, available_backends, get_backend, set_backend
+from .device import Device, available_backends, get_backend, set_backend, use_backend
 from .tensor import Function, Tensor, as_tensor, enable_grad, is_grad_enabled, no_grad
 from .functions import (abs, activate, add, broadcast_to, clip, concatenate, div, exp, getitem,
                         leaky_relu, log, log_sigmoid, logsumexp, matmul, max, maximum,
@@ -31,7 +31,7 @@ __version__ = "0.1.0"
 
 __all__ = [
     "Tensor", "Function", "as_tensor", "no_grad", "enable_grad", "is_grad_enabled",
-    "gradcheck", "nn", "losses", "optim", "get_backend", "set_backend", "Device",
+    "gradcheck", "nn", "losses", "optim", "get_backend", "set_backend", "use_backend", "Device",
     "available_backends", "activate", "activations", "flush_denormals", "denormals",
     "abs", "add", "broadcast_to", "clip", "concatenate", "div", "exp", "getitem",
     "leaky_relu", "log", "log_sigmoid", "logsumexp", "matmul", "max", "maximum", "mean",

@@ -32,6 +32,7 @@ an error that names both; nothing is copied silently.
 """
 from __future__ import annotations
 
+import contextlib
 import importlib.util
 import os
 import threading
@@ -86,6 +87,7 @@ _BUILT = {}
 _lock = threading.Lock()
 _active = None   # the Device set_backend chose (None: not chosen yet)
 _host = None     # the Device for host arrays while _active is current
+_thread = threading.local()  # .stack: this thread's use_backend blocks, innermost last
 
 
 def available_backends():
@@ -140,7 +142,11 @@ def _activate(device):
 
 
 def get_backend():
-    """The active :class:`Device` (where new tensors and layers are made)."""
+    """The active :class:`Device` (where new tensors and layers are made): this
+    thread's innermost :func:`use_backend`, else the one :func:`set_backend` chose."""
+    stack = getattr(_thread, "stack", None)
+    if stack:
+        return stack[-1]
     if _active is None:
         _activate(_build(_environment_backend() or _default_cpu_name()))
     return _active
@@ -173,6 +179,21 @@ def set_backend(name):
     return _BackendSwitch(previous, device)
 
 
+@contextlib.contextmanager
+def use_backend(name):
+    """``with use_backend("numpy"): ...`` -- ``name`` is the active backend inside the
+    block **for this thread only**; other threads keep theirs (``fit(backend=...)``
+    and the scikit-learn estimator's ``backend=`` use it, so that two threads can
+    train on two backends at once).  :func:`set_backend` sets the process's."""
+    device = name if isinstance(name, Device) else _build(str(name).lower())
+    stack = _thread.__dict__.setdefault("stack", [])
+    stack.append(device)
+    try:
+        yield device
+    finally:
+        stack.pop()
+
+
 def device_of(*arrays):
     """The :class:`Device` that computes on ``arrays``: the "cupy" one if any is a
     CuPy array (CuPy is never imported here: its arrays bring it along), else the
@@ -182,6 +203,9 @@ def device_of(*arrays):
         if kind is numpy.ndarray or not kind.__module__.startswith("cupy"):
             continue
         return _gpu()
+    stack = getattr(_thread, "stack", None)
+    if stack:  # inside use_backend: its device, or the CPU one for host arrays
+        return stack[-1] if stack[-1].type == "cpu" else _build(_default_cpu_name())
     if _host is None:
         get_backend()
     return _host

@@ -242,3 +242,37 @@ def test_losses_refuse_values_outside_their_domain(call, words):
     import re
     with pytest.raises(ValueError, match=re.escape(words)):
         call()
+
+
+def test_two_threads_fit_on_two_backends_at_once_and_leave_the_global_one():
+    """fit(backend=...) and the estimator's backend= switch this thread only."""
+    from autoencoders.estimator import AutoencoderTransformer
+    X = np.random.default_rng(0).random((64, 6)).astype(np.float32)
+    before = mg.get_backend()
+    started, seen, errors = threading.Barrier(2), {}, []
+
+    def record(name):
+        def callback(model, epoch, logs):  # what this thread trains on, epoch by epoch
+            seen.setdefault(name, set()).add((mg.get_backend().name,
+                                              model.parameters()[0].device.name))
+        return callback
+
+    def fit(name):
+        try:
+            started.wait(10)
+            model = VanillaAutoencoder([6, 4, 2], seed=0)
+            model.fit(X, epochs=4, batch_size=16, backend=name, progress=False,
+                      callbacks=[record(name)])
+            AutoencoderTransformer(latent=2, hidden=(4,), epochs=2, backend=name).fit(X)
+        except Exception as error:  # reported below
+            errors.append(error)
+    threads = [threading.Thread(target=fit, args=(name,)) for name in ("numpy", "numba")]
+    for thread in threads:
+        thread.start()
+    with mg.use_backend("numpy"):
+        assert mg.get_backend().name == "numpy" and mg.Tensor([1.0]).device.name == "numpy"
+    for thread in threads:
+        thread.join(60)
+    assert not errors, errors
+    assert seen == {"numpy": {("numpy", "numpy")}, "numba": {("numba", "numba")}}
+    assert mg.get_backend() is before  # the process-wide choice was never touched
