@@ -82,6 +82,23 @@ def test_page_excerpts_resolve(page):
         assert "```" in text and len(text.splitlines()) > 3, (page, spec, text)
 
 
+def test_every_public_module_is_in_the_api_reference():
+    directives = set()
+    for page in PAGES:
+        directives.update(re.findall(r"^::: ([\w.]+)", _read(page), re.MULTILINE))
+    missing = []
+    for package in ("minigrad", "autoencoders"):
+        for path in glob.glob(os.path.join(ROOT, package, "**", "*.py"), recursive=True):
+            parts = os.path.relpath(path, ROOT)[:-3].split(os.sep)
+            if parts[-1] == "__init__":
+                parts.pop()
+            if any(p.startswith("_") for p in parts):
+                continue  # private modules (and __main__) are not in the reference
+            if ".".join(parts) not in directives:
+                missing.append(".".join(parts))
+    assert not missing, f"modules the API reference leaves out: {missing}"
+
+
 def test_excerpt_of_a_missing_name_fails():
     excerpts = _excerpts_module()
     with pytest.raises(excerpts.ExcerptError, match="no 'no_such_loss'"):
