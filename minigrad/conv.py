@@ -190,9 +190,18 @@ def _as_matrix(xp, images):
     return xp.ascontiguousarray(images.transpose(1, 0, 2, 3)).reshape(c, n * h * w)
 
 
-def _as_images(xp, matrix, n, h, w):
-    """A (C, N H W) matrix -> the (N, C, H, W) batch (a copy, in that order)."""
-    return xp.ascontiguousarray(matrix.reshape(matrix.shape[0], n, h, w).transpose(1, 0, 2, 3))
+def _as_images(xp, matrix, n, h, w, bias=None):
+    """A (C, N H W) matrix -> the (N, C, H, W) batch (a copy, in that order), plus
+    ``bias`` (C,) on each channel if given: the bias is added in the same pass as the
+    copy (one pass over the output instead of two)."""
+    c = matrix.shape[0]
+    images = xp.empty((n, c, h, w), dtype=matrix.dtype)
+    source = matrix.reshape(c, n, h * w).transpose(1, 0, 2)
+    if bias is None:
+        images.reshape(n, c, h * w)[...] = source
+    else:
+        xp.add(source, bias[:, None], out=images.reshape(n, c, h * w))
+    return images
 
 
 def _correlate(node, images, w2, geometry, product=True):
@@ -224,10 +233,8 @@ class Conv2dFunction(Function):
         n = x.shape[0]
         oh, ow = output_size(x.shape[2:], *self.geometry)
         y, cols = _correlate(self, x, weight.reshape(weight.shape[0], -1), self.geometry)
-        if bias:
-            y += bias[0][:, None]
         self.save_for_backward(weight, cols)
-        return _as_images(self.xp, y, n, oh, ow)
+        return _as_images(self.xp, y, n, oh, ow, bias[0] if bias else None)
 
     def backward(self, g):
         weight, cols = self.saved

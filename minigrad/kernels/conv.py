@@ -24,8 +24,8 @@ ascending in all three versions, so they agree to the last bit (but for FTZ).
 Both kernels write 0 for a value whose magnitude is below the smallest normal
 number of the dtype (see :mod:`minigrad.denormals`).
 
-The NumPy reference comes first, then the Numba version (one batch image per
-thread), then the CuPy one, whose CUDA code is in ``conv.cu``.
+The NumPy reference comes first, then the Numba version (one row of cols, or
+one channel, per thread), then the CuPy one, whose CUDA code is in ``conv.cu``.
 """
 from __future__ import annotations
 
@@ -34,7 +34,7 @@ import numpy as np
 from ..conv import output_size
 from ..denormals import flush_subnormals, smallest_normal
 from . import _cuda
-from ._jit import kernel, prange, scalar
+from ._jit import kernel, prange
 from ._math import flush, ftz_enter, ftz_exit
 
 KERNELS = ("im2col", "col2im")
@@ -75,77 +75,72 @@ def col2im_numpy(cols, image_shape, kernel_size, stride, padding):
 # Numba
 # ----------------------------------------------------------------------------
 
-# One batch image per loop iteration (``prange``: one per thread in the parallel
-# version; images write disjoint parts of cols / image, so no two threads touch
-# one address).  The innermost loop runs over a row of output pixels, over the
-# range of ox whose input column is inside the image (computed, not tested per
-# pixel), so it has no branch and, for stride 1, reads and writes consecutive
-# addresses.
+# Both kernels work on a zero-padded copy of the batch, (N, C, H + 2 ph, W + 2 pw),
+# so that no tap ever reads or adds outside it (no test for the border).  In that
+# copy, output pixel (n, oy, ox) of tap (ki, kj) of channel c sits at the flat
+# offset  start(c, ki, kj) + offsets[(n, oy, ox)]  with
+#
+#     start(c, ki, kj) = (c Hp + ki) Wp + kj,   offsets[(n, oy, ox)] = (n C Hp + oy sh) Wp + ox sw
+#
+# (Hp, Wp the padded sides), so a whole row of cols -- all N oh ow entries of one
+# (c, ki, kj) -- is one loop over the table ``offsets`` (made once per call by
+# :func:`_offsets`): a gather that LLVM vectorizes (AVX2 / AVX-512 gathers), with
+# no per-output-row set-up, where loops over rows of ow pixels (7 at the
+# autoencoders' second layer) spent most of their time starting and ending.
+#
+# Parallel versions: im2col one row of cols per iteration (rows are disjoint);
+# col2im one channel per iteration (the rows of one channel add into the same
+# pixels, those of different channels never), adding the taps in ascending
+# (ki, kj) order as the reference does.
 
 
-@scalar
-def _valid_range(k, stride, pad, size, out):
-    """The output indices o in [0, out) with 0 <= o * stride - pad + k < size, as
-    [lo, hi) (lo <= hi; both 0 when none)."""
-    lo = min(out, max(0, -((k - pad) // stride)))   # ceil((pad - k) / stride)
-    hi = min(out, (size - 1 + pad - k) // stride + 1)
-    return lo, max(lo, hi)
+def _offsets(n, channels, padded_size, oh, ow, stride):
+    """The table ``offsets`` above, as int64 (n oh ow,)."""
+    (hp, wp), (sh, sw) = padded_size, stride
+    rows = np.arange(n)[:, None, None] * channels * hp + np.arange(oh)[None, :, None] * sh
+    return (rows * wp + np.arange(ow)[None, None, :] * sw).astype(np.int64).reshape(-1)
 
 
 @kernel
-def _im2col(x, kh, kw, sh, sw, ph, pw, oh, ow, tiny, cols):
+def _im2col(x, kh, kw, ph, pw, offsets, tiny, cols):
     zero = x.dtype.type(0)
     n_images, channels, height, width = x.shape
-    pixels = oh * ow
-    for n in prange(n_images):
-        saved = ftz_enter()
+    hp, wp = height + 2 * ph, width + 2 * pw
+    padded = np.zeros((n_images, channels, hp, wp), dtype=x.dtype)
+    for n in range(n_images):  # flushed once per pixel here, not once per tap
         for c in range(channels):
-            for ki in range(kh):
-                for kj in range(kw):
-                    row = cols[(c * kh + ki) * kw + kj]
-                    lo, hi = _valid_range(kj, sw, pw, width, ow)
-                    for oy in range(oh):
-                        out = row[n * pixels + oy * ow:n * pixels + (oy + 1) * ow]
-                        iy = oy * sh - ph + ki
-                        if iy < 0 or iy >= height:
-                            out[:] = zero
-                            continue
-                        source = x[n, c, iy]
-                        for ox in range(lo):
-                            out[ox] = zero
-                        for ox in range(lo, hi):
-                            out[ox] = flush(source[ox * sw - pw + kj], tiny, zero)
-                        for ox in range(hi, ow):
-                            out[ox] = zero
-        ftz_exit(saved)
+            for iy in range(height):
+                for ix in range(width):
+                    padded[n, c, ph + iy, pw + ix] = flush(x[n, c, iy, ix], tiny, zero)
+    flat = padded.reshape(-1)
+    taps = kh * kw
+    for r in prange(channels * taps):
+        c, tap = r // taps, r % taps
+        start = (c * hp + tap // kw) * wp + tap % kw
+        row = cols[r]
+        for j in range(offsets.size):
+            row[j] = flat[start + offsets[j]]
 
 
 @kernel
-def _col2im(cols, kh, kw, sh, sw, ph, pw, oh, ow, tiny, image):
+def _col2im(cols, kh, kw, ph, pw, offsets, tiny, image):
     zero = image.dtype.type(0)
     n_images, channels, height, width = image.shape
-    pixels = oh * ow
-    for n in prange(n_images):
+    hp, wp = height + 2 * ph, width + 2 * pw
+    padded = np.zeros((n_images, channels, hp, wp), dtype=image.dtype)
+    flat = padded.reshape(-1)
+    for c in prange(channels):
         saved = ftz_enter()
-        for c in range(channels):
-            plane = image[n, c]
-            plane[:] = zero
-            for ki in range(kh):
-                for kj in range(kw):
-                    row = cols[(c * kh + ki) * kw + kj]
-                    lo, hi = _valid_range(kj, sw, pw, width, ow)
-                    for oy in range(oh):
-                        iy = oy * sh - ph + ki
-                        if iy < 0 or iy >= height:
-                            continue
-                        source = row[n * pixels + oy * ow:n * pixels + (oy + 1) * ow]
-                        target = plane[iy]
-                        for ox in range(lo, hi):
-                            target[ox * sw - pw + kj] += source[ox]
-            for iy in range(height):  # a sum of normal numbers can be subnormal
-                target = plane[iy]
+        for ki in range(kh):
+            for kj in range(kw):
+                row = cols[(c * kh + ki) * kw + kj]
+                start = (c * hp + ki) * wp + kj
+                for j in range(offsets.size):
+                    flat[start + offsets[j]] += row[j]
+        for n in range(n_images):  # the padding's sums are dropped; a sum of normal
+            for iy in range(height):  # numbers can be subnormal
                 for ix in range(width):
-                    target[ix] = flush(target[ix], tiny, zero)
+                    image[n, c, iy, ix] = flush(padded[n, c, ph + iy, pw + ix], tiny, zero)
         ftz_exit(saved)
 
 
@@ -153,23 +148,34 @@ def _contiguous(a):
     return a if a.flags.c_contiguous else np.ascontiguousarray(a)
 
 
+#: The kernels' ``size`` for the threads' threshold (:data:`._jit.PARALLEL_MIN_SIZE`)
+#: is the entries of cols times this cost (a gather or a scatter-add and the share
+#: of the padded copy: one, as for the dense kernels' multiply-add, until measured
+#: otherwise on an idle machine).
+COST_PER_ENTRY = 1
+
+
 def im2col_numba(x, kernel_size, stride, padding):
     x = _contiguous(x)
-    (kh, kw), (sh, sw), (ph, pw) = kernel_size, stride, padding
-    n, c = x.shape[:2]
-    oh, ow = output_size(x.shape[2:], kernel_size, stride, padding)
+    (kh, kw), (ph, pw) = kernel_size, padding
+    n, c, h, w = x.shape
+    oh, ow = output_size((h, w), kernel_size, stride, padding)
     cols = np.empty((c * kh * kw, n * oh * ow), dtype=x.dtype)
-    _im2col(x, kh, kw, sh, sw, ph, pw, oh, ow, smallest_normal(x.dtype), cols, size=cols.size)
+    offsets = _offsets(n, c, (h + 2 * ph, w + 2 * pw), oh, ow, stride)
+    _im2col(x, kh, kw, ph, pw, offsets, smallest_normal(x.dtype), cols,
+            size=cols.size * COST_PER_ENTRY)
     return cols
 
 
 def col2im_numba(cols, image_shape, kernel_size, stride, padding):
     cols = _contiguous(cols)
-    (kh, kw), (sh, sw), (ph, pw) = kernel_size, stride, padding
-    oh, ow = output_size(image_shape[2:], kernel_size, stride, padding)
+    (kh, kw), (ph, pw) = kernel_size, padding
+    n, c, h, w = image_shape
+    oh, ow = output_size((h, w), kernel_size, stride, padding)
     image = np.empty(tuple(image_shape), dtype=cols.dtype)
-    _col2im(cols, kh, kw, sh, sw, ph, pw, oh, ow, smallest_normal(cols.dtype), image,
-            size=cols.size)
+    offsets = _offsets(n, c, (h + 2 * ph, w + 2 * pw), oh, ow, stride)
+    _col2im(cols, kh, kw, ph, pw, offsets, smallest_normal(cols.dtype), image,
+            size=cols.size * COST_PER_ENTRY)
     return image
 
 

@@ -1,0 +1,314 @@
+"""Training-step benchmark of the convolutional autoencoder: minigrad (Numba and
+NumPy backends) against PyTorch eager, the same architecture, weights and batches.
+
+The model is autoencoders' default convolutional one,
+``VanillaAutoencoder([784, 128], channels=(32, 64), image_shape=(1, 28, 28))``:
+
+    encoder  Unflatten (1, 28, 28) -> Conv2d(1->32, k3, s2, p1) -> ReLU
+             -> Conv2d(32->64, k3, s2, p1) -> ReLU -> Flatten -> Dense(3136->128)
+    decoder  Dense(128->3136) -> ReLU -> Unflatten (64, 7, 7)
+             -> ConvTranspose2d(64->32, k3, s2, p1, output_padding 1) -> ReLU
+             -> ConvTranspose2d(32->1, k3, s2, p1, output_padding 1) -> Flatten
+
+loss: binary cross-entropy with logits, summed over the pixels and averaged over
+the batch; Adam lr 1e-3; float32.  PyTorch's model is built from torch.nn with
+minigrad's initial weights copied in.  One step is what ``fit`` does for a batch:
+forward, loss, backward, Adam update (minigrad's inside ``flush_denormals``, as
+``fit`` runs it).  Batches are real Fashion-MNIST images (../shared/datasets),
+or block images (``autoencoders.datasets.blocks``) when those files are absent.
+
+The frameworks run in one process and take turns in rounds: in each round every
+framework runs a few warm-up steps then times a few single steps, for every batch
+size; reported are the medians over all rounds, so that a neighbour's load on a
+shared machine falls on every framework alike.  PyTorch keeps its default thread
+count (the number of cores: both of a 2-core machine), as a user gets it.  A
+check in the same run: 20 steps from identical weights and batches give losses
+equal to PyTorch's within 1e-4 relative.
+
+    python benchmarks/conv_step.py                      # numba, numpy, torch
+    python benchmarks/conv_step.py --batch 128 --rounds 40 --frameworks minigrad-numba,torch
+"""
+from __future__ import annotations
+
+import argparse
+import collections
+import os
+import platform
+import statistics
+import sys
+import time
+
+import numpy as np
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, ROOT)
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+
+from train_step import batches, peak_rss_mb, save_results, summarize  # noqa: E402
+
+SIZES = [784, 128]
+CHANNELS = (32, 64)
+IMAGE_SHAPE = (1, 28, 28)
+LR = 1e-3
+
+
+def load_data(n=60_000):
+    """``(images (n, 784) float32, name)``: Fashion-MNIST, else block images."""
+    from autoencoders import datasets
+    shared = os.path.join(os.path.dirname(ROOT), "shared", "datasets")
+    try:
+        images, _ = datasets.load_fashion_mnist(shared, split="train", flatten=True)
+        return images[:n], "fashion-mnist"
+    except (FileNotFoundError, OSError):
+        images, _, _ = datasets.blocks(n, seed=0)
+        return images.reshape(n, -1), "blocks"
+
+
+def build_model():
+    """The autoencoder on the active backend (seed 0: the same weights every time)."""
+    from autoencoders import VanillaAutoencoder
+    return VanillaAutoencoder(SIZES, channels=CHANNELS, image_shape=IMAGE_SHAPE, seed=0)
+
+
+def initial_weights():
+    """``{name: array}`` of the model's initial weights (minigrad's layouts)."""
+    import minigrad as mg
+    previous = mg.get_backend().name
+    mg.set_backend("numpy")
+    try:
+        return build_model().state_dict()
+    finally:
+        mg.set_backend(previous)
+
+
+# ----------------------------------------------------------------------------
+# the frameworks: each returns step(x) -> loss as a float
+# ----------------------------------------------------------------------------
+
+def make_minigrad(backend, weights):
+    import minigrad as mg
+    from minigrad import optim
+    mg.set_backend(backend)
+    model = build_model()
+    model.load_state_dict(weights)
+    params = list(model.parameters())
+    opt = optim.Adam(params, lr=LR)
+
+    def step(x):
+        opt.zero_grad()
+        total, _ = model._loss(model._tensor(x), None)   # as autoencoders' fit does
+        loss = float(total.item())
+        total.backward()
+        opt.step()
+        return loss
+
+    step.model = model
+    return step
+
+
+def torch_model(weights):
+    """PyTorch's twin of :func:`build_model`, holding ``weights``; its parameter names
+    are minigrad's (decoder.0a is the ReLU that minigrad's Dense layer fuses)."""
+    import torch
+    from torch import nn
+    encoder = nn.Sequential(
+        nn.Unflatten(1, IMAGE_SHAPE), nn.Conv2d(1, 32, 3, 2, 1), nn.ReLU(),
+        nn.Conv2d(32, 64, 3, 2, 1), nn.ReLU(), nn.Flatten(), nn.Linear(3136, 128))
+    decoder = nn.Sequential(collections.OrderedDict([
+        ("0", nn.Linear(128, 3136)), ("0a", nn.ReLU()), ("1", nn.Unflatten(1, (64, 7, 7))),
+        ("2", nn.ConvTranspose2d(64, 32, 3, 2, 1, output_padding=1)), ("3", nn.ReLU()),
+        ("4", nn.ConvTranspose2d(32, 1, 3, 2, 1, output_padding=1)), ("5", nn.Flatten())]))
+    model = nn.Sequential(collections.OrderedDict([("encoder", encoder), ("decoder", decoder)]))
+    state = {}
+    for name, p in model.named_parameters():
+        w = weights[name]
+        if isinstance(dict(model.named_modules())[name.rsplit(".", 1)[0]], nn.Linear) \
+                and name.endswith("weight"):
+            w = w.T  # minigrad's Dense weight is (in, out), torch's Linear (out, in)
+        state[name] = torch.from_numpy(np.ascontiguousarray(w))
+    model.load_state_dict(state)
+    return model
+
+
+def make_torch(weights):
+    import torch
+    model = torch_model(weights)
+    opt = torch.optim.Adam(model.parameters(), lr=LR)
+
+    def step(x):
+        x = torch.from_numpy(x)
+        opt.zero_grad(set_to_none=True)
+        logits = model(x)
+        loss = torch.nn.functional.binary_cross_entropy_with_logits(
+            logits, x, reduction="sum") / x.shape[0]
+        value = float(loss.item())
+        loss.backward()
+        opt.step()
+        return value
+
+    return step
+
+
+def frameworks(names, weights):
+    makers = {"minigrad-numba": lambda: make_minigrad("numba", weights),
+              "minigrad-numpy": lambda: make_minigrad("numpy", weights),
+              "torch": lambda: make_torch(weights)}
+    unknown = [n for n in names if n not in makers]
+    if unknown:
+        raise SystemExit(f"--frameworks: unknown {unknown}; expected some of {sorted(makers)}")
+    return {n: makers[n]() for n in names}
+
+
+def in_context(name, fn, *args):
+    """``fn(*args)`` as the framework runs its steps: minigrad's inside
+    ``flush_denormals`` (as ``fit`` does)."""
+    if name.startswith("minigrad"):
+        import minigrad
+        with minigrad.flush_denormals():
+            return fn(*args)
+    return fn(*args)
+
+
+# ----------------------------------------------------------------------------
+# measuring
+# ----------------------------------------------------------------------------
+
+def loss_check(names, weights, X, steps, batch):
+    """Each framework's losses over ``steps`` steps from ``weights``, same batches."""
+    losses = {}
+    for name in names:
+        step = frameworks([name], weights)[name]
+        xs = list(batches(X, batch, steps, seed=3))
+        losses[name] = in_context(name, lambda: [step(x) for x in xs])
+    return losses
+
+
+def _turn(step, stream, warmup, timed):
+    for _ in range(warmup):
+        step(next(stream))
+    times = []
+    for _ in range(timed):
+        x = next(stream)
+        t0 = time.perf_counter()
+        step(x)
+        times.append(time.perf_counter() - t0)
+    return times
+
+
+def time_steps(steps, X, batch_sizes, rounds, warmup, timed, pause):
+    """``{name: {batch: summary}}``: the frameworks' steps in turns, ``rounds`` rounds
+    per batch size (``warmup`` untimed then ``timed`` timed steps a turn)."""
+    times = {n: {b: [] for b in batch_sizes} for n in steps}
+    streams = {n: {b: batches(X, b, 10 ** 9, seed=b) for b in batch_sizes} for n in steps}
+    for r in range(rounds):
+        for b in batch_sizes:
+            for name, step in steps.items():
+                times[name][b] += in_context(name, _turn, step, streams[name][b],
+                                             warmup + (3 if r == 0 else 0), timed)
+                time.sleep(pause)  # idle threads (OpenMP, OpenBLAS) stop spinning
+    return {n: {str(b): summarize(t) for b, t in per.items()} for n, per in times.items()}
+
+
+def report(results, args, data_name):
+    names = list(results["step"])
+    lines = [f"Training step, conv AE {' -> '.join(map(str, CHANNELS))} channels, latent "
+             f"{SIZES[-1]}, BCE (sum over pixels, mean over batch), Adam, float32 "
+             f"({platform.machine()}, {os.cpu_count()} cores, data: {data_name}; "
+             f"PyTorch eager with its default {results['torch_threads']} threads)", "",
+             f"median [min-max] ms per step, {args.rounds} rounds x {args.timed} steps:"]
+    header = f"{'framework':<16}" + "".join(f"{'batch ' + str(b):>24}" for b in args.batch)
+    lines += [header, "-" * len(header)]
+    for n in names:
+        lines.append(f"{n:<16}" + "".join(
+            f"{fmt_step(results['step'][n][str(b)]):>24}" for b in args.batch))
+    if "torch" in names:
+        lines += ["", "ratio of medians to PyTorch eager (lower is faster for minigrad):"]
+        for n in names:
+            if n == "torch":
+                continue
+            ratios = [results["step"][n][str(b)]["median_ms"]
+                      / results["step"]["torch"][str(b)]["median_ms"] for b in args.batch]
+            results.setdefault("ratio_to_torch", {})[n] = dict(zip(map(str, args.batch), ratios))
+            lines.append(f"  {n + ' / torch':<24}" + "".join(f"{x:>10.2f}" for x in ratios))
+        if "minigrad-numba" in names and "128" in results["step"]["torch"]:
+            ratio = results["ratio_to_torch"]["minigrad-numba"]["128"]
+            lines.append(f"  target (issue 12): numba / torch at batch 128 <= 1.5: {ratio:.2f} "
+                         f"{'met' if ratio <= 1.5 else 'MISSED'}")
+    check = results.get("check_losses")
+    if check:
+        lines += ["", f"loss check, {args.check_steps} steps from identical weights and "
+                      f"batches of {args.check_batch}:"]
+        for n, values in check.items():
+            lines.append(f"  {n:<16} first {values[0]:.4f}  last {values[-1]:.4f}")
+        if "torch" in check:
+            ref = np.array(check["torch"])
+            for n, values in check.items():
+                if n == "torch":
+                    continue
+                rel = float(np.max(np.abs(np.array(values) - ref) / np.abs(ref)))
+                results.setdefault("check_max_rel_diff", {})[n] = rel
+                lines.append(f"  {n:<16} max relative difference to torch {rel:.2e}  "
+                             f"{'OK' if rel <= 1e-4 else 'MISMATCH'} (<= 1e-4)")
+    lines += ["", f"peak RSS of the process {peak_rss_mb():.0f} MB"]
+    return "\n".join(lines)
+
+
+def torch_available():
+    try:
+        import torch  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+def torch_threads():
+    """PyTorch's intra-op thread count as the benchmark runs it (its default), or None."""
+    if not torch_available():
+        return None
+    import torch
+    return torch.get_num_threads()
+
+
+def fmt_step(s):
+    return f"{s['median_ms']:.2f} [{s['min_ms']:.2f}-{s['max_ms']:.2f}]"
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--frameworks", default=None,
+                        help="comma-separated subset of minigrad-numba,minigrad-numpy,torch "
+                             "(default: all three, torch only where it is installed)")
+    parser.add_argument("--batch", type=lambda s: [int(v) for v in s.split(",")],
+                        default=[128, 32, 512])
+    parser.add_argument("--rounds", type=int, default=20)
+    parser.add_argument("--warmup", type=int, default=2, help="untimed steps per turn")
+    parser.add_argument("--timed", type=int, default=5, help="timed steps per turn")
+    parser.add_argument("--pause", type=float, default=0.05, help="seconds between turns")
+    parser.add_argument("--check-steps", type=int, default=20,
+                        help="steps of the loss check (0: none)")
+    parser.add_argument("--check-batch", type=int, default=128)
+    parser.add_argument("--n", type=int, default=60_000, help="images to draw batches from")
+    parser.add_argument("--out", default=os.path.join(ROOT, "benchmarks", "results",
+                                                      "conv_step.json"))
+    args = parser.parse_args(argv)
+    if args.frameworks:
+        names = args.frameworks.split(",")
+    else:
+        names = ["minigrad-numba", "minigrad-numpy"] + (["torch"] if torch_available() else [])
+    X, data_name = load_data(args.n)
+    weights = initial_weights()
+    results = {"data": data_name, "torch_threads": torch_threads() if "torch" in names else None}
+    if args.check_steps:
+        results["check_losses"] = loss_check(names, weights, X, args.check_steps,
+                                             args.check_batch)
+    steps = frameworks(names, weights)
+    results["step"] = time_steps(steps, X, args.batch, args.rounds, args.warmup, args.timed,
+                                 args.pause)
+    text = report(results, args, data_name)
+    print(text)
+    save_results(args.out, results, text)
+    return results
+
+
+if __name__ == "__main__":
+    main()
