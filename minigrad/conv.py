@@ -40,6 +40,8 @@ from __future__ import annotations
 import math
 import numbers
 
+import numpy as np
+
 from .tensor import Function, as_tensor
 
 __all__ = ["conv2d", "conv_transpose2d", "upsample2d", "Conv2dFunction",
@@ -181,8 +183,26 @@ def _check_operands(op, x, weight, bias, channels_axis):
 
 
 # ----------------------------------------------------------------------------
-# the two halves: im2col then GEMM, GEMM then col2im
+# blocks of images, and the layout changes around the GEMMs
 # ----------------------------------------------------------------------------
+
+#: A batch is convolved in blocks of images whose columns take at most this many
+#: bytes, so that cols stays in the L2 cache from im2col to the GEMM (and from the
+#: GEMM to col2im) instead of going out to memory and back; backward recomputes the
+#: columns of each block rather than keeping the whole batch's.  Measured on the
+#: 2-core machine (one thread, interleaved): the autoencoders' second layer (128
+#: images of 32 x 14 x 14, 7 MB of cols) ran forward and backward 25% faster in
+#: blocks of 16 to 32 images than in one.  On the GPU the batch is one block.
+BLOCK_BYTES = 2 << 20
+
+
+def _blocks(xp, n, bytes_per_image):
+    """``[(start, stop), ...]``: the batch of ``n`` images in blocks whose columns
+    (``bytes_per_image`` each) take at most :data:`BLOCK_BYTES` (one block on the GPU)."""
+    size = n if xp is not np else BLOCK_BYTES // max(1, bytes_per_image)
+    size = max(1, size)
+    return [(i, min(n, i + size)) for i in range(0, n, size)] or [(0, 0)]
+
 
 def _as_matrix(xp, images):
     """(N, C, H, W) -> the (C, N H W) matrix (a copy, in that order)."""
@@ -190,30 +210,24 @@ def _as_matrix(xp, images):
     return xp.ascontiguousarray(images.transpose(1, 0, 2, 3)).reshape(c, n * h * w)
 
 
-def _as_images(xp, matrix, n, h, w, bias=None):
-    """A (C, N H W) matrix -> the (N, C, H, W) batch (a copy, in that order), plus
-    ``bias`` (C,) on each channel if given: the bias is added in the same pass as the
-    copy (one pass over the output instead of two)."""
-    c = matrix.shape[0]
-    images = xp.empty((n, c, h, w), dtype=matrix.dtype)
+def _to_images(xp, matrix, out, bias=None):
+    """Write a (C, N H W) matrix into ``out``, an (N, C, H, W) batch (contiguous),
+    plus ``bias`` (C,) on each channel if given: the bias is added in the same pass
+    as the layout change."""
+    n, c, h, w = out.shape
     source = matrix.reshape(c, n, h * w).transpose(1, 0, 2)
     if bias is None:
-        images.reshape(n, c, h * w)[...] = source
+        out.reshape(n, c, h * w)[...] = source
     else:
-        xp.add(source, bias[:, None], out=images.reshape(n, c, h * w))
-    return images
+        xp.add(source, bias[:, None], out=out.reshape(n, c, h * w))
 
 
-def _correlate(node, images, w2, geometry, product=True):
-    """conv2d without bias: ``(W2 @ im2col(images), the columns)``, the product as a
-    (C_out, N oh ow) matrix (None unless ``product``: only the columns are needed)."""
-    cols = node.device.kernels.im2col(images, *geometry)
-    return (w2 @ cols if product else None), cols
-
-
-def _scatter(node, matrix, w2, image_shape, geometry):
-    """conv2d's input gradient: ``col2im(W2^T @ matrix)``, an (N, C, H, W) batch."""
-    return node.device.kernels.col2im(w2.T @ matrix, image_shape, *geometry)
+def _add(total, part):
+    """A weight gradient summed over the blocks."""
+    if total is None:
+        return part
+    total += part
+    return total
 
 
 # ----------------------------------------------------------------------------
@@ -221,31 +235,45 @@ def _scatter(node, matrix, w2, image_shape, geometry):
 # ----------------------------------------------------------------------------
 
 class Conv2dFunction(Function):
-    """y = conv2d(x, W) + b: Y = W2 @ im2col(x) + b, one GEMM for the batch.
+    """y = conv2d(x, W) + b: Y = W2 @ im2col(x) + b, one GEMM per block of images.
 
     backward (G = g as a (C_out, N oh ow) matrix):
         gx = col2im(W2^T @ G);   gW = G @ im2col(x)^T;   gb = sum of G's columns
     """
 
     def forward(self, x, weight, *bias, stride, padding):
+        xp, kernels = self.xp, self.device.kernels
         self.geometry = (weight.shape[2:], stride, padding)
-        self.input_shape = x.shape
-        n = x.shape[0]
         oh, ow = output_size(x.shape[2:], *self.geometry)
-        y, cols = _correlate(self, x, weight.reshape(weight.shape[0], -1), self.geometry)
-        self.save_for_backward(weight, cols)
-        return _as_images(self.xp, y, n, oh, ow, bias[0] if bias else None)
+        w2 = weight.reshape(weight.shape[0], -1)
+        self.blocks = _blocks(xp, x.shape[0], w2.shape[1] * oh * ow * x.dtype.itemsize)
+        y = xp.empty((x.shape[0], weight.shape[0], oh, ow), dtype=x.dtype)
+        for start, stop in self.blocks:
+            cols = kernels.im2col(x[start:stop], *self.geometry)
+            _to_images(xp, w2 @ cols, y[start:stop], bias[0] if bias else None)
+        # a batch in one block keeps its columns for backward; blocks recompute theirs
+        self.save_for_backward(x, weight, cols if len(self.blocks) == 1 else None)
+        return y
 
     def backward(self, g):
-        weight, cols = self.saved
-        need = self.needs_input_grad
-        g2 = _as_matrix(self.xp, g)
+        x, weight, cols = self.saved
+        xp, kernels, need = self.xp, self.device.kernels, self.needs_input_grad
         w2 = weight.reshape(weight.shape[0], -1)
-        gx = _scatter(self, g2, w2, self.input_shape, self.geometry) if need[0] else None
-        gw = (g2 @ cols.T).reshape(weight.shape) if need[1] else None
+        gx = xp.empty(x.shape, dtype=g.dtype) if need[0] else None
+        gw = None
+        for start, stop in self.blocks:
+            g2 = _as_matrix(xp, g[start:stop])
+            if need[0]:
+                block = gx[start:stop]
+                kernels.col2im(w2.T @ g2, block.shape, *self.geometry, out=block)
+            if need[1]:
+                block_cols = kernels.im2col(x[start:stop], *self.geometry) if cols is None \
+                    else cols
+                gw = _add(gw, g2 @ block_cols.T)
+        gw = gw.reshape(weight.shape) if need[1] else None
         if len(need) == 2:
             return gx, gw
-        return gx, gw, (g2.sum(axis=1) if need[2] else None)
+        return gx, gw, (g.sum(axis=(0, 2, 3)) if need[2] else None)
 
 
 class ConvTranspose2dFunction(Function):
@@ -258,26 +286,35 @@ class ConvTranspose2dFunction(Function):
     """
 
     def forward(self, x, weight, *bias, stride, padding, output_padding):
+        xp, kernels = self.xp, self.device.kernels
         n, _, h, w = x.shape
         self.geometry = (weight.shape[2:], stride, padding)
         size = transposed_output_size((h, w), *self.geometry, output_padding)
-        x2 = _as_matrix(self.xp, x)
-        y = _scatter(self, x2, weight.reshape(weight.shape[0], -1),
-                     (n, weight.shape[1], *size), self.geometry)
-        if bias:
-            y += bias[0][:, None, None]
-        self.save_for_backward(x2, weight)
-        self.input_shape = x.shape
+        w2 = weight.reshape(weight.shape[0], -1)
+        self.blocks = _blocks(xp, n, w2.shape[1] * h * w * x.dtype.itemsize)
+        y = xp.empty((n, weight.shape[1], *size), dtype=x.dtype)
+        for start, stop in self.blocks:
+            block = y[start:stop]
+            kernels.col2im(w2.T @ _as_matrix(xp, x[start:stop]), block.shape, *self.geometry,
+                           out=block)
+            if bias:
+                block += bias[0][:, None, None]  # while the block is in the cache
+        self.save_for_backward(x, weight)
         return y
 
     def backward(self, g):
-        x2, weight = self.saved
-        need = self.needs_input_grad
-        n, _, h, w = self.input_shape
-        gx2, cols = _correlate(self, g, weight.reshape(weight.shape[0], -1), self.geometry,
-                               product=need[0])
-        gx = _as_images(self.xp, gx2, n, h, w) if need[0] else None
-        gw = (x2 @ cols.T).reshape(weight.shape) if need[1] else None
+        x, weight = self.saved
+        xp, kernels, need = self.xp, self.device.kernels, self.needs_input_grad
+        w2 = weight.reshape(weight.shape[0], -1)
+        gx = xp.empty(x.shape, dtype=g.dtype) if need[0] else None
+        gw = None
+        for start, stop in self.blocks:
+            cols = kernels.im2col(g[start:stop], *self.geometry)
+            if need[0]:
+                _to_images(xp, w2 @ cols, gx[start:stop])
+            if need[1]:
+                gw = _add(gw, _as_matrix(xp, x[start:stop]) @ cols.T)
+        gw = gw.reshape(weight.shape) if need[1] else None
         if len(need) == 2:
             return gx, gw
         return gx, gw, (g.sum(axis=(0, 2, 3)) if need[2] else None)

@@ -195,6 +195,41 @@ def test_only_the_gradients_asked_for_are_computed(device, transposed, wanted):
             assert b is None
 
 
+@on_cpu
+@pytest.mark.parametrize("transposed", [False, True], ids=["conv2d", "conv_transpose2d"])
+@pytest.mark.parametrize("images", [1, 2], ids=["one-image", "uneven"])
+@pytest.mark.parametrize("requires", [(True, True, True), (False, True, False)])
+def test_blocks_of_images_compute_what_one_block_does(device, monkeypatch, transposed,
+                                                      images, requires):
+    """A batch convolved in blocks of images (minigrad.conv.BLOCK_BYTES; the columns
+    recomputed in backward) gives the one-block output and gradients."""
+    rng = np.random.default_rng(7)
+    arrays = [rng.standard_normal((5, 3, 7, 6)),
+              rng.standard_normal((3, 2, 3, 3) if transposed else (2, 3, 3, 3)),
+              rng.standard_normal(2)]
+    fn = mg.conv_transpose2d if transposed else mg.conv2d
+
+    def run(block_bytes):
+        monkeypatch.setattr(mg.conv, "BLOCK_BYTES", block_bytes)
+        inputs = [mg.Tensor(a, requires_grad=r, dtype="float64")
+                  for a, r in zip(arrays, requires)]
+        y = fn(*inputs, stride=2, padding=1)
+        (y * y).sum().backward()
+        return [host(y)] + [None if t.grad is None else host(t.grad) for t in inputs]
+
+    # bytes of cols per image: (C kh kw) x (pixels of the small side), float64
+    per_image = (3 * 9 * 4 * 3 if not transposed else 2 * 9 * 7 * 6) * 8
+    assert len(mg.conv._blocks(np, 5, per_image)) == 1  # the default: one block
+    whole = run(mg.conv.BLOCK_BYTES)
+    blocks = run(images * per_image)
+    assert len(mg.conv._blocks(np, 5, per_image)) == (5 if images == 1 else 3)
+    for a, b in zip(whole, blocks):
+        if a is None:
+            assert b is None
+        else:
+            np.testing.assert_allclose(b, a, rtol=1e-12, atol=1e-12)
+
+
 def test_an_empty_batch_gives_an_empty_batch(device):
     for fn, weight, size in ((mg.conv2d, (4, 2, 3, 3), (2, 2)),
                              (mg.conv_transpose2d, (2, 4, 3, 3), (11, 11))):

@@ -112,6 +112,37 @@ def test_kernels_equal_the_reference_at_fixed_sizes(device, dtype, geometry):
     _check_parity(device, geometry, dtype, 0, False)
 
 
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("layout", ["contiguous", "strided"])
+def test_col2im_writes_into_out(device, dtype, layout):
+    """col2im(..., out=image): the reference's image written into ``out`` (a block of a
+    larger batch, or a strided view), which is returned."""
+    geometry = ((3, 3), (2, 2), (1, 1))
+    shape = (3, 2, 7, 6)
+    rng = np.random.default_rng(4)
+    cols = rng.standard_normal(REF.im2col(np.zeros(shape), *geometry).shape).astype(dtype)
+    expected = REF.col2im(cols, shape, *geometry)
+    big = device.to_device(np.full((7,) + shape[1:], 5.0, dtype))
+    out = big[2:5] if layout == "contiguous" else big[::2][:3]
+    got = device.kernels.col2im(device.to_device(cols), shape, *geometry, out=out)
+    assert got is out
+    host_big = device.to_host(big)
+    np.testing.assert_allclose(host_big[2:5] if layout == "contiguous" else host_big[::2][:3],
+                               expected, **tolerance(dtype))
+    rest = np.delete(host_big, [2, 3, 4] if layout == "contiguous" else [0, 2, 4], axis=0)
+    assert np.all(rest == 5.0)  # nothing written outside out
+
+
+def test_col2im_out_is_checked():
+    cols = np.zeros((18, 2 * 9), np.float32)
+    with pytest.raises(ValueError, match=r"col2im: out has shape \(2, 2, 4, 4\), expected "
+                                         r"image_shape \(2, 2, 5, 5\)"):
+        REF.col2im(cols, (2, 2, 5, 5), (3, 3), (1, 1), (0, 0), out=np.zeros((2, 2, 4, 4),
+                                                                           np.float32))
+    with pytest.raises(TypeError, match="col2im: out has dtype float64, expected cols' float32"):
+        REF.col2im(cols, (2, 2, 5, 5), (3, 3), (1, 1), (0, 0), out=np.zeros((2, 2, 5, 5)))
+
+
 @pytest.fixture(params=["serial", "parallel"])
 def variant(request, monkeypatch):
     monkeypatch.setattr(_jit, "PARALLEL_MIN_SIZE", 1 if request.param == "parallel" else 1 << 62)

@@ -114,7 +114,7 @@ def im2col(x, kernel_size, stride, padding):
     _conv_output("im2col", x.shape, kernel_size, stride, padding)
 
 
-def col2im(cols, image_shape, kernel_size, stride, padding):
+def col2im(cols, image_shape, kernel_size, stride, padding, out=None):
     _float("col2im", "cols", cols)
     image_shape = tuple(image_shape)
     least = (0, 1, 1, 1)  # an empty batch is an empty batch; an empty image is a mistake
@@ -130,6 +130,13 @@ def col2im(cols, image_shape, kernel_size, stride, padding):
         raise ValueError(f"col2im: cols has shape {tuple(cols.shape)}, expected {expected} "
                          f"(channels * kh * kw, batch * oh * ow) for image_shape "
                          f"{image_shape} and kernel_size {kernel_size}")
+    if out is not None:
+        _float("col2im", "out", out)
+        if tuple(out.shape) != image_shape:
+            raise ValueError(f"col2im: out has shape {tuple(out.shape)}, expected image_shape "
+                             f"{image_shape}")
+        if out.dtype != cols.dtype:
+            raise TypeError(f"col2im: out has dtype {out.dtype}, expected cols' {cols.dtype}")
 
 
 #: kernel name -> its check (called with the kernel's own arguments)

@@ -10,10 +10,11 @@ of the input that one output pixel sees is laid out as a column:
   ``cols[(c, ki, kj), (n, oy, ox)] = x[n, c, oy*sh - ph + ki, ox*sw - pw + kj]``,
   0 where that index falls into the zero padding.  oh = (H + 2 ph - kh) // sh + 1
   (likewise ow).
-* ``col2im(cols, image_shape, kernel_size, stride, padding) -> image``: its
-  adjoint (transpose), not its inverse: every entry of cols is *added* into the
-  pixel im2col read it from; entries that came from the padding are dropped.
-  ``image_shape`` is (N, C, H, W): several H give the same oh when sh > 1.
+* ``col2im(cols, image_shape, kernel_size, stride, padding, out=None) -> image``:
+  its adjoint (transpose), not its inverse: every entry of cols is *added* into
+  the pixel im2col read it from; entries that came from the padding are dropped.
+  ``image_shape`` is (N, C, H, W): several H give the same oh when sh > 1.  With
+  ``out`` (an array of that shape and cols' dtype) the image is written there.
 
 The layout puts the batch inside the columns, so that one GEMM of the weight
 matrix, (C_out, C kh kw), with cols covers the whole batch; rows ordered
@@ -58,7 +59,7 @@ def im2col_numpy(x, kernel_size, stride, padding):
     return flush_subnormals(cols.reshape(c * kh * kw, n * oh * ow))
 
 
-def col2im_numpy(cols, image_shape, kernel_size, stride, padding):
+def col2im_numpy(cols, image_shape, kernel_size, stride, padding, out=None):
     (kh, kw), (sh, sw), (ph, pw) = kernel_size, stride, padding
     n, c, h, w = image_shape
     oh, ow = output_size((h, w), kernel_size, stride, padding)
@@ -68,7 +69,11 @@ def col2im_numpy(cols, image_shape, kernel_size, stride, padding):
         for kj in range(kw):
             window = padded[:, :, ki:ki + sh * (oh - 1) + 1:sh, kj:kj + sw * (ow - 1) + 1:sw]
             window += taps[:, ki, kj].transpose(1, 0, 2, 3)
-    return flush_subnormals(np.ascontiguousarray(padded[:, :, ph:ph + h, pw:pw + w]))
+    image = flush_subnormals(np.ascontiguousarray(padded[:, :, ph:ph + h, pw:pw + w]))
+    if out is None:
+        return image
+    out[...] = image
+    return out
 
 
 # ----------------------------------------------------------------------------
@@ -167,12 +172,15 @@ def im2col_numba(x, kernel_size, stride, padding):
     return cols
 
 
-def col2im_numba(cols, image_shape, kernel_size, stride, padding):
+def col2im_numba(cols, image_shape, kernel_size, stride, padding, out=None):
+    if out is not None and not out.flags.c_contiguous:  # written through in one pass
+        out[...] = col2im_numba(cols, image_shape, kernel_size, stride, padding)
+        return out
     cols = _contiguous(cols)
     (kh, kw), (ph, pw) = kernel_size, padding
     n, c, h, w = image_shape
     oh, ow = output_size((h, w), kernel_size, stride, padding)
-    image = np.empty(tuple(image_shape), dtype=cols.dtype)
+    image = np.empty(tuple(image_shape), dtype=cols.dtype) if out is None else out
     offsets = _offsets(n, c, (h + 2 * ph, w + 2 * pw), oh, ow, stride)
     _col2im(cols, kh, kw, ph, pw, offsets, smallest_normal(cols.dtype), image,
             size=cols.size * COST_PER_ENTRY)
@@ -210,12 +218,15 @@ def im2col_cupy(x, kernel_size, stride, padding):
 
 
 @_cuda.uses(COL2IM_CUDA)
-def col2im_cupy(cols, image_shape, kernel_size, stride, padding):
-    _cuda.check_device_arrays("col2im", cols)
+def col2im_cupy(cols, image_shape, kernel_size, stride, padding, out=None):
+    _cuda.check_device_arrays("col2im", cols, *(() if out is None else (out,)))
+    if out is not None and not out.flags.c_contiguous:  # the kernel writes it as laid out
+        out[...] = col2im_cupy(cols, image_shape, kernel_size, stride, padding)
+        return out
     cupy = _cuda.cupy_module()
     _cuda.suffix(cols.dtype)
     cols = cupy.ascontiguousarray(cols)
-    image = cupy.empty(tuple(image_shape), dtype=cols.dtype)
+    image = cupy.empty(tuple(image_shape), dtype=cols.dtype) if out is None else out
     _cuda.launch(COL2IM_CUDA, image, (cols, image, np.int64(image.size),
                                       *_geometry(image_shape, kernel_size, stride, padding)))
     return image
