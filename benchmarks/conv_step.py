@@ -23,9 +23,12 @@ size; reported are the medians over all rounds, so that a neighbour's load on a
 shared machine falls on every framework alike.  PyTorch keeps its default thread
 count (the number of cores: both of a 2-core machine), as a user gets it.  A
 check in the same run: 20 steps from identical weights and batches give losses
-equal to PyTorch's within 1e-4 relative.
+equal to PyTorch's within 1e-4 relative.  "minigrad-numba-threads" is the Numba
+backend with the convolution kernels (im2col, col2im) always threaded, whatever
+their size: whether threads pay for them at these sizes is read off the same run
+(minigrad.kernels.conv.COST_PER_ENTRY sets where they start by default).
 
-    python benchmarks/conv_step.py                      # numba, numpy, torch
+    python benchmarks/conv_step.py                      # numba (+ threads), numpy, torch
     python benchmarks/conv_step.py --batch 128 --rounds 40 --frameworks minigrad-numba,torch
 """
 from __future__ import annotations
@@ -64,10 +67,11 @@ def load_data(n=60_000):
         return images.reshape(n, -1), "blocks"
 
 
-def build_model():
+def build_model(dtype="float32"):
     """The autoencoder on the active backend (seed 0: the same weights every time)."""
     from autoencoders import VanillaAutoencoder
-    return VanillaAutoencoder(SIZES, channels=CHANNELS, image_shape=IMAGE_SHAPE, seed=0)
+    return VanillaAutoencoder(SIZES, channels=CHANNELS, image_shape=IMAGE_SHAPE, seed=0,
+                              dtype=dtype)
 
 
 def initial_weights():
@@ -89,7 +93,7 @@ def make_minigrad(backend, weights):
     import minigrad as mg
     from minigrad import optim
     mg.set_backend(backend)
-    model = build_model()
+    model = build_model(str(next(iter(weights.values())).dtype))
     model.load_state_dict(weights)
     params = list(model.parameters())
     opt = optim.Adam(params, lr=LR)
@@ -126,6 +130,7 @@ def torch_model(weights):
                 and name.endswith("weight"):
             w = w.T  # minigrad's Dense weight is (in, out), torch's Linear (out, in)
         state[name] = torch.from_numpy(np.ascontiguousarray(w))
+    model = model.to(state[name].dtype)
     model.load_state_dict(state)
     return model
 
@@ -151,6 +156,7 @@ def make_torch(weights):
 
 def frameworks(names, weights):
     makers = {"minigrad-numba": lambda: make_minigrad("numba", weights),
+              "minigrad-numba-threads": lambda: make_minigrad("numba", weights),
               "minigrad-numpy": lambda: make_minigrad("numpy", weights),
               "torch": lambda: make_torch(weights)}
     unknown = [n for n in names if n not in makers]
@@ -161,24 +167,35 @@ def frameworks(names, weights):
 
 def in_context(name, fn, *args):
     """``fn(*args)`` as the framework runs its steps: minigrad's inside
-    ``flush_denormals`` (as ``fit`` does)."""
-    if name.startswith("minigrad"):
-        import minigrad
+    ``flush_denormals`` (as ``fit`` does); "minigrad-numba-threads" with the
+    convolution kernels always on their parallel versions (whatever their size), so
+    that the same run shows whether threads pay for them on this machine."""
+    if not name.startswith("minigrad"):
+        return fn(*args)
+    import minigrad
+    from minigrad.kernels import conv
+    cost = conv.COST_PER_ENTRY
+    if name.endswith("-threads"):
+        conv.COST_PER_ENTRY = 1 << 40
+    try:
         with minigrad.flush_denormals():
             return fn(*args)
-    return fn(*args)
+    finally:
+        conv.COST_PER_ENTRY = cost
 
 
 # ----------------------------------------------------------------------------
 # measuring
 # ----------------------------------------------------------------------------
 
-def loss_check(names, weights, X, steps, batch):
-    """Each framework's losses over ``steps`` steps from ``weights``, same batches."""
+def loss_check(names, weights, X, steps, batch, dtype="float32"):
+    """Each framework's losses over ``steps`` steps from ``weights``, same batches, all
+    in ``dtype``."""
+    weights = {k: v.astype(dtype) for k, v in weights.items()}
     losses = {}
     for name in names:
         step = frameworks([name], weights)[name]
-        xs = list(batches(X, batch, steps, seed=3))
+        xs = [x.astype(dtype) for x in batches(X, batch, steps, seed=3)]
         losses[name] = in_context(name, lambda: [step(x) for x in xs])
     return losses
 
@@ -216,10 +233,10 @@ def report(results, args, data_name):
              f"({platform.machine()}, {os.cpu_count()} cores, data: {data_name}; "
              f"PyTorch eager with its default {results['torch_threads']} threads)", "",
              f"median [min-max] ms per step, {args.rounds} rounds x {args.timed} steps:"]
-    header = f"{'framework':<16}" + "".join(f"{'batch ' + str(b):>24}" for b in args.batch)
+    header = f"{'framework':<24}" + "".join(f"{'batch ' + str(b):>24}" for b in args.batch)
     lines += [header, "-" * len(header)]
     for n in names:
-        lines.append(f"{n:<16}" + "".join(
+        lines.append(f"{n:<24}" + "".join(
             f"{fmt_step(results['step'][n][str(b)]):>24}" for b in args.batch))
     if "torch" in names:
         lines += ["", "ratio of medians to PyTorch eager (lower is faster for minigrad):"]
@@ -229,26 +246,35 @@ def report(results, args, data_name):
             ratios = [results["step"][n][str(b)]["median_ms"]
                       / results["step"]["torch"][str(b)]["median_ms"] for b in args.batch]
             results.setdefault("ratio_to_torch", {})[n] = dict(zip(map(str, args.batch), ratios))
-            lines.append(f"  {n + ' / torch':<24}" + "".join(f"{x:>10.2f}" for x in ratios))
+            lines.append(f"  {n + ' / torch':<32}" + "".join(f"{x:>10.2f}" for x in ratios))
         if "minigrad-numba" in names and "128" in results["step"]["torch"]:
             ratio = results["ratio_to_torch"]["minigrad-numba"]["128"]
             lines.append(f"  target (issue 12): numba / torch at batch 128 <= 1.5: {ratio:.2f} "
                          f"{'met' if ratio <= 1.5 else 'MISSED'}")
-    check = results.get("check_losses")
-    if check:
+    for dtype, check in results.get("check_losses", {}).items():
         lines += ["", f"loss check, {args.check_steps} steps from identical weights and "
-                      f"batches of {args.check_batch}:"]
+                      f"batches of {args.check_batch}, {dtype}:"]
         for n, values in check.items():
-            lines.append(f"  {n:<16} first {values[0]:.4f}  last {values[-1]:.4f}")
-        if "torch" in check:
-            ref = np.array(check["torch"])
-            for n, values in check.items():
-                if n == "torch":
-                    continue
-                rel = float(np.max(np.abs(np.array(values) - ref) / np.abs(ref)))
-                results.setdefault("check_max_rel_diff", {})[n] = rel
-                lines.append(f"  {n:<16} max relative difference to torch {rel:.2e}  "
-                             f"{'OK' if rel <= 1e-4 else 'MISMATCH'} (<= 1e-4)")
+            lines.append(f"  {n:<24} first {values[0]:.6f}  last {values[-1]:.6f}")
+        if "torch" not in check:
+            continue
+        ref = np.array(check["torch"])
+        for n, values in check.items():
+            if n == "torch":
+                continue
+            rel = np.abs(np.array(values) - ref) / np.abs(ref)
+            diff = {"last": float(rel[-1]), "max": float(rel.max())}
+            results.setdefault("check_rel_diff", {}).setdefault(dtype, {})[n] = diff
+            lines.append(f"  {n:<24} relative difference to torch: last step {diff['last']:.2e} "
+                         f"{'OK' if diff['last'] <= 1e-4 else 'MISMATCH'} (<= 1e-4), largest "
+                         f"over the steps {diff['max']:.2e}")
+    both = results.get("check_losses", {})
+    if "float64" in both and "torch" in both["float64"]:
+        exact = both["float64"]["torch"][-1]
+        lines += ["", "float32 rounding: the last float32 loss against float64's "
+                      f"({exact:.6f}, all frameworks agree there):"]
+        for n, values in both["float32"].items():
+            lines.append(f"  {n:<24} {abs(values[-1] - exact) / abs(exact):.2e}")
     lines += ["", f"peak RSS of the process {peak_rss_mb():.0f} MB"]
     return "\n".join(lines)
 
@@ -276,8 +302,8 @@ def fmt_step(s):
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--frameworks", default=None,
-                        help="comma-separated subset of minigrad-numba,minigrad-numpy,torch "
-                             "(default: all three, torch only where it is installed)")
+                        help="comma-separated subset of minigrad-numba,minigrad-numba-threads,"
+                             "minigrad-numpy,torch (default: all, torch where installed)")
     parser.add_argument("--batch", type=lambda s: [int(v) for v in s.split(",")],
                         default=[128, 32, 512])
     parser.add_argument("--rounds", type=int, default=20)
@@ -294,13 +320,15 @@ def main(argv=None):
     if args.frameworks:
         names = args.frameworks.split(",")
     else:
-        names = ["minigrad-numba", "minigrad-numpy"] + (["torch"] if torch_available() else [])
+        names = ["minigrad-numba", "minigrad-numba-threads", "minigrad-numpy"] + (
+            ["torch"] if torch_available() else [])
     X, data_name = load_data(args.n)
     weights = initial_weights()
     results = {"data": data_name, "torch_threads": torch_threads() if "torch" in names else None}
-    if args.check_steps:
-        results["check_losses"] = loss_check(names, weights, X, args.check_steps,
-                                             args.check_batch)
+    if args.check_steps:  # float64 too: equal to rounding there, the models are the same
+        results["check_losses"] = {dtype: loss_check(names, weights, X, args.check_steps,
+                                                     args.check_batch, dtype)
+                                   for dtype in ("float32", "float64")}
     steps = frameworks(names, weights)
     results["step"] = time_steps(steps, X, args.batch, args.rounds, args.warmup, args.timed,
                                  args.pause)

@@ -31,6 +31,11 @@ weight ``X @ im2col(dL/dy)^T``: the two primitives below share the same two halv
 (H - 1) sh - 2 ph + kh + output_padding, output_padding < stride choosing among
 the sizes that a stride-sh conv2d maps to H.
 
+On the CPU the batch goes through in blocks of images (:data:`BLOCK_BYTES` of
+columns each), one GEMM per block, so that cols stays in the cache; the products
+are laid out into the (N, C, H, W) output block by block (the bias added in that
+same pass), and backward recomputes each block's columns.
+
 The kernels ``im2col`` / ``col2im`` are those of the device the data is on
 (``self.device.kernels``): NumPy, Numba or CUDA.  The GEMMs are the array
 library's (BLAS, cuBLAS).
@@ -293,27 +298,29 @@ class ConvTranspose2dFunction(Function):
         w2 = weight.reshape(weight.shape[0], -1)
         self.blocks = _blocks(xp, n, w2.shape[1] * h * w * x.dtype.itemsize)
         y = xp.empty((n, weight.shape[1], *size), dtype=x.dtype)
+        matrices = []  # each block of x as a (C_in, n H W) matrix, kept for gW
         for start, stop in self.blocks:
             block = y[start:stop]
-            kernels.col2im(w2.T @ _as_matrix(xp, x[start:stop]), block.shape, *self.geometry,
-                           out=block)
+            matrices.append(_as_matrix(xp, x[start:stop]))
+            kernels.col2im(w2.T @ matrices[-1], block.shape, *self.geometry, out=block)
             if bias:
                 block += bias[0][:, None, None]  # while the block is in the cache
-        self.save_for_backward(x, weight)
+        self.save_for_backward(matrices, weight)
+        self.input_shape = x.shape
         return y
 
     def backward(self, g):
-        x, weight = self.saved
+        matrices, weight = self.saved
         xp, kernels, need = self.xp, self.device.kernels, self.needs_input_grad
         w2 = weight.reshape(weight.shape[0], -1)
-        gx = xp.empty(x.shape, dtype=g.dtype) if need[0] else None
+        gx = xp.empty(self.input_shape, dtype=g.dtype) if need[0] else None
         gw = None
-        for start, stop in self.blocks:
+        for (start, stop), x2 in zip(self.blocks, matrices):
             cols = kernels.im2col(g[start:stop], *self.geometry)
             if need[0]:
                 _to_images(xp, w2 @ cols, gx[start:stop])
             if need[1]:
-                gw = _add(gw, _as_matrix(xp, x[start:stop]) @ cols.T)
+                gw = _add(gw, x2 @ cols.T)
         gw = gw.reshape(weight.shape) if need[1] else None
         if len(need) == 2:
             return gx, gw

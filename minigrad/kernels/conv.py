@@ -30,6 +30,8 @@ one channel, per thread), then the CuPy one, whose CUDA code is in ``conv.cu``.
 """
 from __future__ import annotations
 
+import functools
+
 import numpy as np
 
 from ..conv import output_size
@@ -99,11 +101,14 @@ def col2im_numpy(cols, image_shape, kernel_size, stride, padding, out=None):
 # (ki, kj) order as the reference does.
 
 
+@functools.lru_cache(maxsize=32)  # a training step asks for the same few tables
 def _offsets(n, channels, padded_size, oh, ow, stride):
-    """The table ``offsets`` above, as int64 (n oh ow,)."""
+    """The table ``offsets`` above, as int64 (n oh ow,), read-only (it is shared)."""
     (hp, wp), (sh, sw) = padded_size, stride
     rows = np.arange(n)[:, None, None] * channels * hp + np.arange(oh)[None, :, None] * sh
-    return (rows * wp + np.arange(ow)[None, None, :] * sw).astype(np.int64).reshape(-1)
+    table = (rows * wp + np.arange(ow)[None, None, :] * sw).astype(np.int64).reshape(-1)
+    table.flags.writeable = False
+    return table
 
 
 @kernel
@@ -166,7 +171,7 @@ def im2col_numba(x, kernel_size, stride, padding):
     n, c, h, w = x.shape
     oh, ow = output_size((h, w), kernel_size, stride, padding)
     cols = np.empty((c * kh * kw, n * oh * ow), dtype=x.dtype)
-    offsets = _offsets(n, c, (h + 2 * ph, w + 2 * pw), oh, ow, stride)
+    offsets = _offsets(n, c, (h + 2 * ph, w + 2 * pw), oh, ow, tuple(stride))
     _im2col(x, kh, kw, ph, pw, offsets, smallest_normal(x.dtype), cols,
             size=cols.size * COST_PER_ENTRY)
     return cols
@@ -181,7 +186,7 @@ def col2im_numba(cols, image_shape, kernel_size, stride, padding, out=None):
     n, c, h, w = image_shape
     oh, ow = output_size((h, w), kernel_size, stride, padding)
     image = np.empty(tuple(image_shape), dtype=cols.dtype) if out is None else out
-    offsets = _offsets(n, c, (h + 2 * ph, w + 2 * pw), oh, ow, stride)
+    offsets = _offsets(n, c, (h + 2 * ph, w + 2 * pw), oh, ow, tuple(stride))
     _col2im(cols, kh, kw, ph, pw, offsets, smallest_normal(cols.dtype), image,
             size=cols.size * COST_PER_ENTRY)
     return image
