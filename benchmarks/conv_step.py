@@ -77,12 +77,8 @@ def build_model(dtype="float32"):
 def initial_weights():
     """``{name: array}`` of the model's initial weights (minigrad's layouts)."""
     import minigrad as mg
-    previous = mg.get_backend().name
-    mg.set_backend("numpy")
-    try:
+    with mg.use_backend("numpy"):
         return build_model().state_dict()
-    finally:
-        mg.set_backend(previous)
 
 
 # ----------------------------------------------------------------------------
