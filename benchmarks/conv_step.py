@@ -88,11 +88,10 @@ def initial_weights():
 def make_minigrad(backend, weights):
     import minigrad as mg
     from minigrad import optim
-    mg.set_backend(backend)
-    model = build_model(str(next(iter(weights.values())).dtype))
-    model.load_state_dict(weights)
-    params = list(model.parameters())
-    opt = optim.Adam(params, lr=LR)
+    with mg.use_backend(backend):  # (the steps run in use_backend too: in_context)
+        model = build_model(str(next(iter(weights.values())).dtype))
+        model.load_state_dict(weights)
+        opt = optim.Adam(list(model.parameters()), lr=LR)
 
     def step(x):
         opt.zero_grad()
@@ -173,8 +172,10 @@ def in_context(name, fn, *args):
     cost = conv.COST_PER_ENTRY
     if name.endswith("-threads"):
         conv.COST_PER_ENTRY = 1 << 40
+    # host arrays compute on the active backend: each framework's own, for its turn
+    backend = "numpy" if name == "minigrad-numpy" else "numba"
     try:
-        with minigrad.flush_denormals():
+        with minigrad.use_backend(backend), minigrad.flush_denormals():
             return fn(*args)
     finally:
         conv.COST_PER_ENTRY = cost

@@ -6,6 +6,7 @@ import os
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -45,3 +46,19 @@ def test_torch_twin_matches_minigrad(tmp_path):
     assert diff["float64"]["minigrad-numba"]["max"] <= 1e-12  # the same model
     assert set(results["ratio_to_torch"]["minigrad-numba"]) == {"8", "4"}
     assert "minigrad-numba / torch" in stdout and "default" in stdout
+
+
+def test_each_framework_computes_on_its_own_backend():
+    """Host arrays compute on the active backend, so each minigrad framework's turn
+    runs under its own (the NumPy model on the references, the Numba ones on Numba)."""
+    pytest.importorskip("numba", reason="the default backend's benchmark needs numba")
+    import minigrad as mg
+    sys.path.insert(0, os.path.dirname(SCRIPT))
+    try:
+        import conv_step
+    finally:
+        sys.path.remove(os.path.dirname(SCRIPT))
+    probe = lambda: mg.device.device_of(np.zeros(1)).name  # noqa: E731
+    for name, backend in (("minigrad-numpy", "numpy"), ("minigrad-numba", "numba"),
+                          ("minigrad-numba-threads", "numba")):
+        assert conv_step.in_context(name, probe) == backend
