@@ -26,8 +26,8 @@ shared by overlapping patches collect several).  The VJPs of Y = W2 @ cols follo
 ``col2im(W2^T @ X)`` with X the input as a (C_in, N H W) matrix, W of shape
 (C_in, C_out, kh, kw) being exactly a conv2d weight with C_in outputs.  So its VJP
 for the input is conv2d's forward (im2col of dL/dy, then W2 @ that), and for the
-weight ``X @ im2col(dL/dy)^T``: the two primitives below share the same two halves,
-:func:`_correlate` and :func:`_scatter`, in swapped roles.  Its output size is
+weight ``X @ im2col(dL/dy)^T``: the two primitives below are made of the same two
+halves (im2col then a GEMM, a GEMM then col2im), in swapped roles.  Its output size is
 (H - 1) sh - 2 ph + kh + output_padding, output_padding < stride choosing among
 the sizes that a stride-sh conv2d maps to H.
 
