@@ -160,8 +160,10 @@ def _contiguous(a):
 
 #: The kernels' ``size`` for the threads' threshold (:data:`._jit.PARALLEL_MIN_SIZE`)
 #: is the entries of cols times this cost (a gather or a scatter-add and the share
-#: of the padded copy: one, as for the dense kernels' multiply-add, until measured
-#: otherwise on an idle machine).
+#: of the padded copy: one, as for the dense kernels' multiply-add).  With the batch
+#: in blocks of at most 2 MB of columns (:data:`minigrad.conv.BLOCK_BYTES`) that
+#: keeps them serial, as the dense kernels are; benchmarks/conv_step.py times them
+#: threaded too (its "minigrad-numba-threads" column), for an idle machine to decide.
 COST_PER_ENTRY = 1
 
 
