@@ -148,10 +148,11 @@ class NcclCommunicator(Communicator):
         return array
 
 
-def exit_together(comm, code, message="", wait=10.0):
+def exit_together(comm, code, message="", wait=None):
     """End a failed run on every rank without leaving any waiting: this rank waits
-    up to ``wait`` seconds for the others to fail as well (the usual case: the same
-    bad option or data on every rank); then rank 0 prints each distinct message once
+    up to ``wait`` seconds (default: ``MINIGRAD_EXIT_WAIT``, else 30) for the others
+    to fail as well (the usual case: the same bad option or data on every rank);
+    then rank 0 prints each distinct message once
     and every rank exits with ``code``.  If some rank does not arrive (it failed
     alone, or is waiting in a collective), MPI_Abort ends the whole job instead,
     after this rank printed its message naming itself."""
@@ -161,6 +162,8 @@ def exit_together(comm, code, message="", wait=10.0):
         if message:
             print(message, file=sys.stderr, flush=True)
         sys.exit(code)
+    if wait is None:
+        wait = float(os.environ.get("MINIGRAD_EXIT_WAIT", 30))
     request, deadline = comm._errors.Ibarrier(), time.monotonic() + wait
     while not request.Test():
         if time.monotonic() > deadline:

@@ -122,8 +122,9 @@ def _mpiexec():
     return [found, "--allow-run-as-root", "--oversubscribe", "-n", "2"]
 
 
-def _run_two(args, timeout, cwd=None):
-    env = dict(os.environ, PYTHONPATH=ROOT + os.pathsep + os.environ.get("PYTHONPATH", ""))
+def _run_two(args, timeout, cwd=None, **environment):
+    env = dict(os.environ, PYTHONPATH=ROOT + os.pathsep + os.environ.get("PYTHONPATH", ""),
+               **environment)
     return subprocess.run(_mpiexec() + [sys.executable, *args], capture_output=True, text=True,
                           timeout=timeout, env=env, cwd=cwd)
 
@@ -246,7 +247,7 @@ def test_an_error_on_one_rank_before_training_ends_the_job(tmp_path):
         "sys.exit(cli.main(sys.argv[1:]))\n")
     done = _run_two([str(script), "manifold", "--distributed", "--n", "300", "--n-test", "50",
                      "--epochs", "1", "--hidden", "16", "--no-progress",
-                     "--out", str(tmp_path / "m")], timeout=120)
+                     "--out", str(tmp_path / "m")], timeout=120, MINIGRAD_EXIT_WAIT="3")
     assert done.returncode == 2, done.stdout + done.stderr
     assert "rank 1 of 2: python -m autoencoders manifold: error: blocks.bin is truncated" \
         in done.stderr
