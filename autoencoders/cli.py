@@ -153,7 +153,10 @@ def build_parser():
     # defaults from full runs on Fashion-MNIST: the metrics level off after ~5 epochs;
     # masking-noise denoising codes (30% of pixels dropped) are the better classifier
     # features (0.80 vs 0.77 test accuracy at 1,000 labels), plain codes the better
-    # retrieval keys (precision@4 0.851 vs 0.846)
+    # retrieval keys (precision@4 0.851 vs 0.846).  --arch: dense, from runs of both on
+    # all of Fashion-MNIST (10 epochs): the conv codes (channels 32,64 -> 128) were no
+    # better keys (precision@4 0.8501 vs 0.8512) nor features (0.7969 vs 0.7975 at
+    # 1,000 labels, 0.8604 vs 0.8654 at all), though both beat the pixels
     for name, help_text, flavor in (
             ("retrieve", "Fashion-MNIST retrieval by cosine distance of 128-d codes", "vanilla"),
             ("features", "codes as features for logistic regression", "denoising")):
@@ -203,7 +206,9 @@ def build_parser():
     q.add_argument("--no-progress", dest="progress", action="store_false", help="(no effect)")
 
     p = sub.add_parser("denoise", help="denoising vs vanilla autoencoder on corrupted images")
-    _common(p, flavor="denoising", latent=128, hidden="512", epochs=10)
+    # --arch conv by default: on all of Fashion-MNIST (sigma 0.5, 10 epochs) the conv
+    # denoiser reached a PSNR of 19.32 dB against the dense one's 18.95
+    _common(p, flavor="denoising", latent=128, hidden="512", epochs=10, arch="conv")
     p.add_argument("--noise-level", type=_non_negative_number, default=0.5,
                    help="std of the Gaussian noise (default: %(default)s)")
     p.add_argument("--limit", type=_positive_int, default=None,
