@@ -13,6 +13,9 @@ what this machine can run.  Test modules import from here (``from helpers import
 * ``HAS_NUMBA``, ``GPU_MISSING`` (None, or why the real GPU cannot run here),
   ``needs_gpu`` (a skip mark; import these two after conftest has run, i.e. at
   test-module level, since ``--cupy-emulated`` sets them), ``build_host_library``.
+* ``check_loss_gradients(model, batch, seed)``: an autoencoder's full loss against
+  central differences w.r.t. every parameter; ``write_fashion_like(root, n_train,
+  n_test)``: small IDX files in the Fashion-MNIST layout.
 """
 import importlib.util
 
@@ -124,3 +127,40 @@ class TestedDevice:
 
     def __repr__(self):
         return self.param
+
+
+def check_loss_gradients(model, batch, seed):
+    """An autoencoder's total loss against central differences w.r.t. every
+    parameter (float64), on a random batch; the noise is fixed by giving each call a
+    fresh generator with the same seed."""
+    import minigrad as mg
+    rng = np.random.default_rng(seed)
+    # Biases start at 0: behind a layer of dead ReLUs a pre-activation would then be
+    # exactly 0, on the kink, where a central difference sees neither side.
+    for name, p in model.named_parameters():
+        if name.endswith("bias"):
+            p.data += rng.normal(0.0, 0.1, p.shape)
+    x = rng.random((batch, model.input_dim))
+    names = [name for name, _ in model.named_parameters()]
+
+    def total(*params):
+        return model.loss(x, rng=np.random.default_rng(seed + 1))[0]
+
+    assert mg.gradcheck(total, model.parameters(), names=names)
+
+
+def write_fashion_like(root, n_train, n_test):
+    """Four small IDX files in the Fashion-MNIST layout under ``root``: class-dependent
+    bars (so codes carry some label information) with noise; returns ``root``."""
+    from autoencoders import datasets
+    rng = np.random.default_rng(0)
+    for split, n in (("train", n_train), ("t10k", n_test)):
+        labels = np.arange(n) % 10
+        images = np.zeros((n, 28, 28), np.float64)
+        for i, label in enumerate(labels):
+            r = 3 + 2 * label
+            images[i, r:r + 6, 4:24] = 1.0
+        images = np.clip(images * 200 + rng.integers(0, 55, images.shape), 0, 255)
+        datasets.write_idx(root / f"{split}-images-idx3-ubyte.gz", images.astype(np.uint8))
+        datasets.write_idx(root / f"{split}-labels-idx1-ubyte.gz", labels.astype(np.uint8))
+    return root

@@ -20,7 +20,7 @@ from autoencoders import (ContractiveAutoencoder, DenoisingAutoencoder, SparseAu
 from autoencoders.contractive import jacobian_norms
 from autoencoders.variational import reparameterize
 
-from helpers import CPU_DEVICES
+from helpers import CPU_DEVICES, check_loss_gradients
 
 SETTINGS = settings(max_examples=20, deadline=None,
                     suppress_health_check=[HealthCheck.too_slow,
@@ -48,22 +48,6 @@ def common(draw, activations=("relu", "tanh", "sigmoid", "leaky_relu")):
                    activation=draw(st.sampled_from(activations)),
                    seed=draw(st.integers(0, 2 ** 16)), dtype="float64")
     return options, draw(st.integers(1, 4))
-
-
-def check_loss_gradients(model, batch, seed):
-    rng = np.random.default_rng(seed)
-    # Biases start at 0: behind a layer of dead ReLUs a pre-activation would then be
-    # exactly 0, on the kink, where a central difference sees neither side.
-    for name, p in model.named_parameters():
-        if name.endswith("bias"):
-            p.data += rng.normal(0.0, 0.1, p.shape)
-    x = rng.random((batch, model.input_dim))
-    names = [name for name, _ in model.named_parameters()]
-
-    def total(*params):
-        return model.loss(x, rng=np.random.default_rng(seed + 1))[0]
-
-    assert mg.gradcheck(total, model.parameters(), names=names)
 
 
 @on_cpu

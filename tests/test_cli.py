@@ -12,8 +12,8 @@ import pytest
 pytest.importorskip("matplotlib", reason="the figures need matplotlib (the 'viz' extra)")
 
 import minigrad as mg  # noqa: E402
-from autoencoders import cli, datasets  # noqa: E402
-from helpers import GPU_DEVICES  # noqa: E402
+from autoencoders import cli  # noqa: E402
+from helpers import GPU_DEVICES, write_fashion_like  # noqa: E402
 
 SMALL = ["--epochs", "1", "--hidden", "32", "--batch-size", "64", "--no-progress",
          "--backend", "numpy"]
@@ -38,19 +38,7 @@ def read_metrics(out):
 @pytest.fixture(scope="module")
 def fashion_dir(tmp_path_factory):
     """Four small IDX files in the Fashion-MNIST layout: 300 train, 60 test images."""
-    root = tmp_path_factory.mktemp("fashion")
-    rng = np.random.default_rng(0)
-    for split, n in (("train", 300), ("t10k", 60)):
-        labels = np.arange(n) % 10
-        # class-dependent blobs, so codes carry some label information
-        images = np.zeros((n, 28, 28), np.float64)
-        for i, label in enumerate(labels):
-            r = 3 + 2 * label
-            images[i, r:r + 6, 4:24] = 1.0
-        images = np.clip(images * 200 + rng.integers(0, 55, images.shape), 0, 255)
-        datasets.write_idx(root / f"{split}-images-idx3-ubyte.gz", images.astype(np.uint8))
-        datasets.write_idx(root / f"{split}-labels-idx1-ubyte.gz", labels.astype(np.uint8))
-    return root
+    return write_fashion_like(tmp_path_factory.mktemp("fashion"), 300, 60)
 
 
 def test_manifold_small_run_writes_figures_and_finite_metrics(tmp_path):

@@ -26,7 +26,7 @@ from autoencoders import (FLAVORS, ContractiveAutoencoder, DenoisingAutoencoder,
 from autoencoders import cli, files
 from autoencoders.contractive import jacobian_norms
 
-from helpers import CPU_DEVICES
+from helpers import CPU_DEVICES, check_loss_gradients, write_fashion_like
 
 SETTINGS = settings(max_examples=12, deadline=None,
                     suppress_health_check=[HealthCheck.too_slow,
@@ -52,18 +52,6 @@ def small_conv(draw):
                 output="sigmoid" if loss == "bce" else "identity",
                 activation=draw(st.sampled_from(["tanh", "sigmoid", "softplus", "leaky_relu"])),
                 seed=draw(st.integers(0, 2 ** 16)), dtype="float64"), draw(st.integers(1, 3))
-
-
-def check_loss_gradients(model, batch, seed):
-    rng = np.random.default_rng(seed)
-    for name, p in model.named_parameters():
-        if name.endswith("bias"):  # off the kinks (see test_ae_gradients)
-            p.data += rng.normal(0.0, 0.1, p.shape)
-    x = rng.random((batch, model.input_dim))
-
-    def total(*params):
-        return model.loss(x, rng=np.random.default_rng(seed + 1))[0]
-    assert mg.gradcheck(total, model.parameters(), names=[n for n, _ in model.named_parameters()])
 
 
 @given(st.integers(1, 3), st.integers(1, 40), st.integers(1, 40),
@@ -220,17 +208,7 @@ def test_conv_options_do_not_go_with_your_own_modules():
 
 @pytest.fixture(scope="module")
 def fashion_dir(tmp_path_factory):
-    root = tmp_path_factory.mktemp("fashion")
-    rng = np.random.default_rng(0)
-    for split, n in (("train", 200), ("t10k", 40)):
-        labels = np.arange(n) % 10
-        images = np.zeros((n, 28, 28))
-        for i, label in enumerate(labels):
-            images[i, 3 + 2 * label:9 + 2 * label, 4:24] = 1.0
-        images = np.clip(images * 200 + rng.integers(0, 55, images.shape), 0, 255)
-        datasets.write_idx(root / f"{split}-images-idx3-ubyte.gz", images.astype(np.uint8))
-        datasets.write_idx(root / f"{split}-labels-idx1-ubyte.gz", labels.astype(np.uint8))
-    return root
+    return write_fashion_like(tmp_path_factory.mktemp("fashion"), 200, 40)
 
 
 @pytest.mark.parametrize("command,extra", [
