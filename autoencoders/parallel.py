@@ -30,12 +30,14 @@ import warnings
 
 import numpy
 
-from minigrad import optim
+from minigrad import no_grad, optim
+from minigrad.device import move
 from minigrad.distributed import (DistributedError, FlatBuffer, ShardedGenerator, Together,
                                   shard, weights_digest)
 
 from .base import _floats
 from .inputs import Rows
+from .training import _restore, nonfinite_loss
 
 __all__ = ["Parallel"]
 
@@ -57,42 +59,42 @@ class Parallel:
         self.buffer.set_weights(self.comm.bcast(self.buffer.weights()))
 
     # -- the rows of each step --------------------------------------------------------
+    def part(self, n):
+        """``(lo, hi, count)``: the rows ``lo:hi`` of a batch of ``n`` this rank computes
+        on, and how many of them count.  A rank left without rows (a last batch smaller
+        than R) computes on the batch's first row with weight 0, so that it still
+        draws the batch's noise and takes part in the Allreduce."""
+        start, stop = shard(n, self.comm.rank, self.comm.size)
+        return (start, stop, stop - start) if stop > start else (0, 1, 0)
+
     def batches(self, order):
-        """Per step: ``(fetch, start, stop, n)``: ``fetch()`` reads this rank's rows
-        ``start:stop`` of the ``n`` in the global batch.  A rank left without rows (a
-        last batch smaller than R) computes on the batch's first row with weight 0,
-        so that it still draws the batch's noise and takes part."""
-        rows, rank, size = self.training.train_rows, self.comm.rank, self.comm.size
+        """Per step: ``(fetch, lo, hi, count, n)``: ``fetch()`` reads this rank's rows
+        ``lo:hi`` of the ``n`` in the global batch (see :meth:`part`)."""
+        rows = self.training.train_rows
         if isinstance(rows, Rows):
             for at in range(0, rows.n, self.global_batch):
-                part = order[at:at + self.global_batch]
-                start, stop = shard(len(part), rank, size)
-                lo, hi = (start, stop) if stop > start else (0, 1)
-                yield (lambda p=part[lo:hi]: rows.take(p)), start, stop, len(part)
+                batch = order[at:at + self.global_batch]
+                lo, hi, count = self.part(len(batch))
+                yield (lambda p=batch[lo:hi]: rows.take(p)), lo, hi, count, len(batch)
         else:  # a stream: each of its batches is split among the ranks
             for batch in rows.batches():
-                start, stop = shard(len(batch), rank, size)
-                lo, hi = (start, stop) if stop > start else (0, 1)
-                yield (lambda b=batch[lo:hi]: numpy.ascontiguousarray(b)), start, stop, len(batch)
+                lo, hi, count = self.part(len(batch))
+                yield (lambda b=batch[lo:hi]: numpy.ascontiguousarray(b)), lo, hi, count, \
+                    len(batch)
 
     # -- one step -----------------------------------------------------------------------
-    def step(self, fetch, start, stop, n, update, last_good, where):
+    def step(self, fetch, lo, hi, count, n, update, last_good, where):
         """This rank's part of one step, the one Allreduce, the update; returns the
         whole batch's loss terms (as one process would log them)."""
         model, opt, buffer = self.model, self.training.opt, self.buffer
-        count = stop - start  # 0: a stand-in row of weight 0
         error, terms = None, {}
         try:
             x = fetch()
             opt.zero_grad()
-            total, parts = model._loss(model._tensor(x), self.noise.rows(
-                start if count else 0, stop if count else 1, n))
+            total, parts = model._loss(model._tensor(x), self.noise.rows(lo, hi, n))
             terms = _floats(total, parts)
             if not math.isfinite(terms["total"]):
-                raise FloatingPointError(
-                    f"{model._name}.fit: the loss became {terms['total']} at {where} on rank "
-                    f"{self.comm.rank}; training stopped and the model keeps the weights of "
-                    f"the last batch with a finite loss (try a smaller lr)")
+                raise nonfinite_loss(model, terms["total"], f"{where} on rank {self.comm.rank}")
             total.backward()
             if len(terms) >= EXTRA:
                 raise ValueError(f"{model._name}: {len(terms)} loss terms; data-parallel "
@@ -107,14 +109,12 @@ class Parallel:
         extra[1:1 + len(keys)] = [terms[key] * count for key in keys]
         buffer.extra[...] = buffer.xp.asarray(extra, dtype=buffer.dtype)
         self.comm.allreduce(buffer.data)
-        reduced = _host_float64(buffer.extra)
+        reduced = numpy.asarray(move(buffer.extra, "cpu"), dtype=numpy.float64)
         if reduced[0] > 0:
             try:
                 Together(self.comm, where).agree(True, error)
             except FloatingPointError:
-                # every rank: back to the weights before the update that led here
-                for p, good in zip(self.params, last_good):
-                    p.data[...] = good
+                _restore(self.params, last_good)  # every rank: before the update that led here
                 raise
         buffer.unpack(had_grad)
         if self.training.clip is not None:
@@ -126,22 +126,20 @@ class Parallel:
     def evaluate(self, rows, batch_size=1024):
         """The mean loss terms over ``rows`` (validation data), each rank evaluating its
         part of each batch of ``batch_size`` with the noise one process would draw."""
-        from minigrad import no_grad
-        model, rank, size = self.model, self.comm.rank, self.comm.size
+        model = self.model
         noise = ShardedGenerator(numpy.random.default_rng(self.training.seed))
         sums, keys = numpy.zeros(EXTRA), []
         with no_grad():
             for at in range(0, rows.n, batch_size):
                 n = min(batch_size, rows.n - at)
-                start, stop = shard(n, rank, size)
-                lo, hi = (start, stop) if stop > start else (0, 1)
+                lo, hi, count = self.part(n)
                 error, batch = None, numpy.zeros(EXTRA)
                 try:
                     total, parts = model._loss(model._tensor(rows.take(slice(at + lo, at + hi))),
                                                noise.rows(lo, hi, n))
                     terms = _floats(total, parts)
                     keys = sorted(terms)
-                    batch[1:1 + len(keys)] = [terms[key] * (stop - start) for key in keys]
+                    batch[1:1 + len(keys)] = [terms[key] * count for key in keys]
                 except Exception as e:
                     error = e
                 batch[0] = error is not None
@@ -166,7 +164,3 @@ def warn_if_batch_statistic(model, ranks):
                       f"activation), which each of the {ranks} ranks computes on its own part "
                       f"of the batch; the result differs from one process's", stacklevel=5)
 
-
-def _host_float64(array):
-    return numpy.asarray(array if isinstance(array, numpy.ndarray) else array.get(),
-                         dtype=numpy.float64)

@@ -230,8 +230,8 @@ class _Training:
     def _steps(self, order, update, last_good, where, n_batches):
         """Each step's ``(loss terms, rows in the batch)``, in one process or several."""
         if self.parallel is not None:
-            for b, (fetch, start, stop, n) in enumerate(self.parallel.batches(order)):
-                yield self.parallel.step(fetch, start, stop, n, update, last_good,
+            for b, (fetch, lo, hi, count, n) in enumerate(self.parallel.batches(order)):
+                yield self.parallel.step(fetch, lo, hi, count, n, update, last_good,
                                          f"{where}, batch {b + 1} of {n_batches or '?'}"), n
             return
         for b, xb in enumerate(self.train_rows.batches(self.batch_size, order)):
@@ -249,10 +249,7 @@ class _Training:
         terms = _floats(total, terms)
         if not math.isfinite(terms["total"]):
             _restore(self.params, last_good)
-            raise FloatingPointError(
-                f"{model._name}.fit: the loss became {terms['total']} at {where}; training "
-                f"stopped and the model keeps the weights of the last batch with a finite "
-                f"loss (try a smaller lr)")
+            raise nonfinite_loss(model, terms["total"], where)
         total.backward()
         if self.clip is not None:
             optim.clip_grad_norm(self.params, self.clip)
@@ -500,6 +497,14 @@ def _tensorboard(log_dir):
                           "'minigrad-autoencoders[tensorboard]' (or pip install tensorboardX)"
                           ) from None
     return SummaryWriter(logdir=log_dir)
+
+
+def nonfinite_loss(model, value, where):
+    """The error of a step whose loss is NaN or infinite (fit then holds the weights
+    of the last batch with a finite loss)."""
+    return FloatingPointError(
+        f"{model._name}.fit: the loss became {value} at {where}; training stopped and the "
+        f"model keeps the weights of the last batch with a finite loss (try a smaller lr)")
 
 
 def _restore(params, last_good):

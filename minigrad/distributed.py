@@ -40,6 +40,8 @@ import zlib
 
 import numpy
 
+from .device import move
+
 __all__ = ["Communicator", "NcclCommunicator", "world", "as_communicator", "shard",
            "FlatBuffer", "ShardedGenerator", "Together", "DistributedError",
            "weights_digest", "set_threads", "exit_together"]
@@ -80,10 +82,10 @@ class Communicator:
         if self.size == 1:
             return array
         from mpi4py import MPI
-        host = _host(array)
+        host = move(array, "cpu")  # MPI reads host memory; a NumPy array is itself
         self.mpi.Allreduce(MPI.IN_PLACE, host, op=MPI.SUM)
         if host is not array:
-            array[...] = _like(array, host)
+            array[...] = move(host, "cuda")
         return array
 
     def bcast(self, array, root=0):
@@ -91,10 +93,10 @@ class Communicator:
         self.bytes_sent += array.nbytes if self.rank == root else 0
         if self.size == 1:
             return array
-        host = _host(array)
+        host = move(array, "cpu")
         self.mpi.Bcast(host, root=root)
         if host is not array:
-            array[...] = _like(array, host)
+            array[...] = move(host, "cuda")
         return array
 
     def bcast_object(self, obj, root=0):
@@ -377,18 +379,7 @@ def weights_digest(params):
     are identical (training checks it after each epoch)."""
     digest = 0
     for p in params:
-        digest = zlib.crc32(numpy.ascontiguousarray(_host(p.data)).view(numpy.uint8), digest)
+        digest = zlib.crc32(numpy.ascontiguousarray(move(p.data, "cpu")).view(numpy.uint8),
+                            digest)
     return digest
 
-
-def _host(array):
-    """A NumPy view or copy of ``array`` (MPI reads host memory)."""
-    return array if isinstance(array, numpy.ndarray) else array.get()
-
-
-def _like(array, host):
-    """``host`` where ``array`` lives."""
-    if isinstance(array, numpy.ndarray):
-        return host
-    import cupy
-    return cupy.asarray(host)
