@@ -9,10 +9,10 @@ front before the Dense layers; the decoder mirrors it with transposed
 convolutions::
 
     encoder  x (n, C·H·W) -> Unflatten (C, H, W)
-             -> [Conv2d(k, stride 2, padding k // 2) -> activation] per channel count
+             -> Conv2d(k, stride 2, padding k // 2, activation) per channel count
              -> Flatten -> Dense layers sizes[1:]  (the first one from c_last·h·w)
     decoder  code -> Dense layers back to c_last·h·w (with activation) -> Unflatten
-             -> [ConvTranspose2d(stride 2) -> activation] ... -> ConvTranspose2d to C
+             -> ConvTranspose2d(stride 2, activation) ... -> ConvTranspose2d to C
              -> Flatten  (pre-activations, as the dense decoder gives)
 
 Each stride-2 convolution takes a side of s pixels to ceil(s / 2) (for an odd
@@ -29,7 +29,8 @@ import numbers
 
 from minigrad import nn
 
-__all__ = ["ConvShape", "conv_shape", "encoder_front", "decoder_back", "least_weights"]
+__all__ = ["ConvShape", "conv_shape", "encoder_front", "decoder_back", "least_weights",
+           "renamed_version2"]
 
 
 class ConvShape:
@@ -102,18 +103,20 @@ def conv_shape(name, image_shape, channels, kernel_size, input_dim):
 
 
 def encoder_front(shape, activation, dtype, rng):
-    """Unflatten and the convolutions, each followed by ``activation``, then Flatten."""
+    """Unflatten and the convolutions, each with ``activation`` (fused into the layer,
+    as Dense's), then Flatten."""
     layers, c_in = [nn.Unflatten(shape.image_shape)], shape.image_shape[0]
     for c_out in shape.channels:
-        layers += [nn.Conv2d(c_in, c_out, shape.kernel_size, stride=2, padding=shape.padding,
-                             dtype=dtype, rng=rng), nn.activation_module(activation)]
+        layers.append(nn.Conv2d(c_in, c_out, shape.kernel_size, stride=2,
+                                padding=shape.padding, activation=activation, dtype=dtype,
+                                rng=rng))
         c_in = c_out
     return layers + [nn.Flatten()]
 
 
 def decoder_back(shape, activation, dtype, rng):
     """Unflatten, the transposed convolutions back to the image's channels (each but
-    the last followed by ``activation``), Flatten."""
+    the last with ``activation``), Flatten."""
     (h, w), channels = shape.sides[-1], shape.channels
     layers = [nn.Unflatten((channels[-1], h, w))]
     targets = list(channels[-2::-1]) + [shape.image_shape[0]]
@@ -122,10 +125,39 @@ def decoder_back(shape, activation, dtype, rng):
         layers.append(nn.ConvTranspose2d(c_in, c_out, shape.kernel_size, stride=2,
                                          padding=shape.padding,
                                          output_padding=shape.output_padding(conv),
+                                         activation=activation if conv > 0 else None,
                                          dtype=dtype, rng=rng))
-        if conv > 0:
-            layers.append(nn.activation_module(activation))
     return layers + [nn.Flatten()]
+
+
+def renamed_version2(weights, model):
+    """The weights of a convolutional model file of format version 2 under today's
+    names.  Version 2 put an activation module after each convolution (encoder.1
+    Conv2d, encoder.2 ReLU, encoder.3 Conv2d, ...), and the layers after it were
+    numbered on; the convolutions now hold their activation, as Dense layers do.  In
+    each Sequential the layers with weights come in the same order, so they are
+    matched in order; shapes are checked by the caller."""
+    def split(name):  # "encoder.body.3.weight" -> ("encoder.body", 3, "weight")
+        parts = name.split(".")
+        at = max((i for i, p in enumerate(parts) if p.isdigit()), default=None)
+        if at is None:
+            return None
+        return ".".join(parts[:at]), int(parts[at]), ".".join(parts[at + 1:])
+
+    def layers(names):
+        found = {}
+        for where in filter(None, map(split, names)):
+            found.setdefault(where[0], set()).add(where[1])
+        return {sequence: sorted(indices) for sequence, indices in found.items()}
+
+    old, new = layers(weights), layers(name for name, _ in model.named_parameters())
+    number = {(seq, i): j for seq in old for i, j in zip(old[seq], new.get(seq, []))}
+    renamed = {}
+    for name, value in weights.items():
+        where = split(name)
+        j = None if where is None else number.get(where[:2])
+        renamed[name if j is None else f"{where[0]}.{j}.{where[2]}"] = value
+    return renamed
 
 
 def least_weights(sizes, shape):

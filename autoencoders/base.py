@@ -551,6 +551,8 @@ class Autoencoder(nn.Module):
                 options.update(conv)
             _check_declared_sizes(path, config["sizes"], weights, conv, target.__name__)
             model = target(config["sizes"], **options)
+            if conv is not None and config.get("format_version") == 2:
+                weights = architecture.renamed_version2(weights, model)
         model._set_weights(weights, path)
         return model
 

@@ -49,8 +49,8 @@ _ACTIVATION_MODULES = (nn.Identity, nn.ReLU, nn.LeakyReLU, nn.Sigmoid, nn.Tanh, 
 class ContractiveAutoencoder(Autoencoder):
     """Reconstruction plus ``weight`` times the squared Frobenius norm of ∂h/∂x.
 
-    The encoder must be made of Dense and Conv2d layers (each optionally followed by
-    an activation module; Flatten / Unflatten between them), so the Jacobian has the
+    The encoder must be made of Dense and Conv2d layers (each with its activation, or
+    followed by an activation module; Flatten / Unflatten between them), so the Jacobian has the
     closed form above: any dense or convolutional model this package builds.  Sigmoid
     codes by default, as in Rifai et al. (2011).  Term ``"contractive"``: the
     batch mean of ‖J_f(x)‖_F².
@@ -147,7 +147,7 @@ def _stages(encoder):
         if isinstance(layer, nn.Dense):
             stages.append((layer, None, layer.activation, layer.negative_slope))
         elif isinstance(layer, nn.Conv2d):
-            stages.append((layer, None, "identity", 0.01))
+            stages.append((layer, None, layer.activation, layer.negative_slope))
         elif isinstance(layer, (nn.Flatten, nn.Unflatten)):
             stages.append((layer, None, None, None))
         elif (isinstance(layer, _ACTIVATION_MODULES) and stages and stages[-1][1] is None

@@ -33,7 +33,8 @@ __all__ = ["atomic_write", "write_json", "file_digest", "read_npy_header", "FORM
            "write_model", "read_model", "write_checkpoint", "read_checkpoint"]
 
 #: Version of the model file layout written by ``Autoencoder.save``.
-FORMAT_VERSION = 2  # 2 adds convolutional models ("conv" in the config); 1 still loads
+FORMAT_VERSION = 3  # 2 added convolutional models ("conv" in the config), 3 their layers
+#                    holding their activation (names renumbered on loading); 1 and 2 load
 #: Version of the checkpoint layout written by ``fit(..., checkpoint_dir=...)``.
 CHECKPOINT_VERSION = 1
 FORMAT_NAME = "minigrad-autoencoder"

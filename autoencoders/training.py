@@ -167,6 +167,12 @@ class _Training:
 
     # -- the loop ----------------------------------------------------------------------
     def run(self):
+        # every step allocates the arrays the step before freed: kept in the heap for
+        # the whole fit instead of faulted in afresh each step (minigrad.memory)
+        with minigrad.reuse_memory():
+            return self._run()
+
+    def _run(self):
         model, params = self.model, self.params
         model.history_ = self.history
         self._start_log()

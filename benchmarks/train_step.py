@@ -26,7 +26,8 @@ counted); the first step's time (Numba kernels from the disk cache) and, in a
 fresh process with an empty cache, the full compile.  A check in the same run:
 20 steps from identical weights and batches give losses equal to PyTorch's
 within 1e-4 relative.  Last, the targets (issue 10's) with the measured ratios.
-minigrad's steps run inside ``minigrad.flush_denormals()``, as ``fit`` does.
+minigrad's steps run inside ``minigrad.flush_denormals()`` and
+``minigrad.reuse_memory()``, as ``fit`` does.
 
 Other work on the machine (a second Python process) distorts every number here:
 run it on an otherwise idle machine and compare medians of the same run.
@@ -38,6 +39,7 @@ run it on an otherwise idle machine and compare medians of the same run.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import platform
@@ -319,11 +321,15 @@ FRAMEWORKS = {
 
 def worker(name, batch_sizes, min_seconds, epochs, check_steps, rounds):
     if name.startswith("minigrad"):
-        # a training loop of one's own runs inside flush_denormals, as fit's does:
-        # FTZ/DAZ on this thread and the BLAS threads (minigrad.denormals)
+        # a training loop of one's own runs as fit's does: inside flush_denormals
+        # (FTZ/DAZ on this thread and the BLAS threads, minigrad.denormals) and
+        # reuse_memory (freed arrays kept for the next step, minigrad.memory; a
+        # --baseline checkout may predate it).  Each framework has its own process:
+        # the peers run with the C allocator's defaults, as their users get them.
         sys.path.insert(0, ROOT)
         import minigrad
-        with minigrad.flush_denormals():
+        reuse = getattr(minigrad, "reuse_memory", contextlib.nullcontext)
+        with minigrad.flush_denormals(), reuse():
             return _worker(name, batch_sizes, min_seconds, epochs, check_steps, rounds)
     return _worker(name, batch_sizes, min_seconds, epochs, check_steps, rounds)
 

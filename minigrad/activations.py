@@ -2,8 +2,9 @@
 
 Every place that computes an activation or its derivative takes the maths from
 :data:`ACTIVATIONS`: the primitive :class:`minigrad.functions.Activate` (and so
-``minigrad.relu``, ``nn.ReLU``, ...), the fused dense-layer kernels -- NumPy
-reference, Numba and CUDA -- and the contractive autoencoder's Jacobian.
+``minigrad.relu``, ``nn.ReLU``, ...), the fused kernels of the dense and the
+convolution layers -- NumPy reference, Numba and CUDA -- and the contractive
+autoencoder's Jacobian.
 
 An entry holds four forms of one activation:
 

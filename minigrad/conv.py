@@ -47,12 +47,16 @@ import numbers
 
 import numpy as np
 
+from .activations import activation as _activation_entry
+from .functions import activate
 from .tensor import Function, as_tensor
+
+IDENTITY = _activation_entry("identity")
 
 __all__ = ["conv2d", "conv_transpose2d", "upsample2d", "Conv2dFunction",
            "ConvTranspose2dFunction", "Upsample2dFunction", "pair", "check_input",
            "output_size", "transposed_output_size", "layer_arguments", "layer_output_shape",
-           "layer_repr", "initial_parameters"]
+           "layer_repr", "layer_forward", "initial_parameters"]
 
 
 # ----------------------------------------------------------------------------
@@ -153,7 +157,27 @@ def layer_repr(layer):
     extra = f", output_padding={layer.output_padding}" if layer.transposed else ""
     return (f"{layer.in_channels}, {layer.out_channels}, kernel_size={layer.kernel_size}, "
             f"stride={layer.stride}, padding={layer.padding}{extra}"
-            + ("" if layer.bias is not None else ", bias=False"))
+            + ("" if layer.bias is not None else ", bias=False")
+            + ("" if layer.activation == "identity" else f", activation={layer.activation!r}"))
+
+
+def layer_forward(layer, x):
+    """The output of a Conv2d or ConvTranspose2d ``layer`` for the batch ``x``.
+
+    The one place that decides, as ``nn.Dense`` does: on a device with fused kernels
+    (Numba, CUDA) the activation runs inside the convolution's own pass over its
+    output (and its derivative inside backward's); on the NumPy reference backend it
+    is the activation primitive applied to the convolution's output."""
+    layer_output_shape(layer, x.shape, batched=True)  # errors name the layer
+    fused = x.device.fused or layer.activation == "identity"
+    options = dict(activation=layer.activation if fused else None,
+                   negative_slope=layer.negative_slope)
+    if layer.transposed:
+        y = conv_transpose2d(x, layer.weight, layer.bias, layer.stride, layer.padding,
+                             layer.output_padding, **options)
+    else:
+        y = conv2d(x, layer.weight, layer.bias, layer.stride, layer.padding, **options)
+    return y if fused else activate(y, layer.activation, layer.negative_slope)
 
 
 def initial_parameters(layer, rng, bias):
@@ -215,18 +239,6 @@ def _as_matrix(xp, images):
     return xp.ascontiguousarray(images.transpose(1, 0, 2, 3)).reshape(c, n * h * w)
 
 
-def _to_images(xp, matrix, out, bias=None):
-    """Write a (C, N H W) matrix into ``out``, an (N, C, H, W) batch (contiguous),
-    plus ``bias`` (C,) on each channel if given: the bias is added in the same pass
-    as the layout change."""
-    n, c, h, w = out.shape
-    source = matrix.reshape(c, n, h * w).transpose(1, 0, 2)
-    if bias is None:
-        out.reshape(n, c, h * w)[...] = source
-    else:
-        xp.add(source, bias[:, None], out=out.reshape(n, c, h * w))
-
-
 def _add(total, part):
     """A weight gradient summed over the blocks."""
     if total is None:
@@ -240,34 +252,40 @@ def _add(total, part):
 # ----------------------------------------------------------------------------
 
 class Conv2dFunction(Function):
-    """y = conv2d(x, W) + b: Y = W2 @ im2col(x) + b, one GEMM per block of images.
+    """y = act(conv2d(x, W) + b): Y = act(W2 @ im2col(x) + b), one GEMM per block of
+    images, the bias and activation added as the product is laid out into y
+    (``kernels.conv_forward``).
 
-    backward (G = g as a (C_out, N oh ow) matrix):
+    backward (G = g * act'(y) as a (C_out, N oh ow) matrix, ``kernels.conv_backward``):
         gx = col2im(W2^T @ G);   gW = G @ im2col(x)^T;   gb = sum of G's columns
     """
 
-    def forward(self, x, weight, *bias, stride, padding):
+    def forward(self, x, weight, *bias, stride, padding, activation=IDENTITY, slope=0.01):
         xp, kernels = self.xp, self.device.kernels
         self.geometry = (weight.shape[2:], stride, padding)
+        self.activation, self.slope = activation, slope
         oh, ow = output_size(x.shape[2:], *self.geometry)
         w2 = weight.reshape(weight.shape[0], -1)
         self.blocks = _blocks(xp, x.shape[0], w2.shape[1] * oh * ow * x.dtype.itemsize)
         y = xp.empty((x.shape[0], weight.shape[0], oh, ow), dtype=x.dtype)
         for start, stop in self.blocks:
             cols = kernels.im2col(x[start:stop], *self.geometry)
-            _to_images(xp, w2 @ cols, y[start:stop], bias[0] if bias else None)
+            kernels.conv_forward(y[start:stop], bias[0] if bias else None, activation, slope,
+                                 product=w2 @ cols)
         # a batch in one block keeps its columns for backward; blocks recompute theirs
-        self.save_for_backward(x, weight, cols if len(self.blocks) == 1 else None)
+        self.save_for_backward(x, weight, cols if len(self.blocks) == 1 else None, y)
         return y
 
     def backward(self, g):
-        x, weight, cols = self.saved
+        x, weight, cols, y = self.saved
         xp, kernels, need = self.xp, self.device.kernels, self.needs_input_grad
         w2 = weight.reshape(weight.shape[0], -1)
         gx = xp.empty(x.shape, dtype=g.dtype) if need[0] else None
-        gw = None
+        gw = gb = None
         for start, stop in self.blocks:
-            g2 = _as_matrix(xp, g[start:stop])
+            g2, part = kernels.conv_backward(g[start:stop], y[start:stop], self.activation,
+                                             self.slope, channel_major=True)
+            gb = _add(gb, part)
             if need[0]:
                 block = gx[start:stop]
                 kernels.col2im(w2.T @ g2, block.shape, *self.geometry, out=block)
@@ -278,22 +296,25 @@ class Conv2dFunction(Function):
         gw = gw.reshape(weight.shape) if need[1] else None
         if len(need) == 2:
             return gx, gw
-        return gx, gw, (g.sum(axis=(0, 2, 3)) if need[2] else None)
+        return gx, gw, (gb if need[2] else None)
 
 
 class ConvTranspose2dFunction(Function):
-    """y = conv_transpose2d(x, W) + b = col2im(W2^T @ X) + b: conv2d's input gradient,
-    W of shape (C_in, C_out, kh, kw), W2 = W as a (C_in, C_out kh kw) matrix.
+    """y = act(conv_transpose2d(x, W) + b) = act(col2im(W2^T @ X) + b): conv2d's input
+    gradient, W of shape (C_in, C_out, kh, kw), W2 = W as a (C_in, C_out kh kw)
+    matrix; bias and activation in one pass over each block (``kernels.conv_forward``).
 
-    backward (X = x as a (C_in, N H W) matrix, cols = im2col(g)):
-        gx = W2 @ cols (conv2d's forward);   gW = X @ cols^T;   gb = sum of g over
+    backward (X = x as a (C_in, N H W) matrix, G = g * act'(y), cols = im2col(G)):
+        gx = W2 @ cols (conv2d's forward);   gW = X @ cols^T;   gb = sum of G over
         batch and pixels
     """
 
-    def forward(self, x, weight, *bias, stride, padding, output_padding):
+    def forward(self, x, weight, *bias, stride, padding, output_padding, activation=IDENTITY,
+                slope=0.01):
         xp, kernels = self.xp, self.device.kernels
         n, _, h, w = x.shape
         self.geometry = (weight.shape[2:], stride, padding)
+        self.activation, self.slope = activation, slope
         size = transposed_output_size((h, w), *self.geometry, output_padding)
         w2 = weight.reshape(weight.shape[0], -1)
         self.blocks = _blocks(xp, n, w2.shape[1] * h * w * x.dtype.itemsize)
@@ -303,28 +324,31 @@ class ConvTranspose2dFunction(Function):
             block = y[start:stop]
             matrices.append(_as_matrix(xp, x[start:stop]))
             kernels.col2im(w2.T @ matrices[-1], block.shape, *self.geometry, out=block)
-            if bias:
-                block += bias[0][:, None, None]  # while the block is in the cache
-        self.save_for_backward(matrices, weight)
+            # while the block is in the cache
+            kernels.conv_forward(block, bias[0] if bias else None, activation, slope)
+        self.save_for_backward(matrices, weight, y)
         self.input_shape = x.shape
         return y
 
     def backward(self, g):
-        matrices, weight = self.saved
+        matrices, weight, y = self.saved
         xp, kernels, need = self.xp, self.device.kernels, self.needs_input_grad
         w2 = weight.reshape(weight.shape[0], -1)
         gx = xp.empty(self.input_shape, dtype=g.dtype) if need[0] else None
-        gw = None
+        gw = gb = None
         for (start, stop), x2 in zip(self.blocks, matrices):
-            cols = kernels.im2col(g[start:stop], *self.geometry)
+            gz, part = kernels.conv_backward(g[start:stop], y[start:stop], self.activation,
+                                             self.slope)
+            gb = _add(gb, part)
+            cols = kernels.im2col(gz, *self.geometry)
             if need[0]:
-                _to_images(xp, w2 @ cols, gx[start:stop])
+                kernels.conv_forward(gx[start:stop], None, IDENTITY, product=w2 @ cols)
             if need[1]:
                 gw = _add(gw, x2 @ cols.T)
         gw = gw.reshape(weight.shape) if need[1] else None
         if len(need) == 2:
             return gx, gw
-        return gx, gw, (g.sum(axis=(0, 2, 3)) if need[2] else None)
+        return gx, gw, (gb if need[2] else None)
 
 
 class Upsample2dFunction(Function):
@@ -346,23 +370,29 @@ class Upsample2dFunction(Function):
 # public functions
 # ----------------------------------------------------------------------------
 
-def conv2d(x, weight, bias=None, stride=1, padding=0):
+def conv2d(x, weight, bias=None, stride=1, padding=0, activation=None, negative_slope=0.01):
     """The 2-D cross-correlation of x (N, C_in, H, W) with weight (C_out, C_in, kh, kw),
     plus bias (C_out,) if given: (N, C_out, oh, ow), oh = (H + 2 ph - kh) // sh + 1.
-    ``stride`` and ``padding`` (zeros): an int or a pair (height, width)."""
+    ``stride`` and ``padding`` (zeros): an int or a pair (height, width).
+    ``activation`` (a name of the activation table, e.g. "relu"): applied to the result
+    in the same node, its derivative taken from the output."""
     x, weight = as_tensor(x), as_tensor(weight)
     bias = None if bias is None else as_tensor(bias)
     channels = _check_operands("conv2d", x, weight, bias, channels_axis=1)
     stride, padding = pair("conv2d", "stride", stride, 1), pair("conv2d", "padding", padding, 0)
     check_input("conv2d", x.shape, channels, weight.shape[2:], stride, padding)
     operands = (x, weight) if bias is None else (x, weight, bias)
-    return Conv2dFunction.apply(*operands, stride=stride, padding=padding)
+    return Conv2dFunction.apply(*operands, stride=stride, padding=padding,
+                                activation=_activation_entry(activation),
+                                slope=float(negative_slope))
 
 
-def conv_transpose2d(x, weight, bias=None, stride=1, padding=0, output_padding=0):
+def conv_transpose2d(x, weight, bias=None, stride=1, padding=0, output_padding=0,
+                     activation=None, negative_slope=0.01):
     """The transposed convolution (conv2d's input gradient) of x (N, C_in, H, W) with
     weight (C_in, C_out, kh, kw), plus bias (C_out,): (N, C_out, H_out, W_out),
-    H_out = (H - 1) sh - 2 ph + kh + output_padding (output_padding < stride)."""
+    H_out = (H - 1) sh - 2 ph + kh + output_padding (output_padding < stride);
+    ``activation`` as for :func:`conv2d`."""
     x, weight = as_tensor(x), as_tensor(weight)
     bias = None if bias is None else as_tensor(bias)
     op = "conv_transpose2d"
@@ -372,7 +402,9 @@ def conv_transpose2d(x, weight, bias=None, stride=1, padding=0, output_padding=0
     check_input(op, x.shape, channels, weight.shape[2:], stride, padding, output_padding)
     operands = (x, weight) if bias is None else (x, weight, bias)
     return ConvTranspose2dFunction.apply(*operands, stride=stride, padding=padding,
-                                         output_padding=output_padding)
+                                         output_padding=output_padding,
+                                         activation=_activation_entry(activation),
+                                         slope=float(negative_slope))
 
 
 def upsample2d(x, scale):

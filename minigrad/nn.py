@@ -291,18 +291,20 @@ class Dense(Module):
 # ----------------------------------------------------------------------------
 
 class _Convolution(Module):
-    """What Conv2d and ConvTranspose2d share: arguments, shape checks, and PyTorch's
-    initialisation (:func:`minigrad.conv.initial_parameters`)."""
+    """What Conv2d and ConvTranspose2d share: arguments, shape checks, PyTorch's
+    initialisation and the activation after the convolution, fused into its kernels
+    as Dense's is (see :func:`minigrad.conv.layer_forward`)."""
 
     transposed = False
 
     def __init__(self, in_channels, out_channels, kernel_size, stride, padding,
-                 output_padding, bias, dtype, rng):
+                 output_padding, bias, activation, negative_slope, dtype, rng):
         super().__init__()
         (self.in_channels, self.out_channels, self.kernel_size, self.stride, self.padding,
          self.output_padding) = conv.layer_arguments(
             type(self).__name__, in_channels, out_channels, kernel_size, stride, padding,
             output_padding)
+        self.activation, self.negative_slope = _activation_name(activation), float(negative_slope)
         rng = rng if isinstance(rng, numpy.random.Generator) else numpy.random.default_rng(rng)
         w, b = conv.initial_parameters(self, rng, bias)
         xp = get_backend().xp
@@ -315,36 +317,32 @@ class _Convolution(Module):
         return conv.layer_output_shape(self, input_shape)
 
     def forward(self, x):
-        x = x if isinstance(x, Tensor) else Tensor(x)
-        conv.layer_output_shape(self, x.shape, batched=True)  # errors name the layer
-        if self.transposed:
-            return conv.conv_transpose2d(x, self.weight, self.bias, self.stride,
-                                         self.padding, self.output_padding)
-        return conv.conv2d(x, self.weight, self.bias, self.stride, self.padding)
+        return conv.layer_forward(self, x if isinstance(x, Tensor) else Tensor(x))
 
     def extra_repr(self):
         return conv.layer_repr(self)
 
 
 class Conv2d(_Convolution):
-    """y = conv2d(x, W) + b, W: (out_channels, in_channels, kh, kw) (see minigrad.conv)."""
+    """y = act(conv2d(x, W) + b), W: (out_channels, in_channels, kh, kw) (see minigrad.conv)."""
 
     def __init__(self, in_channels, out_channels, kernel_size, stride=1, padding=0, bias=True,
-                 dtype="float32", rng=None):
+                 activation=None, negative_slope=0.01, dtype="float32", rng=None):
         super().__init__(in_channels, out_channels, kernel_size, stride, padding, 0, bias,
-                         dtype, rng)
+                         activation, negative_slope, dtype, rng)
 
 
 class ConvTranspose2d(_Convolution):
-    """y = conv_transpose2d(x, W) + b, W: (in_channels, out_channels, kh, kw), H_out =
+    """y = act(conv_transpose2d(x, W) + b), W: (in_channels, out_channels, kh, kw), H_out =
     (H - 1) sh - 2 ph + kh + output_padding (see minigrad.conv)."""
 
     transposed = True
 
     def __init__(self, in_channels, out_channels, kernel_size, stride=1, padding=0,
-                 output_padding=0, bias=True, dtype="float32", rng=None):
+                 output_padding=0, bias=True, activation=None, negative_slope=0.01,
+                 dtype="float32", rng=None):
         super().__init__(in_channels, out_channels, kernel_size, stride, padding,
-                         output_padding, bias, dtype, rng)
+                         output_padding, bias, activation, negative_slope, dtype, rng)
 
 
 class Flatten(Module):

@@ -76,8 +76,38 @@ def test_gradients_match_central_differences(device, transposed, data):
         inputs.append(leaf(rng.standard_normal(out_channels)))
         names.append("bias")
     fn = mg.conv_transpose2d if transposed else mg.conv2d
+    kwargs.update(activation=data.draw(st.sampled_from(list(mg.activations.ACTIVATIONS))),
+                  negative_slope=0.1)  # the activation fused into the same node
     mg.gradcheck(lambda x, w, *b: fn(x, w, b[0] if b else None, **kwargs), inputs,
                  names=names)
+
+
+@pytest.mark.parametrize("transposed", [False, True], ids=["conv2d", "conv_transpose2d"])
+@pytest.mark.parametrize("activation", ["relu", "leaky_relu", "tanh", "sigmoid", "softplus"])
+def test_a_layer_with_its_activation_equals_the_layer_then_the_activation(device, transposed,
+                                                                          activation):
+    """Conv2d(..., activation=a) -- fused into the convolution's kernels on the Numba and
+    CUDA devices, the primitive after it on NumPy -- gives the outputs and gradients of
+    the layer without activation followed by the activation module."""
+    kind = nn.ConvTranspose2d if transposed else nn.Conv2d
+    extra = dict(output_padding=1) if transposed else {}
+    fused = kind(3, 4, 3, stride=2, padding=1, activation=activation, negative_slope=0.2,
+                 dtype="float64", rng=0, **extra)
+    plain = kind(3, 4, 3, stride=2, padding=1, dtype="float64", rng=0, **extra)
+    after = nn.activation_module(activation, negative_slope=0.2)
+    assert f"activation={activation!r}" in repr(fused)
+    x = np.random.default_rng(1).standard_normal((5, 3, 7, 6))
+    results = []
+    for layers in ([fused], [plain, after]):
+        inputs = mg.Tensor(x, requires_grad=True)
+        y = inputs
+        for layer in layers:
+            y = layer(y)
+        (y * y).sum().backward()
+        results.append([host(y), host(inputs.grad), host(layers[0].weight.grad),
+                        host(layers[0].bias.grad)])
+    for a, b in zip(*results):
+        np.testing.assert_allclose(a, b, rtol=1e-12, atol=1e-12)
 
 
 @on_cpu

@@ -153,13 +153,34 @@ def test_conv_models_save_and_load_without_pickle(tmp_path):
         x = np.random.default_rng(0).random((4, 60)).astype(np.float32)
         path = model.save(tmp_path / f"{name}.npz")
         config, _ = files.read_model(path)
-        assert config["format_version"] == 2
+        assert config["format_version"] == 3
         assert config["conv"] == {"image_shape": [2, 6, 5], "channels": [3, 4], "kernel_size": 3}
         loaded = cls.load(path)
         assert loaded.image_shape == (2, 6, 5)
         np.testing.assert_array_equal(loaded.transform(x), model.transform(x))
         with np.load(path, allow_pickle=False) as archive:  # plain arrays and JSON
             assert "__config__" in archive.files
+
+
+def test_a_version_2_conv_file_still_loads(tmp_path, monkeypatch):
+    """Format 2 put a ReLU module after each convolution, which shifted the numbers of
+    the layers after it; such a file loads into today's layers, same outputs."""
+    model = VanillaAutoencoder([60, 4], image_shape=(2, 6, 5), channels=(3, 4), seed=1)
+    version_2_names = {"encoder.1": "encoder.1", "encoder.2": "encoder.3",
+                       "encoder.4": "encoder.6", "decoder.0": "decoder.0",
+                       "decoder.2": "decoder.2", "decoder.3": "decoder.4"}
+    old = {}
+    for name, value in model.state_dict().items():
+        layer, param = name.rsplit(".", 1)
+        old[f"{version_2_names[layer]}.{param}"] = value
+    assert len(old) == len(model.state_dict()) == 12
+    monkeypatch.setattr(files, "FORMAT_VERSION", 2)
+    path = files.write_model(tmp_path / "v2.npz", model.config(), old)
+    assert files.read_model(path)[0]["format_version"] == 2
+    monkeypatch.undo()
+    loaded = VanillaAutoencoder.load(path)
+    x = np.random.default_rng(0).random((4, 60)).astype(np.float32)
+    np.testing.assert_array_equal(loaded.reconstruct(x), model.reconstruct(x))
 
 
 def test_a_conv_config_is_checked_before_anything_is_built(tmp_path):

@@ -7,6 +7,7 @@ CuPy emulated on the host); the Numba versions also in their serial and their
 parallel (one image per thread) form.
 """
 import itertools
+import types
 
 import numpy as np
 import pytest
@@ -14,7 +15,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from helpers import HAS_NUMBA, tolerance
-from minigrad import kernels
+from minigrad import activations, kernels
 from minigrad.kernels import _jit, conv
 
 REF = kernels.Kernels("numpy")
@@ -52,7 +53,8 @@ def im2col_by_definition(x, kernel_size, stride, padding):
 
 
 def test_every_conv_kernel_has_three_versions():
-    assert set(conv.KERNELS) == {"im2col", "col2im"} <= set(kernels.names())
+    assert set(conv.KERNELS) == {"im2col", "col2im", "conv_forward", "conv_backward"} \
+        <= set(kernels.names())
     for name in conv.KERNELS:
         for backend in ("numpy", "numba", "cupy"):
             assert getattr(kernels.Kernels(backend), name).__wrapped__ is \
@@ -143,6 +145,115 @@ def test_col2im_out_is_checked():
         REF.col2im(cols, (2, 2, 5, 5), (3, 3), (1, 1), (0, 0), out=np.zeros((2, 2, 5, 5)))
 
 
+# ----------------------------------------------------------------------------
+# the layer's epilogue: conv_forward and conv_backward
+# ----------------------------------------------------------------------------
+
+ACTIVATION_NAMES = list(activations.ACTIVATIONS)
+
+
+def epilogue_by_definition(product, bias, entry, slope, shape):
+    """y[n, c, i, j] = act(product[c, (n, i, j)] + bias[c]), one entry at a time."""
+    n, c, h, w = shape
+    y = np.empty(shape, product.dtype)
+    for b, ch, i, j in itertools.product(range(n), range(c), range(h), range(w)):
+        z = product[ch, (b * h + i) * w + j] + (0 if bias is None else bias[ch])
+        y[b, ch, i, j] = entry.forward(np.array([z]), product.dtype.type(slope))[0]
+    return y
+
+
+def _epilogue_operands(shape, dtype, seed, saturate=False):
+    rng = np.random.default_rng(seed)
+    n, c = shape[:2]
+    scale = 200.0 if saturate else 2.0  # saturating: sigmoid's derivative underflows
+    product = (rng.standard_normal((c, n * int(np.prod(shape[2:])))) * scale).astype(dtype)
+    return product, rng.standard_normal(c).astype(dtype), rng.standard_normal(shape).astype(dtype)
+
+
+@pytest.mark.parametrize("name", ACTIVATION_NAMES)
+def test_epilogue_reference_is_the_definition(name):
+    """conv_forward as defined entry by entry; conv_backward's grad_z is grad_y times the
+    table's derivative, laid out as asked, and grad_bias its sum per channel."""
+    entry, shape = activations.activation(name), (2, 3, 2, 4)
+    product, bias, grad_y = _epilogue_operands(shape, np.float64, 1)
+    y = REF.conv_forward(np.empty(shape), bias, entry, 0.1, product=product)
+    np.testing.assert_allclose(y, epilogue_by_definition(product, bias, entry, 0.1, shape),
+                               rtol=1e-15)
+    in_place = product.reshape(3, 2, 2, 4).transpose(1, 0, 2, 3).copy()
+    assert REF.conv_forward(in_place, None, entry, 0.1) is in_place
+    np.testing.assert_allclose(in_place, epilogue_by_definition(product, None, entry, 0.1, shape),
+                               rtol=1e-15)
+    grad_z, grad_bias = REF.conv_backward(grad_y, y, entry, 0.1)
+    expected = grad_y * entry.derivative(y, 0.1)
+    np.testing.assert_allclose(grad_z, expected, rtol=1e-15)
+    np.testing.assert_allclose(grad_bias, expected.sum(axis=(0, 2, 3)), rtol=1e-12)
+    by_channel, _ = REF.conv_backward(grad_y, y, entry, 0.1, channel_major=True)
+    np.testing.assert_array_equal(by_channel, expected.transpose(1, 0, 2, 3).reshape(3, -1))
+
+
+def _check_epilogue_parity(device, name, shape, dtype, seed, saturate=False):
+    entry = activations.activation(name)
+    product, bias, grad_y = _epilogue_operands(shape, dtype, seed, saturate)
+    tol = tolerance(dtype)
+    expected = REF.conv_forward(np.empty(shape, dtype), bias, entry, 0.2, product=product)
+    got = device.kernels.conv_forward(device.to_device(np.empty(shape, dtype)),
+                                      device.to_device(bias), entry, 0.2,
+                                      product=device.to_device(product))
+    np.testing.assert_allclose(device.to_host(got), expected, **tol)
+    in_place = device.to_device(expected.copy())
+    device.kernels.conv_forward(in_place, None, entry, 0.2)
+    np.testing.assert_allclose(device.to_host(in_place),
+                               REF.conv_forward(expected.copy(), None, entry, 0.2), **tol)
+    for channel_major in (False, True):
+        want_z, want_b = REF.conv_backward(grad_y, expected, entry, 0.2, channel_major)
+        grad_z, grad_b = device.kernels.conv_backward(device.to_device(grad_y),
+                                                      device.to_device(expected), entry, 0.2,
+                                                      channel_major)
+        grad_z, grad_b = device.to_host(grad_z), device.to_host(grad_b)
+        assert grad_z.shape == want_z.shape and grad_z.dtype == dtype
+        np.testing.assert_allclose(grad_z, want_z, **tol)
+        np.testing.assert_allclose(grad_b, want_b, rtol=tol["rtol"],
+                                   atol=tol["atol"] * grad_y.size)
+        tiny = np.finfo(dtype).tiny
+        for written in (grad_z, grad_b, device.to_host(got)):
+            assert not np.any((written != 0) & (np.abs(written) < tiny))
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("name", ACTIVATION_NAMES)
+@pytest.mark.parametrize("shape", [(2, 3, 4, 5), (1, 1, 1, 1), (3, 7, 14, 14)])
+def test_epilogue_kernels_equal_the_reference_on_every_device(device, dtype, name, shape):
+    _check_epilogue_parity(device, name, shape, dtype, 3)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("name", ["sigmoid", "softplus", "tanh"])
+def test_epilogue_kernels_flush_saturated_values(device, dtype, name):
+    """Inputs of magnitude 200: sigmoid's output and every derivative underflow; what the
+    kernels write has no subnormal and matches the reference."""
+    _check_epilogue_parity(device, name, (2, 3, 4, 4), dtype, 5, saturate=True)
+
+
+def test_epilogue_arguments_are_checked():
+    entry = activations.activation("relu")
+    y = np.zeros((2, 3, 4, 4), np.float32)
+    with pytest.raises(ValueError, match=r"conv_forward: product has shape \(3, 31\), expected "
+                                         r"\(3, 32\) \(channels, batch \* height \* width\)"):
+        REF.conv_forward(y, None, entry, 0.01, product=np.zeros((3, 31), np.float32))
+    with pytest.raises(ValueError, match=r"conv_forward: bias has shape \(4,\), expected \(3,\)"):
+        REF.conv_forward(y, np.zeros(4, np.float32), entry)
+    with pytest.raises(TypeError, match="conv_forward: product has dtype float64, expected y's"):
+        REF.conv_forward(y, None, entry, 0.01, product=np.zeros((3, 32)))
+    with pytest.raises(ValueError, match=r"conv_backward: y has shape \(3, 4, 4\); expected an "
+                                         r"image batch"):
+        REF.conv_backward(y[0], y[0], entry)
+    with pytest.raises(ValueError, match=r"conv_backward: grad_y has shape \(1, 3, 4, 4\), "
+                                         r"expected y's shape \(2, 3, 4, 4\)"):
+        REF.conv_backward(y[:1], y, entry)
+    with pytest.raises(TypeError, match="conv_forward: activation is 'relu'; expected an entry"):
+        REF.conv_forward(y, None, "relu")
+
+
 @pytest.fixture(params=["serial", "parallel"])
 def variant(request, monkeypatch):
     monkeypatch.setattr(_jit, "PARALLEL_MIN_SIZE", 1 if request.param == "parallel" else 1 << 62)
@@ -164,6 +275,16 @@ def test_numba_serial_and_parallel_versions(variant, dtype, geometry, seed):
     np.testing.assert_allclose(numba_kernels.col2im(c, shape, kernel_size, stride, padding),
                                REF.col2im(c, shape, kernel_size, stride, padding),
                                **tolerance(dtype))
+
+
+@pytest.mark.skipif(not HAS_NUMBA, reason="the Numba kernels need numba")
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("name", ["relu", "tanh"])
+def test_numba_epilogues_serial_and_parallel(variant, dtype, name):
+    """conv_forward / conv_backward, one channel per thread or all on one."""
+    host = types.SimpleNamespace(kernels=kernels.Kernels("numba"), to_device=np.asarray,
+                                 to_host=np.asarray)
+    _check_epilogue_parity(host, name, (3, 5, 6, 7), dtype, 7)
 
 
 @pytest.mark.parametrize("dtype", DTYPES)

@@ -12,7 +12,7 @@ module             kernels (its ``KERNELS``)
 ``dense.py``       ``dense_forward``, ``dense_backward``
 ``losses.py``      ``bce_with_logits``, ``mse``
 ``optim.py``       ``sgd_update``, ``adam_update``
-``conv.py``        ``im2col``, ``col2im``
+``conv.py``        ``im2col``, ``col2im``, ``conv_forward``, ``conv_backward``
 =================  =====================================================
 
 Each attribute checks its arguments' shapes and dtypes first (:mod:`._checks`).
@@ -45,8 +45,15 @@ padding) -> cols``                    the (N, C, H, W) batch x that each output 
                                       sees (0 in the padding): a convolution is then
                                       one GEMM (kernel_size, stride, padding: pairs)
 ``col2im(cols, image_shape,           its adjoint: each entry of cols added into the
-kernel_size, stride, padding)         pixel of an (N, C, H, W) = image_shape batch
--> image``                            that im2col took it from (in a fixed order)
+kernel_size, stride, padding,         pixel of an (N, C, H, W) = image_shape batch
+out=None) -> image``                  that im2col took it from (in a fixed order);
+                                      written into ``out`` when given
+``conv_forward(y, bias, activation,   y = act(product + bias) per channel into the
+slope, product=None) -> y``           (N, C, H, W) batch y: the (C, N H W) GEMM result
+                                      laid out in the same pass, or y in place
+``conv_backward(grad_y, y,            grad_z = grad_y * act'(y) and grad_bias its sum
+activation, slope, channel_major)     per channel (float64), in one pass; grad_z as a
+-> (grad_z, grad_bias)``              batch or as the (C, N H W) matrix
 ====================================  ===============================================
 
 Sums are accumulated in float64 (but col2im's, at most kh kw terms a pixel, in the

@@ -85,6 +85,13 @@ def adam_update(param, grad, m, v, lr, beta1, beta2, eps, weight_decay, step, de
             _like("adam_update", name, a, "param", param, same_dtype=True)
 
 
+def _batch(op, name, a):
+    _float(op, name, a)
+    if a.ndim != 4:
+        raise ValueError(f"{op}: {name} has shape {tuple(a.shape)}; expected an image batch "
+                         f"(batch, channels, height, width)")
+
+
 def _pairs(op, kernel_size, stride, padding):
     """kernel_size and stride pairs of positive ints, padding of non-negative ones."""
     for name, pair, least in (("kernel_size", kernel_size, 1), ("stride", stride, 1),
@@ -106,10 +113,7 @@ def _conv_output(op, image_shape, kernel_size, stride, padding):
 
 
 def im2col(x, kernel_size, stride, padding):
-    _float("im2col", "x", x)
-    if x.ndim != 4:
-        raise ValueError(f"im2col: x has shape {tuple(x.shape)}; expected an image batch "
-                         f"(batch, channels, height, width)")
+    _batch("im2col", "x", x)
     _pairs("im2col", kernel_size, stride, padding)
     _conv_output("im2col", x.shape, kernel_size, stride, padding)
 
@@ -139,8 +143,36 @@ def col2im(cols, image_shape, kernel_size, stride, padding, out=None):
             raise TypeError(f"col2im: out has dtype {out.dtype}, expected cols' {cols.dtype}")
 
 
+def conv_forward(y, bias, activation, slope=0.01, product=None):
+    _batch("conv_forward", "y", y)
+    n, c = y.shape[:2]
+    if bias is not None:
+        _float("conv_forward", "bias", bias)
+        if tuple(bias.shape) != (c,):
+            raise ValueError(f"conv_forward: bias has shape {tuple(bias.shape)}, expected "
+                             f"({c},) for y of shape {tuple(y.shape)}")
+    if product is not None:
+        _float("conv_forward", "product", product)
+        expected = (c, y.size // c if c else 0)
+        if tuple(product.shape) != expected:
+            raise ValueError(f"conv_forward: product has shape {tuple(product.shape)}, "
+                             f"expected {expected} (channels, batch * height * width) for y "
+                             f"of shape {tuple(y.shape)}")
+        if product.dtype != y.dtype:
+            raise TypeError(f"conv_forward: product has dtype {product.dtype}, expected y's "
+                            f"{y.dtype}")
+    _activation("conv_forward", activation)
+
+
+def conv_backward(grad_y, y, activation, slope=0.01, channel_major=False):
+    _batch("conv_backward", "y", y)
+    _like("conv_backward", "grad_y", grad_y, "y", y)
+    _activation("conv_backward", activation)
+
+
 #: kernel name -> its check (called with the kernel's own arguments)
 CHECKS = {"dense_forward": dense_forward, "dense_backward": dense_backward,
           "bce_with_logits": _loss("bce_with_logits"), "mse": _loss("mse"),
           "sgd_update": sgd_update, "adam_update": adam_update,
-          "im2col": im2col, "col2im": col2im}
+          "im2col": im2col, "col2im": col2im, "conv_forward": conv_forward,
+          "conv_backward": conv_backward}

@@ -83,3 +83,79 @@ extern "C" __global__ void mg_col2im_f64(
         int kh, int kw, int sh, int sw, int ph, int pw, int oh, int ow) {
     mg_col2im<double>(cols, image, total, n, c, h, w, kh, kw, sh, sw, ph, pw, oh, ow);
 }
+
+/* The layer's epilogue: y[b, ch, s] = act(source + bias[ch]) with source the GEMM's
+ * product[ch, b, s] (channel_major = 1: a conv2d's (c, n * S) result, laid out into
+ * the batch in the same pass) or y[b, ch, s] itself (channel_major = 0, in place:
+ * product is y, so neither pointer is __restrict__).  A grid-stride loop over y. */
+template <typename F>
+__device__ __forceinline__ void mg_conv_forward(
+        const F* product, const F* __restrict__ bias, F* y, long long total, int n, int c,
+        int pixels, int channel_major, int code, F slope) {
+    for (long long i = (long long)blockIdx.x * blockDim.x + threadIdx.x; i < total;
+         i += (long long)blockDim.x * gridDim.x) {
+        const int s = (int)(i % pixels);
+        const int ch = (int)((i / pixels) % c);
+        const long long b = i / ((long long)pixels * c);
+        const long long k = channel_major ? ((long long)ch * n + b) * pixels + s : i;
+        y[i] = mg_flush(mg_act<F>(product[k] + bias[ch], code, slope));
+    }
+}
+
+extern "C" __global__ void mg_conv_forward_f32(
+        const float* product, const float* bias, float* y, long long total, int n, int c,
+        int pixels, int channel_major, int code, float slope) {
+    mg_conv_forward<float>(product, bias, y, total, n, c, pixels, channel_major, code, slope);
+}
+
+extern "C" __global__ void mg_conv_forward_f64(
+        const double* product, const double* bias, double* y, long long total, int n, int c,
+        int pixels, int channel_major, int code, double slope) {
+    mg_conv_forward<double>(product, bias, y, total, n, c, pixels, channel_major, code, slope);
+}
+
+/* grad_z = grad_y * act'(y) and grad_bias[ch] = its sum over the batch and pixels: one
+ * block of MG_CB_THREADS per channel (blockIdx.x); each thread sums its entries in
+ * double, the block adds the threads' sums as a tree in a fixed order (no atomics:
+ * the same sum on every run).  grad_z is (n, c, S), or (c, n, S) with channel_major. */
+#define MG_CB_THREADS 256
+
+template <typename F>
+__device__ __forceinline__ void mg_conv_backward(
+        const F* __restrict__ grad_y, const F* __restrict__ y, F* __restrict__ grad_z,
+        F* __restrict__ grad_bias, int n, int c, int pixels, int channel_major, int code,
+        F slope) {
+    __shared__ double sums[MG_CB_THREADS];
+    const int ch = blockIdx.x;
+    const long long count = (long long)n * pixels;
+    double acc = 0.0;
+    for (long long j = threadIdx.x; j < count; j += MG_CB_THREADS) {
+        const long long b = j / pixels;
+        const int s = (int)(j - b * pixels);
+        const long long k = (b * c + ch) * pixels + s;
+        const F g = mg_flush(grad_y[k] * mg_deriv<F>(y[k], code, slope));
+        grad_z[channel_major ? (long long)ch * count + j : k] = g;
+        acc += (double)g;
+    }
+    sums[threadIdx.x] = acc;
+    __syncthreads();
+    for (int half = MG_CB_THREADS / 2; half > 0; half /= 2) {
+        if (threadIdx.x < half) sums[threadIdx.x] += sums[threadIdx.x + half];
+        __syncthreads();
+    }
+    if (threadIdx.x == 0) grad_bias[ch] = mg_flush((F)sums[0]);
+}
+
+extern "C" __global__ void mg_conv_backward_f32(
+        const float* grad_y, const float* y, float* grad_z, float* grad_bias, int n, int c,
+        int pixels, int channel_major, int code, float slope) {
+    mg_conv_backward<float>(grad_y, y, grad_z, grad_bias, n, c, pixels, channel_major, code,
+                            slope);
+}
+
+extern "C" __global__ void mg_conv_backward_f64(
+        const double* grad_y, const double* y, double* grad_z, double* grad_bias, int n,
+        int c, int pixels, int channel_major, int code, double slope) {
+    mg_conv_backward<double>(grad_y, y, grad_z, grad_bias, n, c, pixels, channel_major, code,
+                             slope);
+}

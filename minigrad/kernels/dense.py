@@ -113,13 +113,13 @@ def _contiguous(a):
     return a if a.flags.c_contiguous else np.ascontiguousarray(a)
 
 
-# Elementwise work per element relative to a multiply-add: what makes threads pay.
-_COST = {"identity": 1, "relu": 1, "leaky_relu": 1, "sigmoid": 4, "tanh": 5, "softplus": 6}
+#: Elementwise work per element relative to a multiply-add: what makes threads pay.
+ACTIVATION_COST = {"identity": 1, "relu": 1, "leaky_relu": 1, "sigmoid": 4, "tanh": 5, "softplus": 6}
 
 
 def dense_forward_numba(z, bias, activation, slope=0.01):
     z = _contiguous(z)
-    size = z.size * _COST[activation.name]
+    size = z.size * ACTIVATION_COST[activation.name]
     _dense_forward.specialize(activation.name, ACT=activation.forward)(
         z, _contiguous(bias).astype(z.dtype, copy=False), z.dtype.type(slope),
         smallest_normal(z.dtype), _jit.blocks(size, z.shape[0]), size=size)
@@ -129,7 +129,7 @@ def dense_forward_numba(z, bias, activation, slope=0.01):
 def dense_backward_numba(grad_y, y, activation, slope=0.01):
     grad_y, y = _contiguous(grad_y), _contiguous(y)
     grad_z = np.empty_like(y)
-    size = y.size * _COST[activation.name]
+    size = y.size * ACTIVATION_COST[activation.name]
     blocks = _jit.blocks(size, y.shape[0])
     partial = np.empty((blocks, y.shape[1]), dtype=y.dtype)
     _dense_backward.specialize(activation.name, DERIV=activation.derivative)(
