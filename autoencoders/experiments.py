@@ -137,7 +137,8 @@ def _hidden(options):
     ``--arch`` (a convolutional model goes from its convolutions to the code)."""
     hidden = options.hidden
     if hidden is None:
-        hidden = [] if _arch(options) == "conv" else getattr(options, "mlp_hidden", [])
+        hidden = getattr(options, "conv_hidden" if _arch(options) == "conv" else "mlp_hidden",
+                         [])
     if isinstance(hidden, str):  # options built by hand rather than by the parser
         return [int(h) for h in hidden.split(",") if h.strip()]
     return list(hidden)

@@ -14,15 +14,16 @@ between 42 and 76 ms with where glibc happened to trim.
 What :func:`reuse_memory` does: inside ``with reuse_memory():`` both thresholds
 are raised (:data:`MMAP_THRESHOLD`, :data:`TRIM_THRESHOLD`), so freed arrays stay
 in the heap and the next step's arrays reuse them, without a fault.  On leaving
-the outermost block the thresholds go back to glibc's documented defaults and
-``malloc_trim(0)`` returns the free memory to the system.  ``Autoencoder.fit``
-trains inside it; wrap your own training loop in it too.
+the outermost block ``malloc_trim(0)`` returns the free memory to the system, and
+the thresholds are set where glibc's own adaptation ends up for array-heavy code
+(:data:`AFTER`: 32 MiB and twice that, its ceiling; glibc has no call that
+resumes the adaptation itself, and its starting values, 128 KiB, would map every
+larger array afresh for the rest of the process).  ``Autoencoder.fit`` trains
+inside it; wrap your own training loop in it too.
 
 Its cost: while inside, memory freed by the process is kept for reuse rather
 than given back (the process holds its peak).  The thresholds are process-wide:
-other threads' allocations keep memory the same way meanwhile.  glibc's own
-adaptation of the mmap threshold does not resume after the block (glibc has no
-call for it): later large arrays are mapped fresh, as at the start of a process.
+other threads' allocations keep memory the same way meanwhile.
 
 It does nothing where there is no glibc (macOS, Windows, musl), when
 ``MALLOC_MMAP_THRESHOLD_`` or ``MALLOC_TRIM_THRESHOLD_`` is set in the
@@ -37,7 +38,7 @@ import ctypes.util
 import os
 import threading
 
-__all__ = ["reuse_memory", "supported", "MMAP_THRESHOLD", "TRIM_THRESHOLD"]
+__all__ = ["reuse_memory", "supported", "MMAP_THRESHOLD", "TRIM_THRESHOLD", "AFTER"]
 
 #: Requests up to this size come from the heap inside the block (glibc's default
 #: is 128 KiB): larger than any array of the benchmarks' steps.
@@ -45,8 +46,12 @@ MMAP_THRESHOLD = 256 << 20
 #: Free memory at the top of the heap kept inside the block (default 128 KiB).
 TRIM_THRESHOLD = 1 << 30
 
+#: (mmap, trim) thresholds after the block: glibc's adaptive ceiling for the mmap
+#: threshold (DEFAULT_MMAP_THRESHOLD_MAX on 64-bit) and the trim threshold it pairs
+#: with it (twice the mmap threshold).
+AFTER = (32 << 20, 64 << 20)
+
 _M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3     # mallopt's parameter numbers (malloc.h)
-_GLIBC_DEFAULT = 128 * 1024                        # both thresholds' documented defaults
 
 _lock = threading.Lock()
 _depth = 0           # blocks entered and not yet left, over all threads
@@ -105,5 +110,5 @@ def reuse_memory():
             with _lock:
                 _depth -= 1
                 if _depth == 0:
-                    _set(_GLIBC_DEFAULT, _GLIBC_DEFAULT)
                     _glibc().malloc_trim(0)
+                    _set(*AFTER)
