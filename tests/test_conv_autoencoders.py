@@ -246,5 +246,9 @@ def test_arch_conv_on_the_command_line(tmp_path, fashion_dir, command, extra):
     assert saved
     for path in saved:
         config, _ = files.read_model(path)
-        assert config["conv"]["channels"] == [4, 8] and config["sizes"][1:] in ([8], [2])
+        # each command's default --hidden for conv: a Dense 512 layer for retrieve and
+        # features, none for denoise and manifold
+        hidden = {"retrieve": [512], "features": [512]}.get(command, [])
+        assert config["conv"]["channels"] == [4, 8]
+        assert config["sizes"][1:] == hidden + [2 if command == "manifold" else 8]
     assert json.loads((out / "config.json").read_text())["options"]["arch"] == "conv"
