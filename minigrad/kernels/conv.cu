@@ -116,8 +116,8 @@ extern "C" __global__ void mg_conv_forward_f64(
 
 /* grad_z = grad_y * act'(y) and grad_bias[ch] = its sum over the batch and pixels: one
  * block of MG_CB_THREADS per channel (blockIdx.x); each thread sums its entries in
- * double, the block adds the threads' sums as a tree in a fixed order (no atomics:
- * the same sum on every run).  grad_z is (n, c, S), or (c, n, S) with channel_major. */
+ * double, and the threads' sums are added in a fixed order (no atomics: the same sum
+ * on every run).  grad_z is (n, c, S), or (c, n, S) with channel_major. */
 #define MG_CB_THREADS 256
 
 template <typename F>
@@ -139,11 +139,13 @@ __device__ __forceinline__ void mg_conv_backward(
     }
     sums[threadIdx.x] = acc;
     __syncthreads();
-    for (int half = MG_CB_THREADS / 2; half > 0; half /= 2) {
-        if (threadIdx.x < half) sums[threadIdx.x] += sums[threadIdx.x + half];
-        __syncthreads();
+    /* one thread adds the block's sums in thread order: one barrier, not a tree of
+     * eight (a few hundred shared-memory reads, once per channel) */
+    if (threadIdx.x == 0) {
+        double total = 0.0;
+        for (int t = 0; t < MG_CB_THREADS; ++t) total += sums[t];
+        grad_bias[ch] = mg_flush((F)total);
     }
-    if (threadIdx.x == 0) grad_bias[ch] = mg_flush((F)sums[0]);
 }
 
 extern "C" __global__ void mg_conv_backward_f32(
