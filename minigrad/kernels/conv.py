@@ -270,7 +270,9 @@ def _conv_forward(product, bias, slope, tiny, y):
 
 @kernel
 def _conv_forward_in_place(bias, slope, tiny, y):
-    """y[n, c] = act(y[n, c] + bias[c]), y (N, C, S)."""
+    """y[n, c] = act(y[n, c] + bias[c]), y (N, C, S).  Its own loop rather than
+    _conv_forward with y as its own (transposed) product: that view is strided and
+    aliases the output, which keeps LLVM off the vector path (see dense_forward)."""
     zero = y.dtype.type(0)
     n_images, channels = y.shape[:2]
     for c in prange(channels):
