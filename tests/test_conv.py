@@ -16,7 +16,7 @@ from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
 import minigrad as mg
-from helpers import CPU_DEVICES, host
+from helpers import CPU_DEVICES, GPU_DEVICES, host
 from minigrad import losses, nn, optim
 
 SETTINGS = settings(max_examples=25, deadline=None,
@@ -428,8 +428,14 @@ def test_flatten_and_unflatten_invert_each_other_and_pass_gradients():
     mg.gradcheck(lambda x: nn.Unflatten((4, 10))(nn.Flatten()(x)), [x])
 
 
-@pytest.mark.parametrize("size, output_padding", [((12, 12), 1), ((9, 13), 0),
-                                                  ((10, 13), (1, 0))])
+LEARNING_SIZES = [((12, 12), 1), ((9, 13), 0), ((10, 13), (1, 0))]
+
+
+# every size on the CPU devices; one on the GPU ones, whose other geometries the
+# parity tests cover (each emulated step runs its kernels' blocks as host threads)
+@pytest.mark.parametrize("device, size, output_padding",
+                         [(d, *case) for d in CPU_DEVICES for case in LEARNING_SIZES]
+                         + [(d, *LEARNING_SIZES[0]) for d in GPU_DEVICES], indirect=["device"])
 def test_a_small_convolutional_autoencoder_learns(device, size, output_padding):
     """Conv2d stride 2 -> relu -> ConvTranspose2d stride 2 -> sigmoid gives back the
     input's size (output_padding picks it for even sizes) and learns to reconstruct."""
