@@ -9,8 +9,11 @@
   C++20 compiler for the emulation.  A subset: ``@pytest.mark.parametrize(
   "device", helpers.GPU_DEVICES, indirect=True)``.
 * ``host_library``: every CUDA kernel compiled for the host (once per session).
-* ``pytest --cupy-emulated``: the whole suite with the emulated 'cupy' backend as
+* ``pytest --cupy-emulated``: the suite with the emulated 'cupy' backend as
   the default backend -- what ``MINIGRAD_BACKEND=cupy pytest`` does on a GPU.
+  The ``device`` tests are deselected there: they choose their backend themselves,
+  and the plain run has every one of them, its "cupy-emulated" runs on the same
+  emulation.
 """
 import os
 import tempfile
@@ -39,8 +42,6 @@ def device(request, monkeypatch):
     if param == "cupy" and helpers.GPU_MISSING is not None:
         pytest.skip(f"needs CuPy and a CUDA device: {helpers.GPU_MISSING}")
     if param == "cupy-emulated":
-        if request.config.getoption("--cupy-emulated"):
-            pytest.skip("--cupy-emulated: the 'cupy' run is the emulated one already")
         from support import cupy_emulation
         cupy_emulation.install(monkeypatch, request.getfixturevalue("host_library"))
     with mg.set_backend(name) as active:
@@ -49,9 +50,28 @@ def device(request, monkeypatch):
 
 def pytest_addoption(parser):
     parser.addoption("--cupy-emulated", action="store_true",
-                     help="run the whole suite with the 'cupy' backend, as "
-                          "MINIGRAD_BACKEND=cupy does on a GPU, on CuPy emulated on the "
-                          "host (tests/support/cupy_emulation.py)")
+                     help="run the suite (less the device fixture's tests) with the "
+                          "'cupy' backend, as MINIGRAD_BACKEND=cupy does on a GPU, on CuPy "
+                          "emulated on the host (tests/support/cupy_emulation.py)")
+
+
+def pytest_collection_modifyitems(config, items):
+    if not config.getoption("--cupy-emulated"):
+        return
+    again = [item for item in items
+             if getattr(item, "callspec", None) is not None
+             and "device" in item.callspec.params]
+    if again:
+        chosen = set(again)
+        config.hook.pytest_deselected(items=again)
+        items[:] = [item for item in items if item not in chosen]
+
+
+def pytest_report_header(config):
+    if config.getoption("--cupy-emulated"):
+        return ("--cupy-emulated: default backend 'cupy' on emulated CuPy; the tests of "
+                "the device fixture are deselected (the plain run has them, emulated 'cupy' "
+                "included)")
 
 
 def pytest_configure(config):

@@ -210,9 +210,9 @@ def test_module_entry_point_help():
 
 @pytest.mark.parametrize("device", GPU_DEVICES, indirect=True)
 @pytest.mark.parametrize("command, extra", [
-    ("retrieve", ["--latent", "8"]),
+    ("retrieve", ["--latent", "8", "--channels", "4,8"]),  # conv by default: kept small
     ("features", ["--latent", "8", "--labels", "300"]),
-    ("denoise", ["--latent", "16"])])
+    ("denoise", ["--latent", "16", "--channels", "4,8"])])
 def test_experiments_with_backend_cupy_match_the_cpu(device, tmp_path, fashion_dir, command,
                                                      extra):
     """Each experiment with --backend cupy: the same metrics as on the CPU."""

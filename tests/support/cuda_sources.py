@@ -48,13 +48,18 @@ def raw_kernels(source):
 
 # -- the same code on the host --------------------------------------------------------
 
-#: Prepended to a CUDA source to compile it as C++ for the host: each block runs its
-#: threads on a pool of std::threads, meeting at a std::barrier for __syncthreads; blocks run
-#: one after another, __shared__ variables are statics (one block at a time uses
-#: them), atomics and fences are the C++ ones, the math functions libm's.
+#: Prepended to a CUDA source to compile it as C++ for the host: blocks run one after
+#: another; a kernel that meets at __syncthreads runs each block's threads on a pool of
+#: std::threads, meeting at a std::barrier, and one that never does runs them one after
+#: another on the calling thread (:func:`synchronizing_kernels` tells them apart: waking
+#: 256 threads per block made each launch cost tens of milliseconds on 2 cores);
+#: __shared__ variables are statics (one block at a time uses them), atomics and fences
+#: are the C++ ones, the math functions libm's.
 HOST_SHIM = r"""
 #include <math.h>
 #include <stddef.h>
+#include <stdio.h>
+#include <stdlib.h>
 #include <atomic>
 #include <barrier>
 #include <condition_variable>
@@ -72,7 +77,14 @@ static dim3 gridDim, blockDim;
 static mg_uint3 blockIdx;
 static thread_local mg_uint3 threadIdx;
 static std::barrier<>* mg_block_barrier = nullptr;
-static inline void __syncthreads() { mg_block_barrier->arrive_and_wait(); }
+static inline void __syncthreads() {
+    if (mg_block_barrier == nullptr) {  /* a kernel launched as one that never syncs */
+        fprintf(stderr, "cuda host shim: __syncthreads in a kernel run without barriers "
+                        "(synchronizing_kernels missed it)\n");
+        abort();
+    }
+    mg_block_barrier->arrive_and_wait();
+}
 static inline void __threadfence() { std::atomic_thread_fence(std::memory_order_seq_cst); }
 static inline unsigned int atomicAdd(unsigned int* p, unsigned int v) {
     return __atomic_fetch_add(p, v, __ATOMIC_SEQ_CST);
@@ -119,7 +131,7 @@ struct mg_pool {
 static mg_pool* mg_threads = new mg_pool;
 
 template <typename... A, typename... B>
-static void mg_launch(void (*kernel)(A...), dim3 grid, dim3 block, B... args) {
+static void mg_launch(void (*kernel)(A...), bool syncs, dim3 grid, dim3 block, B... args) {
     gridDim = grid;
     blockDim = block;
     const unsigned int threads = block.x * block.y * block.z;
@@ -127,12 +139,21 @@ static void mg_launch(void (*kernel)(A...), dim3 grid, dim3 block, B... args) {
     for (unsigned int by = 0; by < grid.y; ++by)
     for (unsigned int bx = 0; bx < grid.x; ++bx) {
         blockIdx = mg_uint3{bx, by, bz};
+        if (!syncs) {
+            for (unsigned int t = 0; t < threads; ++t) {
+                threadIdx = mg_uint3{t % block.x, (t / block.x) % block.y,
+                                     t / (block.x * block.y)};
+                kernel(args...);
+            }
+            continue;
+        }
         std::barrier<> barrier(threads);
         mg_block_barrier = &barrier;
         mg_threads->run(threads, [=](unsigned int t) {
             threadIdx = mg_uint3{t % block.x, (t / block.x) % block.y, t / (block.x * block.y)};
             kernel(args...);
         });
+        mg_block_barrier = nullptr;
     }
     /* back to one thread */
     gridDim = dim3{};
@@ -143,16 +164,41 @@ static void mg_launch(void (*kernel)(A...), dim3 grid, dim3 block, B... args) {
 """
 
 
-def host_launchers(source):
+_FUNCTION = re.compile(r'(?:__global__|__device__)[^;{]*?\b(\w+)\s*\([^)]*\)\s*\{')
+
+
+def synchronizing_kernels(source, common=""):
+    """The names of the ``extern "C" __global__`` kernels of ``source`` that reach
+    ``__syncthreads``, in their own body or through the ``__device__`` functions
+    they call (of ``source`` or of the ``common`` code put before it)."""
+    bodies = {}
+    for text in (common, source):
+        for match in _FUNCTION.finditer(text):
+            depth, i = 1, match.end()
+            while depth:
+                depth += {"{": 1, "}": -1}.get(text[i], 0)
+                i += 1
+            bodies[match.group(1)] = bodies.get(match.group(1), "") + text[match.end():i]
+    syncing = {name for name, body in bodies.items() if "__syncthreads" in body}
+    while True:  # callers of a syncing function sync too
+        more = {name for name, body in bodies.items() if name not in syncing and any(
+            re.search(rf"\b{callee}\s*[(<]", body) for callee in syncing)}
+        if not more:
+            return {name for name in raw_kernels(source) if name in syncing}
+        syncing |= more
+
+
+def host_launchers(source, common=""):
     """C wrappers ``mg_launch_<kernel>(gx, gy, gz, bx, by, bz, args...)`` for every
     ``extern "C" __global__`` kernel of ``source`` (compiled with :data:`HOST_SHIM`)."""
-    out = []
+    out, syncs = [], synchronizing_kernels(source, common)
     for name, plist in raw_kernels(source).items():
         decl = ", ".join(f"{t} {p}" for t, p in plist)
         names = ", ".join(p for _, p in plist)
         out.append(f'extern "C" void mg_launch_{name}(unsigned int gx, unsigned int gy, '
                    f'unsigned int gz, unsigned int bx, unsigned int by, unsigned int bz, '
-                   f'{decl}) {{\n    mg_launch({name}, dim3{{gx, gy, gz}}, '
+                   f'{decl}) {{\n    mg_launch({name}, {"true" if name in syncs else "false"}, '
+                   f'dim3{{gx, gy, gz}}, '
                    f'dim3{{bx, by, bz}}, {names});\n}}\n')
     return "".join(out)
 
@@ -187,7 +233,7 @@ class HostLibrary:
                 continue
             sources.add(spec.source)
             parts.append(f"namespace mg_host_{k} {{\n{spec.source}\n"
-                         f"{host_launchers(spec.source)}}}\n")
+                         f"{host_launchers(spec.source, _cuda.common_source())}}}\n")
         source = "".join(parts)
         digest = hashlib.sha1(source.encode()).hexdigest()[:16]
         cpp = os.path.join(folder, f"mg_host_{digest}.cpp")

@@ -137,3 +137,19 @@ def test_install_runs_the_kernels_and_is_undone_after_the_test(host_library):
             assert (0, "dense.cu") in _cuda._modules  # one RawModule per (device, file)
     after = (sys.modules.get("cupy"), device._BUILT.get("cupy"), _cuda._modules, np.asarray)
     assert all(a is b for a, b in zip(after, before))  # the same objects as before
+
+
+def test_kernels_that_meet_at_a_barrier_are_told_from_those_that_never_do():
+    """The host shim runs a kernel without __syncthreads on one thread (and aborts if
+    one is met there): the analysis must follow the __device__ functions called."""
+    common = "__device__ __forceinline__ void mg_meet() { __syncthreads(); }\n"
+    source = """
+template <typename F>
+__device__ __forceinline__ void mg_reduce(F* a) { if (a) { mg_meet(); } }
+__device__ __forceinline__ void mg_scale(float* a) { a[threadIdx.x] *= 2.0f; }
+extern "C" __global__ void mg_sum_f32(float* a) { mg_reduce<float>(a); }
+extern "C" __global__ void mg_double_f32(float* a) { mg_scale(a); }
+extern "C" __global__ void mg_direct_f32(float* a) { { a[0] = 1; } __syncthreads(); }
+"""
+    assert cs.synchronizing_kernels(source, common) == {"mg_sum_f32", "mg_direct_f32"}
+    assert cs.synchronizing_kernels(source) == {"mg_direct_f32"}  # without the helper's body
