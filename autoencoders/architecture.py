@@ -21,6 +21,10 @@ kernel with padding k // 2); its transposed twin gives back s exactly with
 -- so the decoder's output has the input's shape for **any** H x W (checked when the
 model is built).  Data stay rows of pixels (or (n, C, H, W) arrays, flattened on
 entry), so training, losses, files and search are the same for both kinds.
+
+**Fully convolutional** (``sizes = [input_dim]`` with ``channels``): no Dense layer;
+the code is the last convolution's output, flattened (c_last·h·w values, with the
+flavor's latent activation), and the decoder starts at its Unflatten.
 """
 from __future__ import annotations
 
@@ -102,14 +106,15 @@ def conv_shape(name, image_shape, channels, kernel_size, input_dim):
     return ConvShape(image_shape, [int(c) for c in channels], int(kernel_size))
 
 
-def encoder_front(shape, activation, dtype, rng):
+def encoder_front(shape, activation, last_activation, dtype, rng):
     """Unflatten and the convolutions, each with ``activation`` (fused into the layer,
-    as Dense's), then Flatten."""
+    as Dense's) but the last, which has ``last_activation`` (the code's, in a fully
+    convolutional model), then Flatten."""
     layers, c_in = [nn.Unflatten(shape.image_shape)], shape.image_shape[0]
-    for c_out in shape.channels:
+    for i, c_out in enumerate(shape.channels):
+        act = last_activation if i == len(shape.channels) - 1 else activation
         layers.append(nn.Conv2d(c_in, c_out, shape.kernel_size, stride=2,
-                                padding=shape.padding, activation=activation, dtype=dtype,
-                                rng=rng))
+                                padding=shape.padding, activation=act, dtype=dtype, rng=rng))
         c_in = c_out
     return layers + [nn.Flatten()]
 

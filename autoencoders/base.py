@@ -68,7 +68,10 @@ class Autoencoder(nn.Module):
         A convolutional model (:mod:`autoencoders.architecture`): ``channels=(32,
         64)`` stride-2 convolutions of ``kernel_size`` (3) read each row as an image
         of ``image_shape`` (C, H, W), C·H·W = ``sizes[0]``, before the Dense layers
-        ``sizes[1:]``; the decoder mirrors them back to that shape.
+        ``sizes[1:]``; the decoder mirrors them back to that shape.  With
+        ``sizes=[input_dim]`` alone the model is fully convolutional: the code is
+        the last convolution's output (with ``latent_activation``), flattened,
+        and ``latent_dim`` is its size.
     encoder, decoder : minigrad.nn.Module, optional
         Your own Modules instead of ``sizes``; give ``input_dim`` too.  The
         decoder must return pre-activations (``output`` is applied on top).
@@ -132,7 +135,14 @@ class Autoencoder(nn.Module):
             if input_dim is not None or latent_dim is not None:
                 raise ValueError(f"{self._name}: input_dim and latent_dim go with your own "
                                  f"encoder and decoder; with sizes they come from the list")
-            self.sizes = _check_sizes(self._name, sizes, self._min_sizes)
+            minimum, hint = self._min_sizes, ""
+            if not self._fully_convolutional:
+                hint = f" ({self._name} has no fully convolutional form)"
+            elif channels is None:
+                hint = " (or [input_dim] with channels: fully convolutional)"
+            else:
+                minimum = 1
+            self.sizes = _check_sizes(self._name, sizes, minimum, hint)
             self.conv = architecture.conv_shape(self._name, image_shape, channels, kernel_size,
                                                 self.sizes[0])
             self.dtype = str(dtype or "float32")
@@ -140,7 +150,8 @@ class Autoencoder(nn.Module):
             rng = numpy.random.default_rng(seed)
             self.encoder = self._build_encoder(rng)
             self.decoder = self._build_decoder(rng)
-            self.input_dim, self.latent_dim = self.sizes[0], self.sizes[-1]
+            self.input_dim = self.sizes[0]
+            self.latent_dim = self.sizes[-1] if len(self.sizes) > 1 else self.conv.flat_width
         else:
             if channels is not None or image_shape is not None:
                 raise ValueError(f"{self._name}: channels and image_shape build the encoder "
@@ -151,6 +162,7 @@ class Autoencoder(nn.Module):
 
     # -- construction -------------------------------------------------------------
     _min_sizes = 2
+    _fully_convolutional = True  # sizes=[input_dim] with channels: the code is a feature map
 
     @property
     def _name(self):
@@ -193,10 +205,12 @@ class Autoencoder(nn.Module):
 
     def _front(self, rng):
         """``(layers before the Dense ones, their output width)``: a convolutional
-        model's Unflatten-convolutions-Flatten, or nothing."""
+        model's Unflatten-convolutions-Flatten (the last convolution giving the code
+        when no Dense layer follows), or nothing."""
         if self.conv is None:
             return [], self.sizes[0]
-        return (architecture.encoder_front(self.conv, self.activation, self.dtype, rng),
+        last = self.latent_activation if len(self.sizes) == 1 else self.activation
+        return (architecture.encoder_front(self.conv, self.activation, last, self.dtype, rng),
                 self.conv.flat_width)
 
     def _build_encoder(self, rng):
@@ -605,7 +619,7 @@ def _check_declared_sizes(path, sizes, weights, conv=None, name=None):
     model is built before its weights are compared, so a hostile config could
     otherwise make ``load`` allocate any amount of memory.  Every flavor has at least
     the encoder's weights (:func:`autoencoders.architecture.least_weights`)."""
-    sizes = _check_sizes(f"{path}: config", sizes, 2)
+    sizes = _check_sizes(f"{path}: config", sizes, 2 if conv is None else 1)
     shape = None if conv is None else architecture.conv_shape(
         f"{path}: config ({name})", conv["image_shape"], conv["channels"], conv["kernel_size"],
         sizes[0])
@@ -616,7 +630,7 @@ def _check_declared_sizes(path, sizes, weights, conv=None, name=None):
                          f"{declared} weights, but the file holds {held}; the file is damaged")
 
 
-def _check_sizes(name, sizes, minimum):
+def _check_sizes(name, sizes, minimum, hint=""):
     if sizes is None:
         raise ValueError(f"{name}: give sizes [input_dim, hidden..., latent_dim], or your own "
                          f"encoder and decoder")
@@ -626,7 +640,7 @@ def _check_sizes(name, sizes, minimum):
         raise ValueError(f"{name}: sizes must be a list of integers, got {sizes!r}") from None
     if len(sizes) < minimum:
         raise ValueError(f"{name}: sizes needs at least {minimum} entries "
-                         f"[input_dim, ..., latent_dim], got {sizes}")
+                         f"[input_dim, ..., latent_dim], got {sizes}{hint}")
     for i, n in enumerate(sizes):
         if isinstance(n, bool) or not isinstance(n, (int, numpy.integer)) or n <= 0:
             raise ValueError(f"{name}: sizes[{i}] = {n!r}; every size must be a positive "

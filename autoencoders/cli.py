@@ -52,6 +52,14 @@ def _hidden_sizes(text):
     return _int_list(1, "positive integers (layer widths)")(text)
 
 
+def _latent_size(text):
+    """The code size: a positive integer, or "none" (--arch conv: the last
+    convolution's output is the code, a fully convolutional model)."""
+    if str(text).strip().lower() == "none":
+        return "none"
+    return _positive_int(text)
+
+
 def _number(low, low_inclusive, what):
     def parse(text):
         try:
@@ -99,8 +107,9 @@ def _common(parser, *, flavor, latent, hidden, epochs, batch_size=128, lr=1e-3, 
     g.add_argument("--flavor", default=flavor, choices=_FLAVORS,
                    help="vanilla, sparse, denoising, contractive or variational "
                         "(default: %(default)s)")
-    g.add_argument("--latent", type=_positive_int, default=latent,
-                   help="code size (default: %(default)s)")
+    g.add_argument("--latent", type=_latent_size, default=latent,
+                   help="code size, or none with --arch conv: the last convolution's output "
+                        "is the code, no Dense layer (default: %(default)s)")
     g.add_argument("--hidden", type=_hidden_sizes, default=None,
                    help=f"Dense hidden layer sizes, comma-separated, or none (default: "
                         f"{hidden} with --arch mlp, {conv_hidden} with conv)")

@@ -155,7 +155,14 @@ def build_model(options, input_dim, flavor=None, image_shape=None, **hyper):
     if cls is None:
         raise UsageError(f"--flavor {flavor!r} is not a flavor; expected one of "
                          f"{sorted(FLAVORS)}")
-    sizes = [input_dim, *_hidden(options), options.latent]
+    latent, hidden = options.latent, _hidden(options)
+    if latent == "none":  # fully convolutional: the last convolution's output is the code
+        if _arch(options) != "conv" or hidden:
+            given = ",".join(map(str, hidden)) or "none"
+            raise UsageError("--latent none makes the last convolution's output the code: "
+                             f"it needs --arch conv and --hidden none, got --arch "
+                             f"{_arch(options)} and --hidden {given}")
+    sizes = [input_dim, *hidden] + ([] if latent == "none" else [latent])
     if _arch(options) == "conv":
         if image_shape is None:  # pragma: no cover - every command passes its images' shape
             raise UsageError("--arch conv needs images")

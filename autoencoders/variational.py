@@ -83,6 +83,7 @@ class VariationalAutoencoder(Autoencoder):
 
     flavor = "variational"
     _has_latent_activation = False
+    _fully_convolutional = False  # the mu and log_var heads are Dense layers to latent_dim
 
     def __init__(self, sizes=None, *, beta=1.0, kl_warmup_epochs=0, **options):
         if options.get("latent_activation") is not None:

@@ -25,6 +25,7 @@ def test_main_job_benchmark_runs_in_turns_and_counts_subnormals(tmp_path):
     assert len(result["loss"]) == 2 and result["loss"][1] < result["loss"][0]
     assert result["subnormal_grads"] == 0 and result["subnormal_moments"] == 0
     assert "seconds per epoch" in proc.stdout and "numba last epoch / first" in proc.stdout
+    assert "Numba's disk cache was filled first by a" in proc.stdout
 
 
 def test_step_benchmark_targets_compare_with_the_fastest_peer():

@@ -41,13 +41,17 @@ def numpy_backend():
 
 
 @st.composite
-def small_conv(draw):
-    """Options of a small conv model and a batch size."""
+def small_conv(draw, fully_convolutional=True):
+    """Options of a small conv model and a batch size; a fully convolutional one
+    (sizes [input_dim]: the last convolution's output is the code) among them."""
     shape = (draw(st.integers(1, 2)), draw(st.integers(3, 7)), draw(st.integers(3, 7)))
     channels = tuple(draw(st.lists(st.integers(1, 3), min_size=1, max_size=2)))
     hidden = draw(st.lists(st.integers(2, 4), max_size=1))
+    dense = [*hidden, draw(st.integers(1, 3))]
+    if fully_convolutional and draw(st.booleans()):
+        dense = []
     loss = draw(st.sampled_from(["bce", "mse"]))
-    return dict(sizes=[math.prod(shape), *hidden, draw(st.integers(1, 3))], image_shape=shape,
+    return dict(sizes=[math.prod(shape), *dense], image_shape=shape,
                 channels=channels, kernel_size=draw(st.sampled_from([1, 3])), loss=loss,
                 output="sigmoid" if loss == "bce" else "identity",
                 activation=draw(st.sampled_from(["tanh", "sigmoid", "softplus", "leaky_relu"])),
@@ -104,7 +108,7 @@ def test_contractive_conv_gradients(device, opts, latent):
 
 @on_cpu
 @SETTINGS
-@given(small_conv())
+@given(small_conv(fully_convolutional=False))  # the heads are Dense layers to latent_dim
 def test_variational_conv_gradients(device, opts):
     options, batch = opts
     check_loss_gradients(VariationalAutoencoder(beta=0.5, **options), batch, options["seed"])
@@ -115,6 +119,7 @@ def test_variational_conv_gradients(device, opts):
     ((1, 9, 8), (2, 3), 3, [72, 6, 4]),     # two, and a Dense hidden layer
     ((1, 5, 5), (2,), 5, [25, 3]),          # a kernel as large as the padded image
     ((1, 4, 6), (2,), 1, [24, 3]),          # 1x1: rows and columns no window reaches
+    ((1, 7, 6), (2, 2), 3, [42]),           # fully convolutional: the code is a feature map
 ])
 def test_the_contractive_penalty_of_a_conv_encoder_is_the_exact_jacobian_norm(shape, channels,
                                                                               k, sizes):
@@ -160,6 +165,30 @@ def test_conv_models_save_and_load_without_pickle(tmp_path):
         np.testing.assert_array_equal(loaded.transform(x), model.transform(x))
         with np.load(path, allow_pickle=False) as archive:  # plain arrays and JSON
             assert "__config__" in archive.files
+
+
+def test_a_fully_convolutional_model_codes_with_its_last_convolution(tmp_path):
+    """sizes [input_dim] with channels: no Dense layer; the code is the last
+    convolution's output (with the flavor's latent activation), flattened."""
+    x = np.random.default_rng(0).random((4, 2 * 7 * 5)).astype(np.float32)
+    for name, cls in FLAVORS.items():
+        if name == "variational":
+            with pytest.raises(ValueError, match="has no fully convolutional form"):
+                cls([70], image_shape=(2, 7, 5), channels=(3, 4), seed=1)
+            continue
+        model = cls([70], image_shape=(2, 7, 5), channels=(3, 4), seed=1)
+        assert model.latent_dim == 4 * 2 * 2  # 7x5 -> 4x3 -> 2x2, 4 channels
+        assert not [m for _, m in model.named_modules() if type(m).__name__ == "Dense"]
+        last_conv = [m for _, m in model.encoder.named_modules()
+                     if type(m).__name__ == "Conv2d"][-1]
+        assert last_conv.activation == (model.latent_activation or "identity")
+        codes = model.transform(x)
+        assert codes.shape == (4, 16) and model.reconstruct(x).shape == (4, 70)
+        loaded = cls.load(model.save(tmp_path / f"{name}.npz"))
+        assert loaded.sizes == [70] and loaded.latent_dim == 16
+        np.testing.assert_array_equal(loaded.transform(x), codes)
+    with pytest.raises(ValueError, match=r"or \[input_dim\] with channels"):
+        VanillaAutoencoder([70])
 
 
 def test_a_version_2_conv_file_still_loads(tmp_path, monkeypatch):
@@ -252,3 +281,20 @@ def test_arch_conv_on_the_command_line(tmp_path, fashion_dir, command, extra):
         assert config["conv"]["channels"] == [4, 8]
         assert config["sizes"][1:] == hidden + [2 if command == "manifold" else 8]
     assert json.loads((out / "config.json").read_text())["options"]["arch"] == "conv"
+
+
+def test_latent_none_on_the_command_line_is_fully_convolutional(tmp_path, fashion_dir, capsys):
+    out = tmp_path / "denoise"
+    assert cli.main(["denoise", "--arch", "conv", "--channels", "4,8", "--latent", "none",
+                     "--hidden", "none", "--epochs", "1", "--no-progress", "--out", str(out),
+                     "--data-dir", str(fashion_dir)]) == 0
+    for path in sorted(out.glob("*.npz")):
+        config, _ = files.read_model(path)
+        assert config["sizes"] == [784] and config["conv"]["channels"] == [4, 8]
+    for bad, words in ((["--arch", "mlp"], "needs --arch conv and --hidden none, got --arch mlp"),
+                       (["--arch", "conv", "--hidden", "16"], "got --arch conv and --hidden 16")):
+        capsys.readouterr()
+        with pytest.raises(SystemExit) as stop:
+            cli.main(["denoise", "--latent", "none", "--epochs", "1", "--no-progress",
+                      "--out", str(tmp_path / "x"), "--data-dir", str(fashion_dir)] + bad)
+        assert stop.value.code == 2 and words in capsys.readouterr().err
