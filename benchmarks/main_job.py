@@ -268,6 +268,8 @@ def run_interleaved(names, args):
            str(args.epochs), "--chunks", str(args.chunks)]
     workers = [Worker(n, cmd + ["--worker", n]) for n in names]
     workers += baseline_workers(names, cmd, args)
+    for w in workers:  # every process started before the first turn
+        w.wait_until_set_up()
     epochs = {w.name: [0.0] * args.epochs for w in workers}
     for epoch in range(args.epochs):
         for _ in range(args.chunks):

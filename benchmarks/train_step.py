@@ -416,8 +416,16 @@ def _worker(name, batch_sizes, min_seconds, epochs, check_steps, rounds):
 # pause between turns so the last process's BLAS threads stop spinning.  Each
 # framework's numbers are then spread over the same stretch of time as its peers'.
 
+_said_ready = False
+
+
 def wait_for_go():
-    """(In a worker) block until the parent says "go"; False on "stop" or a closed pipe."""
+    """(In a worker) block until the parent says "go"; False on "stop" or a closed pipe.
+    The first call first tells the parent the worker is set up (``READY``)."""
+    global _said_ready
+    if not _said_ready:
+        print("READY", flush=True)
+        _said_ready = True
     return sys.stdin.readline().strip() == "go"
 
 
@@ -429,13 +437,43 @@ def end_turn(seconds):
 class Worker:
     """(In the parent) one framework's subprocess, driven a turn at a time."""
 
-    def __init__(self, name, cmd):
+    def __init__(self, name, cmd, says_ready=True):
         self.name = name
         self.err = tempfile.TemporaryFile(mode="w+")  # a pipe could fill up and block
         self.proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
                                      stderr=self.err, text=True, bufsize=1)
         self.failed = None
+        self.says_ready = says_ready
 
+    def wait_until_set_up(self):
+        """Block until the worker has started (imports, data, model) and waits for its
+        first turn: a turn must not share the machine with the others' start (the
+        first framework's first epoch measured 3.5 s slow for it).  A worker says
+        READY; one of an older checkout (``--baseline``) may not, and is taken as set
+        up once it has used no CPU for a second."""
+        if self.says_ready:
+            while not self.failed:
+                line = self.proc.stdout.readline()
+                if not line:
+                    return self._fail()
+                if line.strip() == "READY":
+                    return True
+            return None
+        stat, last = f"/proc/{self.proc.pid}/stat", None
+        if not os.path.exists(stat):  # not Linux: give it time
+            time.sleep(30)
+            return True
+        for _ in range(600):
+            try:
+                with open(stat) as f:  # utime and stime: fields 14 and 15
+                    used = sum(int(v) for v in f.read().rsplit(")", 1)[1].split()[11:13])
+            except OSError:
+                return None  # it exited: its first turn reports why
+            if used == last:
+                return True
+            last = used
+            time.sleep(1.0)
+        return True
     def turn(self):
         """Let the worker run its next turn; the seconds it reports, or None if it failed."""
         if self.failed:
@@ -487,6 +525,8 @@ def run_interleaved(names, args):
           flush=True)
     workers = [Worker(n, cmd + ["--worker", n]) for n in names]
     workers += baseline_workers(names, cmd, args)
+    for w in workers:  # every process started before the first turn
+        w.wait_until_set_up()
     step_turns = 1 + len(args.batch) * args.rounds
     for turn in range(step_turns + args.epochs):
         for w in workers:
@@ -507,7 +547,8 @@ def baseline_workers(names, cmd, args):
                           os.path.basename(cmd[1]))
     if not os.path.isfile(script):
         raise SystemExit(f"--baseline {args.baseline}: no {script}")
-    return [Worker(f"{n}@baseline", [cmd[0], script] + cmd[2:] + ["--worker", n])
+    return [Worker(f"{n}@baseline", [cmd[0], script] + cmd[2:] + ["--worker", n],
+                   says_ready=False)
             for n in names if n.startswith("minigrad")]
 
 
