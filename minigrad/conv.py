@@ -42,37 +42,34 @@ library's (BLAS, cuBLAS).
 """
 from __future__ import annotations
 
-import math
 import numbers
 
 import numpy as np
 
 from .activations import activation as _activation_entry
-from .functions import activate
 from .tensor import Function, as_tensor
 
 IDENTITY = _activation_entry("identity")
 
 __all__ = ["conv2d", "conv_transpose2d", "upsample2d", "Conv2dFunction",
            "ConvTranspose2dFunction", "Upsample2dFunction", "pair", "check_input",
-           "output_size", "transposed_output_size", "layer_arguments", "layer_output_shape",
-           "layer_repr", "layer_forward", "initial_parameters"]
+           "output_size", "transposed_output_size"]
 
 
 # ----------------------------------------------------------------------------
-# arguments and shapes (shared with the modules of minigrad.nn)
+# arguments and shapes (the layers' own are in minigrad.conv_layers)
 # ----------------------------------------------------------------------------
 
-def _is_int(v):
+def is_int(v):
     return isinstance(v, numbers.Integral) and not isinstance(v, bool)
 
 
 def pair(op, name, value, least):
     """``value`` -- an int, or a pair of ints (height, width) -- as a pair of ints
     >= ``least``; otherwise a ValueError naming ``op``, the argument and its value."""
-    values = (value, value) if _is_int(value) else value
+    values = (value, value) if is_int(value) else value
     if not (isinstance(values, (tuple, list)) and len(values) == 2
-            and all(_is_int(v) and v >= least for v in values)):
+            and all(is_int(v) and v >= least for v in values)):
         raise ValueError(f"{op}: {name}={value!r}; expected an integer >= {least} or a "
                          f"pair (height, width) of them")
     return int(values[0]), int(values[1])
@@ -90,25 +87,10 @@ def transposed_output_size(size, kernel_size, stride, padding, output_padding):
                  zip(size, kernel_size, stride, padding, output_padding))
 
 
-def _check_output_padding(op, output_padding, stride):
+def check_output_padding(op, output_padding, stride):
     if any(p >= s for p, s in zip(output_padding, stride)):
         raise ValueError(f"{op}: output_padding={output_padding} must be smaller than "
                          f"stride={stride} in each dimension")
-
-
-def layer_arguments(op, in_channels, out_channels, kernel_size, stride, padding,
-                    output_padding):
-    """A convolution layer's arguments, checked (a ValueError naming the argument and
-    its value) and normalized: ``(in_channels, out_channels, kernel_size, stride,
-    padding, output_padding)``, the last four as pairs."""
-    for name, value in (("in_channels", in_channels), ("out_channels", out_channels)):
-        if not _is_int(value) or value < 1:
-            raise ValueError(f"{op}: {name}={value!r}; expected a positive integer")
-    stride = pair(op, "stride", stride, 1)
-    output_padding = pair(op, "output_padding", output_padding, 0)
-    _check_output_padding(op, output_padding, stride)
-    return (int(in_channels), int(out_channels), pair(op, "kernel_size", kernel_size, 1),
-            stride, pair(op, "padding", padding, 0), output_padding)
 
 
 def check_input(op, shape, channels, kernel_size, stride, padding, output_padding=None,
@@ -127,7 +109,7 @@ def check_input(op, shape, channels, kernel_size, stride, padding, output_paddin
         raise ValueError(f"{op}: input has shape {shape} with {shape[-3]} channels; expected "
                          f"({expected})")
     if output_padding is not None:
-        _check_output_padding(op, output_padding, stride)
+        check_output_padding(op, output_padding, stride)
         out = transposed_output_size(shape[-2:], kernel_size, stride, padding, output_padding)
         if min(out) < 1:
             raise ValueError(f"{op}: input of shape {shape} gives an output of height x width "
@@ -140,56 +122,6 @@ def check_input(op, shape, channels, kernel_size, stride, padding, output_paddin
                          f"{h + 2 * ph}x{w + 2 * pw} with padding={padding}, smaller than "
                          f"the kernel {kh}x{kw}; expected at least the kernel's size")
     return output_size((h, w), kernel_size, stride, padding)
-
-
-def layer_output_shape(layer, input_shape, batched=False):
-    """:meth:`minigrad.nn.Conv2d.output_shape` (and ConvTranspose2d's): (C, H, W) out
-    for (C, H, W) in, or (N, C, H, W) for (N, C, H, W) (only that when ``batched``)."""
-    shape = tuple(input_shape)
-    size = check_input(repr(layer), shape, layer.in_channels, layer.kernel_size,
-                       layer.stride, layer.padding,
-                       layer.output_padding if layer.transposed else None,
-                       unbatched=not batched)
-    return shape[:-3] + (layer.out_channels,) + tuple(size)
-
-
-def layer_repr(layer):
-    extra = f", output_padding={layer.output_padding}" if layer.transposed else ""
-    return (f"{layer.in_channels}, {layer.out_channels}, kernel_size={layer.kernel_size}, "
-            f"stride={layer.stride}, padding={layer.padding}{extra}"
-            + ("" if layer.bias is not None else ", bias=False")
-            + ("" if layer.activation == "identity" else f", activation={layer.activation!r}"))
-
-
-def layer_forward(layer, x):
-    """The output of a Conv2d or ConvTranspose2d ``layer`` for the batch ``x``.
-
-    The one place that decides, as ``nn.Dense`` does: on a device with fused kernels
-    (Numba, CUDA) the activation runs inside the convolution's own pass over its
-    output (and its derivative inside backward's); on the NumPy reference backend it
-    is the activation primitive applied to the convolution's output."""
-    layer_output_shape(layer, x.shape, batched=True)  # errors name the layer
-    fused = x.device.fused or layer.activation == "identity"
-    options = dict(activation=layer.activation if fused else None,
-                   negative_slope=layer.negative_slope)
-    if layer.transposed:
-        y = conv_transpose2d(x, layer.weight, layer.bias, layer.stride, layer.padding,
-                             layer.output_padding, **options)
-    else:
-        y = conv2d(x, layer.weight, layer.bias, layer.stride, layer.padding, **options)
-    return y if fused else activate(y, layer.activation, layer.negative_slope)
-
-
-def initial_parameters(layer, rng, bias):
-    """A layer's (weight, bias or None) as PyTorch initialises them (kaiming-uniform
-    with a = sqrt 5): U(-a, a), a = 1 / sqrt(fan_in), fan_in = weight.shape[1] kh kw --
-    in_channels kh kw for Conv2d, out_channels kh kw for ConvTranspose2d, whose weight
-    is (in_channels, out_channels, kh, kw)."""
-    channels = (layer.in_channels, layer.out_channels)
-    shape = (channels if layer.transposed else channels[::-1]) + layer.kernel_size
-    limit = 1.0 / math.sqrt(math.prod(shape[1:]))
-    weight = rng.uniform(-limit, limit, shape)
-    return weight, (rng.uniform(-limit, limit, layer.out_channels) if bias else None)
 
 
 def _check_operands(op, x, weight, bias, channels_axis):

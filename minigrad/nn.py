@@ -11,7 +11,7 @@ import math
 
 import numpy
 
-from . import activations, conv
+from . import activations, conv_layers
 from . import functions as F
 from .device import device_type, get_backend, move
 from .tensor import Function, Tensor
@@ -293,7 +293,7 @@ class Dense(Module):
 class _Convolution(Module):
     """What Conv2d and ConvTranspose2d share: arguments, shape checks, PyTorch's
     initialisation and the activation after the convolution, fused into its kernels
-    as Dense's is (see :func:`minigrad.conv.layer_forward`)."""
+    as Dense's is (see :func:`minigrad.conv_layers.layer_forward`)."""
 
     transposed = False
 
@@ -301,12 +301,12 @@ class _Convolution(Module):
                  output_padding, bias, activation, negative_slope, dtype, rng):
         super().__init__()
         (self.in_channels, self.out_channels, self.kernel_size, self.stride, self.padding,
-         self.output_padding) = conv.layer_arguments(
+         self.output_padding) = conv_layers.layer_arguments(
             type(self).__name__, in_channels, out_channels, kernel_size, stride, padding,
             output_padding)
         self.activation, self.negative_slope = _activation_name(activation), float(negative_slope)
         rng = rng if isinstance(rng, numpy.random.Generator) else numpy.random.default_rng(rng)
-        w, b = conv.initial_parameters(self, rng, bias)
+        w, b = conv_layers.initial_parameters(self, rng, bias)
         xp = get_backend().xp
         self.weight = Parameter(xp.asarray(w, dtype=dtype))
         self.bias = None if b is None else Parameter(xp.asarray(b, dtype=dtype))
@@ -314,13 +314,13 @@ class _Convolution(Module):
     def output_shape(self, input_shape):
         """The output's (C, H, W) for an input of ``input_shape`` (C, H, W), or
         (N, C, H, W) for (N, C, H, W); a ValueError for an input the layer refuses."""
-        return conv.layer_output_shape(self, input_shape)
+        return conv_layers.layer_output_shape(self, input_shape)
 
     def forward(self, x):
-        return conv.layer_forward(self, x if isinstance(x, Tensor) else Tensor(x))
+        return conv_layers.layer_forward(self, x if isinstance(x, Tensor) else Tensor(x))
 
     def extra_repr(self):
-        return conv.layer_repr(self)
+        return conv_layers.layer_repr(self)
 
 
 class Conv2d(_Convolution):

@@ -16,7 +16,7 @@ from hypothesis import strategies as st
 
 from helpers import HAS_NUMBA, tolerance
 from minigrad import activations, kernels
-from minigrad.kernels import _jit, conv
+from minigrad.kernels import _jit, conv, conv_epilogue
 
 REF = kernels.Kernels("numpy")
 SETTINGS = settings(max_examples=15, deadline=None,
@@ -53,12 +53,14 @@ def im2col_by_definition(x, kernel_size, stride, padding):
 
 
 def test_every_conv_kernel_has_three_versions():
-    assert set(conv.KERNELS) == {"im2col", "col2im", "conv_forward", "conv_backward"} \
-        <= set(kernels.names())
-    for name in conv.KERNELS:
-        for backend in ("numpy", "numba", "cupy"):
-            assert getattr(kernels.Kernels(backend), name).__wrapped__ is \
-                getattr(conv, f"{name}_{backend}")
+    assert conv.KERNELS + conv_epilogue.KERNELS == (
+        "im2col", "col2im", "conv_forward", "conv_backward")
+    assert set(conv.KERNELS + conv_epilogue.KERNELS) <= set(kernels.names())
+    for module in (conv, conv_epilogue):
+        for name in module.KERNELS:
+            for backend in ("numpy", "numba", "cupy"):
+                assert getattr(kernels.Kernels(backend), name).__wrapped__ is \
+                    getattr(module, f"{name}_{backend}")
 
 
 @settings(max_examples=25, deadline=None)

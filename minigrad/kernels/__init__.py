@@ -6,14 +6,15 @@ live side by side in one module -- the NumPy reference, the Numba twin and the C
 twin (whose CUDA code is in the ``.cu`` file beside the module) -- named
 ``<kernel>_numpy``, ``<kernel>_numba`` and ``<kernel>_cupy``:
 
-=================  =====================================================
-module             kernels (its ``KERNELS``)
-=================  =====================================================
-``dense.py``       ``dense_forward``, ``dense_backward``
-``losses.py``      ``bce_with_logits``, ``mse``
-``optim.py``       ``sgd_update``, ``adam_update``
-``conv.py``        ``im2col``, ``col2im``, ``conv_forward``, ``conv_backward``
-=================  =====================================================
+====================  ==================================================
+module                kernels (its ``KERNELS``)
+====================  ==================================================
+``dense.py``          ``dense_forward``, ``dense_backward``
+``losses.py``         ``bce_with_logits``, ``mse``
+``optim.py``          ``sgd_update``, ``adam_update``
+``conv.py``           ``im2col``, ``col2im``
+``conv_epilogue.py``  ``conv_forward``, ``conv_backward``
+====================  ==================================================
 
 Each attribute checks its arguments' shapes and dtypes first (:mod:`._checks`).
 Kernel modules are imported when a backend first asks for its kernels, never by
@@ -68,7 +69,7 @@ import importlib
 __all__ = ["Kernels", "MODULES", "names"]
 
 #: The kernel modules, each with a ``KERNELS`` tuple of the kernels it defines.
-MODULES = ("dense", "losses", "optim", "conv")
+MODULES = ("dense", "losses", "optim", "conv", "conv_epilogue")
 
 
 def _modules():

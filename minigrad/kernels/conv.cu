@@ -1,6 +1,6 @@
 /* The convolution's layout kernels (launched by minigrad/kernels/conv.py, which
- * describes the layout): x or image is an (n, c, h, w) batch, cols the
- * (c * kh * kw, n * oh * ow) matrix, both C-contiguous.  Every kernel takes the
+ * describes the layout) and the layers' epilogues (launched by conv_epilogue.py):
+ * x or image is an (n, c, h, w) batch, cols the (c * kh * kw, n * oh * ow) matrix, both C-contiguous.  Every kernel takes the
  * geometry as the same twelve ints: n, c, h, w, kh, kw, sh, sw, ph, pw, oh, ow. */
 
 /* cols[(ch, ki, kj), (b, oy, ox)] = x[b, ch, oy*sh - ph + ki, ox*sw - pw + kj], or 0
