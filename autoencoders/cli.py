@@ -208,9 +208,9 @@ def build_parser():
                                       "square input, or 28,28 when training)")
     b.add_argument("--mode", choices=("L", "RGB"), default="L",
                    help="grey (L) or colour (RGB) (default: %(default)s)")
-    b.add_argument("--kind", choices=("exact", "hnsw", "ivf"), default="exact",
+    b.add_argument("--kind", choices=("exact", "hnsw", "ivf", "pq"), default="exact",
                    help="exact search, or an approximate FAISS index for large collections "
-                        "(default: %(default)s)")
+                        "(pq: compressed codes, the fastest on a million; default: %(default)s)")
     q = actions.add_parser("query", help="the nearest indexed pictures of each IMAGE")
     q.add_argument("images", nargs="+", metavar="IMAGE", help="query picture files")
     q.add_argument("--index", required=True, help="an index folder written by 'index build'")

@@ -1,6 +1,6 @@
 """Similar-image search benchmark: the code index (``autoencoders/index.py``) with
 each engine -- exact NumPy, FAISS exact (``IndexFlatIP``), FAISS HNSW and FAISS
-IVF -- on random codes and, optionally, on a saved model's Fashion-MNIST codes.
+IVF, FAISS PQ fast scan with exact re-ranking -- on random codes and, optionally, on a saved model's Fashion-MNIST codes.
 
 Data: for each of ``--sizes`` (default 100,000 and 1,000,000), that many random
 128-d codes (standard Gaussian rows, L2-normalised: no cluster structure at all,
@@ -19,7 +19,8 @@ in one call, queries/s); recall@10 against exact search; memory: the index's
 own bytes (``CodeIndex.nbytes``: its float32 codes, plus FAISS's structure
 holding another copy of them) and how much the process's resident set grew
 while it was built.  HNSW is measured at each ``--ef-search``, IVF at each
-``--nprobe``, on one built index each; the module's defaults are marked.
+``--nprobe``, PQ at each ``--rerank``, on one built index each; the module's
+defaults are marked.
 
 Target (checked at the largest random size, and likewise reported for the
 largest clustered size): an approximate index at recall@10 >= 0.95 answers a
@@ -65,9 +66,10 @@ ENGINES = {  # name -> (kind, engine)
     "faiss-exact": ("exact", "faiss"),
     "hnsw": ("hnsw", "faiss"),
     "ivf": ("ivf", "faiss"),
+    "pq": ("pq", "faiss"),
 }
 LABELS = {"numpy": "exact NumPy", "faiss-exact": "FAISS exact", "hnsw": "FAISS HNSW",
-          "ivf": "FAISS IVF"}
+          "ivf": "FAISS IVF", "pq": "FAISS PQ fast scan + re-rank"}
 TARGET_RECALL, TARGET_SPEEDUP = 0.95, 10.0
 
 
@@ -129,6 +131,9 @@ def search_settings(name, args):
     if name == "ivf":
         default = DEFAULT_PARAMS["ivf"]["nprobe"]
         return [(f"nprobe={v}", {"nprobe": v}, v == default) for v in args.nprobe]
+    if name == "pq":
+        default = DEFAULT_PARAMS["pq"]["rerank"]
+        return [(f"rerank={v}", {"rerank": v}, v == default) for v in args.rerank]
     return [("", {}, True)]
 
 
@@ -137,6 +142,8 @@ def build_params(name, args):
         return {"M": args.M, "ef_construction": args.ef_construction}
     if name == "ivf":
         return {"nlist": args.nlist}
+    if name == "pq":
+        return {"M": args.pq_M}
     return {}
 
 
@@ -259,7 +266,7 @@ def main(argv=None):
     parser.add_argument("--dim", type=int, default=128, help="size of the random codes")
     parser.add_argument("--queries", type=int, default=1000)
     parser.add_argument("--k", type=int, default=10)
-    parser.add_argument("--engines", default="numpy,faiss-exact,hnsw,ivf",
+    parser.add_argument("--engines", default="numpy,faiss-exact,hnsw,ivf,pq",
                         help=f"comma-separated, of {', '.join(ENGINES)}")
     parser.add_argument("--M", type=int, default=DEFAULT_PARAMS["hnsw"]["M"])
     parser.add_argument("--ef-construction", type=int,
@@ -269,6 +276,10 @@ def main(argv=None):
     parser.add_argument("--nlist", type=int, default=DEFAULT_PARAMS["ivf"]["nlist"])
     parser.add_argument("--nprobe", type=ints, default=sorted(
         {8, 32, 128, 512, 768, DEFAULT_PARAMS["ivf"]["nprobe"]}))
+    parser.add_argument("--pq-M", type=int, default=DEFAULT_PARAMS["pq"]["M"],
+                        help="pq: sub-quantizers (default: half the code size)")
+    parser.add_argument("--rerank", type=ints, default=sorted(
+        {100, 200, 500, 1000, DEFAULT_PARAMS["pq"]["rerank"]}))
     parser.add_argument("--threads", type=int, default=None,
                         help="FAISS's OpenMP threads (default: FAISS's own choice, all cores)")
     parser.add_argument("--model", default=None, metavar="PATH",

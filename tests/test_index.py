@@ -29,7 +29,7 @@ NO_FAISS = "FAISS (the 'index' extra: pip install 'minigrad-autoencoders[index]'
 
 #: (kind, engine, params): every combination the module offers
 COMBINATIONS = [("exact", "numpy", {}), ("exact", "faiss", {}), ("hnsw", "faiss", {}),
-                ("ivf", "faiss", {"nlist": 16, "nprobe": 16})]
+                ("ivf", "faiss", {"nlist": 16, "nprobe": 16}), ("pq", "faiss", {})]
 
 
 def needs_faiss():
@@ -206,7 +206,8 @@ def test_a_tie_across_the_whole_index_is_broken_by_the_lower_id():
 
 # -- approximate kinds ------------------------------------------------------------------
 
-@pytest.mark.parametrize("kind,params", [("hnsw", {}), ("ivf", {"nlist": 128, "nprobe": 48})])
+@pytest.mark.parametrize("kind,params", [("hnsw", {}), ("ivf", {"nlist": 128, "nprobe": 48}),
+                                         ("pq", {})])
 def test_approximate_recall_at_10(kind, params):
     needs_faiss()
     items, queries = unit_gaussian(20000, 32, seed=7), unit_gaussian(200, 32, seed=8)
@@ -236,15 +237,55 @@ def test_search_parameters_change_after_building_and_persist(tmp_path):
     assert loaded._faiss.hnsw.efSearch == 64
 
 
-def test_ivf_needs_nlist_codes_in_its_first_add():
+def test_pq_sub_quantizers_divide_the_code_and_rerank_steers_the_search(tmp_path):
     needs_faiss()
-    index = CodeIndex(8, kind="ivf", engine="faiss", nlist=64)
-    with pytest.raises(ValueError, match="at least nlist=64 codes"):
-        index.add(unit_gaussian(50, 8, seed=10), names(0, 50))
+    assert CodeIndex(32, kind="pq", engine="faiss").params == {"M": 16, "rerank": 500}
+    assert CodeIndex(9, kind="pq", engine="faiss", M=None).params["M"] == 9  # odd: 1 dim each
+    with pytest.raises(ValueError, match="M=5 must divide the code size dim=32"):
+        CodeIndex(32, kind="pq", engine="faiss", M=5)
+    items, queries = unit_gaussian(3000, 16, seed=20), unit_gaussian(50, 16, seed=21)
+    truth = brute_force(items, queries, 10)
+    index = CodeIndex(16, kind="pq", engine="faiss", M=4, rerank=10)
+    index.add(items, names(0, 3000))
+    rough = recall(index.search(queries, k=10).ids, truth)
+    # with rerank = count every code is re-scored exactly: the exact answer
+    index.set_search_params(rerank=3000)
+    np.testing.assert_array_equal(index.search(queries, k=10).ids, truth)
+    assert rough < 0.9  # 4 bytes a 16-d code: the compressed order alone is rough
+    with pytest.raises(ValueError, match="cannot be changed after building"):
+        index.set_search_params(M=8)
+    index.save(tmp_path)
+    loaded = CodeIndex.load(tmp_path)
+    assert loaded.params == {"M": 4, "rerank": 3000}
+    np.testing.assert_array_equal(loaded.search(queries, k=10).ids, truth)
+
+
+@pytest.mark.parametrize("kind,params,too_few,enough,message", [
+    ("ivf", {"nlist": 64}, 50, 100, "at least nlist=64 codes"),
+    ("pq", {}, 15, 40, "at least 16 codes")])
+def test_ivf_and_pq_learn_from_a_large_enough_first_add(kind, params, too_few, enough, message):
+    needs_faiss()
+    index = CodeIndex(8, kind=kind, engine="faiss", **params)
+    with pytest.raises(ValueError, match=message):
+        index.add(unit_gaussian(too_few, 8, seed=10), names(0, too_few))
     assert len(index) == 0
-    index.add(unit_gaussian(100, 8, seed=10), names(0, 100))
-    index.add(unit_gaussian(5, 8, seed=11), names(100, 5))  # later adds may be small
-    assert len(index) == 105
+    index.add(unit_gaussian(enough, 8, seed=10), names(0, enough))
+    index.add(unit_gaussian(5, 8, seed=11), names(enough, 5))  # later adds may be small
+    assert len(index) == enough + 5
+
+
+def test_a_pq_faiss_file_with_other_sub_quantizers_is_refused(tmp_path):
+    needs_faiss()
+    saved, other = (CodeIndex(8, kind="pq", engine="faiss", M=m) for m in (4, 2))
+    for index, folder in ((saved, tmp_path), (other, tmp_path / "other")):
+        index.add(unit_gaussian(41, 8, seed=22), names(0, 41))
+        index.save(folder)
+    manifest = json.loads((tmp_path / "manifest.json").read_text())
+    other_name = json.loads((tmp_path / "other" / "manifest.json").read_text())["files"]["faiss"]
+    name = manifest["files"]["faiss"]["name"]
+    rewrite_manifest(tmp_path, manifest, name, (tmp_path / "other" / other_name["name"]).read_bytes())
+    with pytest.raises(ValueError, match=rf"{name}.*M=2 of 4 bits, not M=4 of 4"):
+        CodeIndex.load(tmp_path)
 
 
 def test_a_saved_approximate_index_can_be_searched_exactly_without_faiss(tmp_path, monkeypatch):
@@ -317,7 +358,7 @@ def test_without_faiss_exact_falls_back_to_numpy_once_and_the_rest_names_the_ext
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         assert CodeIndex(4).engine == "numpy"  # said once only
-    for kind in ("hnsw", "ivf"):
+    for kind in ("hnsw", "ivf", "pq"):
         with pytest.raises(ImportError, match=r"pip install 'minigrad-autoencoders\[index\]'"):
             CodeIndex(4, kind=kind)
     with pytest.raises(ImportError, match=r"minigrad-autoencoders\[index\]"):
@@ -544,12 +585,12 @@ BENCH = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def test_index_benchmark_runs_and_writes_its_table(tmp_path):
-    engines = "numpy,faiss-exact,hnsw,ivf" if HAS_FAISS else "numpy"
+    engines = "numpy,faiss-exact,hnsw,ivf,pq" if HAS_FAISS else "numpy"
     out = tmp_path / "index_search.json"
     proc = subprocess.run(
         [sys.executable, os.path.join(BENCH, "index_search.py"), "--sizes", "3000", "--dim", "16",
          "--queries", "30", "--engines", engines, "--ef-search", "32", "--nlist", "16",
-         "--nprobe", "4", "--out", str(out)],
+         "--nprobe", "4", "--rerank", "50", "--out", str(out)],
         capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-2000:]
     document = json.loads(out.read_text())

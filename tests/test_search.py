@@ -118,3 +118,22 @@ def test_build_with_a_given_model_and_the_errors_of_query(pictures, tmp_path):
     status, _, err = run_cli(["index", "query", "--index", str(out), query,
                               "--out", str(tmp_path / "q")])
     assert status == 2 and "manifest.json" in err and "Traceback" not in err
+
+
+def test_a_pq_index_built_from_the_command_line_answers_as_the_exact_one(pictures, tmp_path):
+    pytest.importorskip("faiss", reason="kind pq needs FAISS (the 'index' extra)")
+    model_path = VanillaAutoencoder([28 * 28, 16, 6], seed=0).save(tmp_path / "mine.npz")
+    answers = {}
+    for kind in ("exact", "pq"):
+        out = tmp_path / kind
+        with pytest.warns(datasets.SkippedFilesWarning):
+            status, _, err = run_cli(["index", "build", "--images", str(pictures), "--model",
+                                      model_path, "--out", str(out), "--kind", kind,
+                                      "--no-progress"])
+        assert status == 0, err
+        index = CodeIndex.load(out)
+        assert index.kind == kind and len(index) == 40
+        # 40 codes re-ranked from 500 candidates: every code is re-scored exactly
+        answers[kind] = index.search(index.codes, k=5)
+    np.testing.assert_array_equal(answers["pq"].ids, answers["exact"].ids)
+    assert CodeIndex.load(tmp_path / "pq").params == {"M": 3, "rerank": 500}
