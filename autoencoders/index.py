@@ -35,12 +35,12 @@ everything is 0 (distance 1), as ``metrics.nearest_neighbors`` treats zero vecto
   is compressed to ``M`` sub-vectors of 4 bits (``M / 2`` bytes a code; ``M``
   must divide ``dim``; default ``dim / 2`` for an even ``dim``, else ``dim``),
   every compressed code is scanned (fast SIMD table look-ups), and the
-  ``rerank`` best (default 500) are re-scored exactly, in float64, from the
+  ``rerank`` best (default 300) are re-scored exactly, in float64, from the
   index's own copy of the codes.  The sub-quantizers are learned from the
   codes of the **first** ``add`` (at least 16 codes; FAISS warns below 624).
-  The kind for large collections of codes without much structure: it reached
-  recall@10 0.99 on a million random 128-d codes at a twentieth of exact
-  search's time (see :data:`DEFAULT_PARAMS`).  ``rerank`` can be changed at any
+  The kind for large collections of codes without much structure: on a
+  million random 128-d codes it reached recall@10 0.97 in a tenth to an
+  eighth of exact search's time (see :data:`DEFAULT_PARAMS`).  ``rerank`` can be changed at any
   time with :meth:`CodeIndex.set_search_params`.
 
 Memory: the index keeps its own float32 copy of the codes (``4 * dim`` bytes a
@@ -153,16 +153,18 @@ INSTALL_HINT = "pip install 'minigrad-autoencoders[index]'"
 #: recall@10 is 0.38 at nprobe=64 and 0.85 at 384 of 1024 lists.
 #:
 #: PQ: ``M`` None means ``dim // 2`` for an even ``dim`` (two dimensions a
-#: sub-quantizer), else ``dim``; ``rerank=500`` candidates re-scored exactly.  On
-#: a million random 128-d codes (prototype, FAISS 1.15, one query at a time):
-#: recall@10 0.94 / 0.988 / 0.996 with rerank 200 / 500 / 1000 at M=64, in 1.6 ms
-#: a query at 500 against exact NumPy's 36 ms; M=32 (8 bytes a code) reaches only
-#: 0.87 at rerank 2000.
+#: sub-quantizer), else ``dim``; ``rerank=300`` candidates re-scored exactly.  On
+#: a million random 128-d codes (benchmarks/index_search.py, FAISS 1.15, 1,000
+#: queries one at a time, two runs): recall@10 0.865 / 0.944 / 0.970 / 0.988 /
+#: 0.998 at rerank 100 / 200 / 300 / 500 / 1000 (M=64); at 300, 1.02-1.03 ms a
+#: query against exact NumPy's 10.4-12.5 ms (10.1x-12.3x), at 500 1.13-1.16 ms
+#: (9.0x-11.1x); the scan itself is ~0.77 ms of it.  M=32 (8 bytes a code)
+#: reached only 0.87 at rerank 2000 (prototype).
 DEFAULT_PARAMS = {
     "exact": {},
     "hnsw": {"M": 48, "ef_construction": 200, "ef_search": 2048},
     "ivf": {"nlist": 1024, "nprobe": 32},
-    "pq": {"M": None, "rerank": 500},
+    "pq": {"M": None, "rerank": 300},
 }
 #: Parameters that only steer the search (changeable after building).
 SEARCH_PARAMS = {"hnsw": ("ef_search",), "ivf": ("nprobe",), "pq": ("rerank",)}

@@ -239,7 +239,7 @@ def test_search_parameters_change_after_building_and_persist(tmp_path):
 
 def test_pq_sub_quantizers_divide_the_code_and_rerank_steers_the_search(tmp_path):
     needs_faiss()
-    assert CodeIndex(32, kind="pq", engine="faiss").params == {"M": 16, "rerank": 500}
+    assert CodeIndex(32, kind="pq", engine="faiss").params == {"M": 16, "rerank": 300}
     assert CodeIndex(9, kind="pq", engine="faiss", M=None).params["M"] == 9  # odd: 1 dim each
     with pytest.raises(ValueError, match="M=5 must divide the code size dim=32"):
         CodeIndex(32, kind="pq", engine="faiss", M=5)

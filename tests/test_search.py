@@ -136,4 +136,4 @@ def test_a_pq_index_built_from_the_command_line_answers_as_the_exact_one(picture
         # 40 codes re-ranked from 500 candidates: every code is re-scored exactly
         answers[kind] = index.search(index.codes, k=5)
     np.testing.assert_array_equal(answers["pq"].ids, answers["exact"].ids)
-    assert CodeIndex.load(tmp_path / "pq").params == {"M": 3, "rerank": 500}
+    assert CodeIndex.load(tmp_path / "pq").params == {"M": 3, "rerank": 300}
