@@ -49,7 +49,7 @@ import time
 
 import numpy as np
 
-from train_step import (Worker, baseline_workers, count_subnormal,  # (this folder)
+from train_step import (Worker, baseline_workers, blas_line, count_subnormal,  # (this folder)
                         end_turn, jax_adam, save_results, wait_for_go)
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -294,7 +294,7 @@ def report(results, args):
     names = [n for n in results if results[n]]
     W = max([16] + [len(n) + 1 for n in names])  # the name column
     lines = [f"Main job: VAE {'-'.join(map(str, SIZES))} on {args.n:,} block images, batch "
-             f"{BATCH}, Adam {LR} ({platform.machine()}, {os.cpu_count()} cores)", "",
+             f"{BATCH}, Adam {LR} ({platform.machine()}, {os.cpu_count()} cores)", blas_line(), "",
              "seconds per epoch:"]
     header = f"{'framework':<{W}}" + "".join(f"{e + 1:>7}" for e in range(args.epochs)) + \
         f"{'median':>9}{'last/first':>12}"

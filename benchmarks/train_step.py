@@ -27,7 +27,10 @@ fresh process with an empty cache, the full compile.  A check in the same run:
 20 steps from identical weights and batches give losses equal to PyTorch's
 within 1e-4 relative.  Last, the targets (issue 10's) with the measured ratios.
 minigrad's steps run inside ``minigrad.flush_denormals()`` and
-``minigrad.reuse_memory()``, as ``fit`` does.
+``minigrad.reuse_memory()``, as ``fit`` does, and so does the floor (the same
+NumPy products).  The report names the kernels NumPy's BLAS runs: a machine can
+force older ones with ``OPENBLAS_CORETYPE``, which slows every NumPy product
+(minigrad's and the floor's) but not PyTorch's or JAX's.
 
 Other work on the machine (a second Python process) distorts every number here:
 run it on an otherwise idle machine and compare medians of the same run.
@@ -320,12 +323,16 @@ FRAMEWORKS = {
 # ----------------------------------------------------------------------------
 
 def worker(name, batch_sizes, min_seconds, epochs, check_steps, rounds):
-    if name.startswith("minigrad"):
+    if name.startswith(("minigrad", "floor")):
         # a training loop of one's own runs as fit's does: inside flush_denormals
         # (FTZ/DAZ on this thread and the BLAS threads, minigrad.denormals) and
         # reuse_memory (freed arrays kept for the next step, minigrad.memory; a
-        # --baseline checkout may predate it).  Each framework has its own process:
-        # the peers run with the C allocator's defaults, as their users get them.
+        # --baseline checkout may predate it).  The floor -- the same NumPy products --
+        # runs under the same policy: with glibc's defaults it paid page faults for
+        # its outputs that minigrad does not (12.4 against 10.5 ms at batch 1024,
+        # depending on what the process had freed before), a floor minigrad could
+        # go below.  Each framework has its own process: the peers run with the C
+        # allocator's defaults, as their users get them.
         sys.path.insert(0, ROOT)
         import minigrad
         reuse = getattr(minigrad, "reuse_memory", contextlib.nullcontext)
@@ -573,6 +580,35 @@ def cold_first_step():
         return None
 
 
+def blas_line():
+    """Which kernels NumPy's BLAS runs: OpenBLAS picks a set for the CPU when it
+    loads, unless ``OPENBLAS_CORETYPE`` names one (a machine may set it: an AVX2
+    set on an AVX-512 CPU halves the speed of every NumPy matrix product, while
+    PyTorch's and JAX's own products are unaffected)."""
+    import ctypes
+    forced = os.environ.get("OPENBLAS_CORETYPE")
+    sets = []
+    try:
+        with open("/proc/self/maps") as maps:
+            paths = dict.fromkeys(line.split()[-1] for line in maps if "openblas" in line.lower())
+    except OSError:
+        paths = {}
+    for path in paths:
+        for name in ("scipy_openblas_get_corename64_", "scipy_openblas_get_corename",
+                     "openblas_get_corename"):
+            try:
+                fn = getattr(ctypes.CDLL(path), name)
+            except (OSError, AttributeError):
+                continue
+            fn.restype = ctypes.c_char_p
+            sets.append(fn().decode())
+            break
+    kernels = ", ".join(dict.fromkeys(sets)) or "unknown (not OpenBLAS?)"
+    return (f"NumPy's BLAS kernels: {kernels} "
+            + (f"(OPENBLAS_CORETYPE={forced} in the environment)" if forced is not None
+               else "(OpenBLAS's own choice for this CPU)"))
+
+
 def fmt_step(s):
     return f"{s['median_ms']:.2f} [{s['min_ms']:.2f}-{s['max_ms']:.2f}]"
 
@@ -582,7 +618,7 @@ def report(results, args):
     W = max([16] + [len(n) + 1 for n in names])  # the name column
     lines = [f"Training step, dense AE {'-'.join(map(str, SIZES))}, ReLU, BCE, Adam, float32 "
              f"({platform.machine()}, {os.cpu_count()} cores, data: "
-             f"{next(iter(results.values()))['data'] if names else '?'})", "",
+             f"{next(iter(results.values()))['data'] if names else '?'})", blas_line(), "",
              "median [min-max] ms per step:"]
     header = f"{'framework':<{W}}" + "".join(f"{'batch ' + str(b):>26}" for b in args.batch)
     lines += [header, "-" * len(header)]
