@@ -336,12 +336,13 @@ def worker(name, batch_sizes, min_seconds, epochs, check_steps, rounds):
         sys.path.insert(0, ROOT)
         import minigrad
         reuse = getattr(minigrad, "reuse_memory", contextlib.nullcontext)
-        with minigrad.flush_denormals(), reuse():
-            return _worker(name, batch_sizes, min_seconds, epochs, check_steps, rounds)
+        with minigrad.flush_denormals(), reuse() as acting:
+            return _worker(name, batch_sizes, min_seconds, epochs, check_steps, rounds,
+                           reusing_memory=bool(acting))
     return _worker(name, batch_sizes, min_seconds, epochs, check_steps, rounds)
 
 
-def _worker(name, batch_sizes, min_seconds, epochs, check_steps, rounds):
+def _worker(name, batch_sizes, min_seconds, epochs, check_steps, rounds, reusing_memory=False):
     """One framework, in the parent's turns (see :func:`run_interleaved`): its set-up
     and first step, then ``rounds`` turns per batch size, then one per epoch; after
     the last turn, the untimed loss check."""
@@ -349,7 +350,8 @@ def _worker(name, batch_sizes, min_seconds, epochs, check_steps, rounds):
     X, data_name = load_data()
     started = time.perf_counter()
     step, sync, to_float = FRAMEWORKS[name]()
-    result = {"framework": name, "data": data_name, "setup_s": time.perf_counter() - started}
+    result = {"framework": name, "data": data_name, "setup_s": time.perf_counter() - started,
+              "reuse_memory": reusing_memory}
 
     # the first step includes compilation (Numba kernels, JAX tracing)
     x0 = next(batches(X, batch_sizes[0], 1, seed=99))

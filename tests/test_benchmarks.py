@@ -61,3 +61,26 @@ def test_step_benchmark_runs_its_frameworks_in_turns(tmp_path):
     assert mine["step"]["32"]["steps"] >= 30 and floor["step"]["32"]["steps"] >= 30
     assert len(mine["epochs_s"]) == 1 and "epochs_s" not in floor
     assert mine["subnormal_moments"] == 0 and len(mine["check_losses"]) == 2
+    # the floor computes under minigrad's allocator policy, or it pays page faults
+    # that minigrad does not (a "floor" minigrad could go below)
+    sys.path.insert(0, ROOT)
+    from minigrad import memory
+    assert mine["reuse_memory"] is floor["reuse_memory"] is memory.supported()
+    assert "NumPy's BLAS kernels:" in proc.stdout
+
+
+@pytest.mark.parametrize("coretype", [None, "Haswell"])
+def test_step_benchmark_names_the_blas_kernels_and_a_forced_choice(coretype):
+    env = {k: v for k, v in os.environ.items() if k != "OPENBLAS_CORETYPE"}
+    if coretype:
+        env["OPENBLAS_CORETYPE"] = coretype
+    proc = subprocess.run(
+        [sys.executable, "-c", "import numpy, train_step; print(train_step.blas_line())"],
+        cwd=BENCH, env=env, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    line = proc.stdout.strip()
+    assert line.startswith("NumPy's BLAS kernels: ")
+    if coretype:
+        assert line.endswith(f"(OPENBLAS_CORETYPE={coretype} in the environment)")
+    else:
+        assert line.endswith("(OpenBLAS's own choice for this CPU)")
