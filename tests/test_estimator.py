@@ -64,10 +64,51 @@ def test_check_estimator_passes_without_expected_failures(key):
     check_set_output_transform(type(est).__name__, est)
 
 
+def _float32_products_depend_on_row_position(sizes, seed=0):
+    """Whether this machine's BLAS computes a row of a float32 product differently by
+    where the row sits in the batch, for the layer sizes of a network (on 20 rows,
+    as scikit-learn's order checks use).  OpenBLAS's Haswell kernels do -- rows in an
+    edge tile or another thread's share are summed in another order; its SkylakeX
+    kernels did not here -- and then no float32 network's output is invariant to row
+    order to scikit-learn's 1e-7, whatever the network does."""
+    rng = np.random.default_rng(seed)
+    for n_in, n_out in zip(sizes[:-1], sizes[1:]):
+        X = rng.standard_normal((20, n_in)).astype(np.float32)
+        W = rng.standard_normal((n_in, n_out)).astype(np.float32)
+        for _ in range(20):
+            order = rng.permutation(20)
+            if not np.array_equal((X @ W)[order], X[order] @ W):
+                return True
+    return False
+
+
 def test_check_estimator_with_the_defaults_float64_and_numba():
+    default = AutoencoderTransformer()
+    expected = {}
     with mg.set_backend("numba" if HAS_NUMBA else "numpy"):
-        check_estimator(AutoencoderTransformer(), on_skip=None)
+        sizes = [3, *default.fit(np.random.default_rng(0).uniform(size=(20, 3))).model_.sizes[1:]]
+        if _float32_products_depend_on_row_position(sizes + sizes[-2::-1]):
+            # what the check asks cannot hold in float32 on this BLAS; the same
+            # invariance is asserted at float32's precision below instead
+            reason = ("this BLAS rounds a float32 row by its position in the batch "
+                      "(e.g. OPENBLAS_CORETYPE=Haswell)")
+            print(f"check_methods_sample_order_invariance expected to fail: {reason}")
+            expected["check_methods_sample_order_invariance"] = reason
+        check_estimator(default, on_skip=None, expected_failed_checks=expected)
     check_estimator(small(dtype="float64"), on_skip=None)
+
+
+def test_float32_codes_do_not_depend_on_row_order_beyond_float32_rounding():
+    X = 3 * np.random.default_rng(0).uniform(size=(20, 3))
+    with mg.set_backend("numba" if HAS_NUMBA else "numpy"):
+        est = AutoencoderTransformer().fit(X)
+        for seed in range(5):
+            order = np.random.default_rng(seed).permutation(len(X))
+            np.testing.assert_allclose(est.transform(X)[order], est.transform(X[order]),
+                                       rtol=2e-5, atol=1e-6)
+            np.testing.assert_allclose(est.inverse_transform(est.transform(X))[order],
+                                       est.inverse_transform(est.transform(X[order])),
+                                       rtol=2e-5, atol=1e-6)
 
 
 # ----------------------------------------------------------------------------
