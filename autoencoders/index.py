@@ -39,8 +39,8 @@ everything is 0 (distance 1), as ``metrics.nearest_neighbors`` treats zero vecto
   index's own copy of the codes.  The sub-quantizers are learned from the
   codes of the **first** ``add`` (at least 16 codes; FAISS warns below 624).
   The kind for large collections of codes without much structure: on a
-  million random 128-d codes it reached recall@10 0.97 in a tenth to an
-  eighth of exact search's time (see :data:`DEFAULT_PARAMS`).  ``rerank`` can be changed at any
+  million random 128-d codes it reached recall@10 0.97 in a tenth to a
+  twelfth of exact search's time (see :data:`DEFAULT_PARAMS`).  ``rerank`` can be changed at any
   time with :meth:`CodeIndex.set_search_params`.
 
 Memory: the index keeps its own float32 copy of the codes (``4 * dim`` bytes a

@@ -588,23 +588,19 @@ def blas_line():
     set on an AVX-512 CPU halves the speed of every NumPy matrix product, while
     PyTorch's and JAX's own products are unaffected)."""
     import ctypes
+    sys.path.insert(0, ROOT)
+    from minigrad.denormals import blas_libraries  # the OpenBLAS libraries loaded here
     forced = os.environ.get("OPENBLAS_CORETYPE")
     sets = []
-    try:
-        with open("/proc/self/maps") as maps:
-            paths = dict.fromkeys(line.split()[-1] for line in maps if "openblas" in line.lower())
-    except OSError:
-        paths = {}
-    for path in paths:
+    for path in blas_libraries():
+        lib = ctypes.CDLL(path)
         for name in ("scipy_openblas_get_corename64_", "scipy_openblas_get_corename",
                      "openblas_get_corename"):
-            try:
-                fn = getattr(ctypes.CDLL(path), name)
-            except (OSError, AttributeError):
-                continue
-            fn.restype = ctypes.c_char_p
-            sets.append(fn().decode())
-            break
+            if hasattr(lib, name):
+                corename = getattr(lib, name)
+                corename.restype = ctypes.c_char_p
+                sets.append(corename().decode())
+                break
     kernels = ", ".join(dict.fromkeys(sets)) or "unknown (not OpenBLAS?)"
     return (f"NumPy's BLAS kernels: {kernels} "
             + (f"(OPENBLAS_CORETYPE={forced} in the environment)" if forced is not None

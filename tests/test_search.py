@@ -133,7 +133,7 @@ def test_a_pq_index_built_from_the_command_line_answers_as_the_exact_one(picture
         assert status == 0, err
         index = CodeIndex.load(out)
         assert index.kind == kind and len(index) == 40
-        # 40 codes re-ranked from 500 candidates: every code is re-scored exactly
+        # 40 codes re-ranked from 300 candidates: every code is re-scored exactly
         answers[kind] = index.search(index.codes, k=5)
     np.testing.assert_array_equal(answers["pq"].ids, answers["exact"].ids)
     assert CodeIndex.load(tmp_path / "pq").params == {"M": 3, "rerank": 300}
