@@ -93,14 +93,16 @@ class FusedSumLoss(Function):
 
 def _check_range(op, name, t, low, high, *, open_low=False, open_high=False):
     """Every value of Tensor ``t`` in the interval, or a ValueError naming the loss, the
-    argument, the values found and what is expected (NaN counts as outside).  Two
-    reductions, min and max, without temporaries (a NaN makes both NaN, which fails
-    the comparisons), and one read from the device."""
+    argument, the values found and what is expected (NaN counts as outside).  The
+    device's ``value_range`` kernel: min and max in one pass (a NaN makes both NaN,
+    which fails the comparisons), and one read from the device."""
     xp, data = t.xp, t.data
     if data.size == 0:
         return
-    bounds = xp.stack((xp.min(data), xp.max(data)))
-    least, most = (float(v) for v in (bounds.get() if hasattr(bounds, "get") else bounds))
+    if data.dtype in (numpy.float32, numpy.float64):
+        least, most = t.device.kernels.value_range(data)
+    else:
+        least, most = float(xp.min(data)), float(xp.max(data))
     if ((least > low if open_low else least >= low)
             and (most < high if open_high else most <= high)):
         return

@@ -197,6 +197,19 @@ def test_loss_kernels(device, dtype, name, n):
 
 
 @on_gpu
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_value_range(device, dtype):
+    rng = np.random.default_rng(6)
+    a = rng.standard_normal((301, 7)).astype(dtype)
+    for special in (None, np.inf, -np.inf, np.nan):
+        if special is not None:
+            a[150, 3] = special
+        got = device.kernels.value_range(device.to_device(a))
+        np.testing.assert_array_equal(got, REF.value_range(a))
+        assert all(type(v) is float for v in got)
+
+
+@on_gpu
 def test_loss_kernels_of_empty_arrays(device):
     empty = device.to_device(np.zeros((0, 3), np.float32))
     total, grad = device.kernels.mse(empty, empty, 1.0, want_grad=False)

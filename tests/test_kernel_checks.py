@@ -24,6 +24,7 @@ def valid_arguments(name, n=4, m=3):
         "dense_backward": ([a(n, m), a(n, m), RELU, 0.01], {0: "grad_y", 1: "y"}),
         "bce_with_logits": ([a(n, m), a(n, m), 1.0, True], {0: "pred", 1: "target"}),
         "mse": ([a(n, m), a(n, m), 1.0, True], {0: "pred", 1: "target"}),
+        "value_range": ([a(n, m)], {0: "a"}),
         "sgd_update": ([a(n, m), a(n, m), a(n, m), 0.1, 0.9, 0.0, False],
                        {0: "param", 1: "grad", 2: "velocity"}),
         "adam_update": ([a(n, m), a(n, m), a(n, m), a(n, m), 1e-3, 0.9, 0.999, 1e-8, 0.0, 1,
@@ -31,8 +32,8 @@ def valid_arguments(name, n=4, m=3):
     }[name]
 
 
-KERNELS = ["dense_forward", "dense_backward", "bce_with_logits", "mse", "sgd_update",
-           "adam_update"]
+KERNELS = ["dense_forward", "dense_backward", "bce_with_logits", "mse", "value_range",
+           "sgd_update", "adam_update"]
 
 
 @pytest.mark.parametrize("name", KERNELS)
@@ -42,7 +43,7 @@ def test_valid_arguments_run(device, name):
     getattr(device.kernels, name)(*args)
 
 
-@pytest.mark.parametrize("name", KERNELS)
+@pytest.mark.parametrize("name", [k for k in KERNELS if k != "value_range"])  # any shape
 @settings(max_examples=15, deadline=None)
 @given(data=st.data())
 def test_a_wrong_shape_is_named(name, data):
@@ -71,6 +72,12 @@ def test_a_dtype_the_kernels_do_not_compute_in_is_named(name, dtype):
         args[0] = args[0].astype(dtype)
         with pytest.raises(TypeError, match=f"{name}: {arrays[0]} has dtype {np.dtype(dtype)}"):
             getattr(kernels, name)(*args)
+
+
+def test_the_range_of_nothing_is_an_error(device):
+    for shape in [(0,), (0, 3), (4, 0, 2)]:
+        with pytest.raises(ValueError, match=r"value_range: a is empty \(shape"):
+            device.kernels.value_range(device.to_device(np.zeros(shape, np.float32)))
 
 
 def test_optimizer_buffers_must_match_the_parameter_dtype():

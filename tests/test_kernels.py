@@ -66,6 +66,42 @@ def test_dense_forward_and_backward(activation, data, variant):
     assert gz.dtype == dtype and gb.shape == (m,)
 
 
+@SETTINGS
+@given(data=st.data())
+def test_value_range(data):
+    """min and max in one pass, for any shape and layout; a NaN anywhere gives NaN for
+    both, infinities count as values (NumPy's answers)."""
+    dtype = data.draw(dtypes)
+    shape = data.draw(hnp.array_shapes(min_dims=0, max_dims=3, min_side=1, max_side=9))
+    a = data.draw(hnp.arrays(dtype, shape, elements=st.floats(
+        allow_nan=True, allow_infinity=True, width=np.finfo(dtype).bits)))
+    if a.ndim >= 2 and data.draw(st.booleans()):
+        a = a.T  # not contiguous
+    got, expected = NUMBA.value_range(a), REF.value_range(a)
+    np.testing.assert_array_equal(got, expected)
+    assert all(type(v) is float for v in got)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_identity_backward_hands_back_the_gradient_unless_it_must_flush(dtype, variant):
+    """The identity's grad_z is grad_y itself (no copy) when grad_y has no subnormal;
+    with one (of either sign, anywhere) a flushed copy, grad_y left as it was."""
+    rng = np.random.default_rng(3)
+    g = rng.standard_normal((37, 29)).astype(dtype)
+    g[0, :4] = [0.0, -0.0, np.inf, -np.finfo(dtype).tiny]  # none of them subnormal
+    y = np.ones_like(g)
+    gz, gb = NUMBA.dense_backward(g, y, act("identity"), 0.01)
+    assert gz is g
+    np.testing.assert_allclose(gb, REF.dense_backward(g, y, act("identity"), 0.01)[1],
+                               rtol=tol(dtype)["rtol"], atol=tol(dtype)["atol"] * len(g))
+    for row, col, sign in ((0, 5, 1), (36, 28, -1), (20, 0, 1)):
+        bad = g.copy()
+        bad[row, col] = sign * np.finfo(dtype).tiny / 8
+        gz, gb = NUMBA.dense_backward(bad, y, act("identity"), 0.01)
+        assert gz is not bad and bad[row, col] != 0 and gz[row, col] == 0
+        np.testing.assert_array_equal(gz, REF.dense_backward(bad, y, act("identity"), 0.01)[0])
+
+
 @pytest.mark.parametrize("activation", ACTIVATIONS)
 @SETTINGS
 @given(data=st.data())

@@ -10,7 +10,7 @@ twin (whose CUDA code is in the ``.cu`` file beside the module) -- named
 module                kernels (its ``KERNELS``)
 ====================  ==================================================
 ``dense.py``          ``dense_forward``, ``dense_backward``
-``losses.py``         ``bce_with_logits``, ``mse``
+``losses.py``         ``bce_with_logits``, ``mse``, ``value_range``
 ``optim.py``          ``sgd_update``, ``adam_update``
 ``conv.py``           ``im2col``, ``col2im``
 ``conv_epilogue.py``  ``conv_forward``, ``conv_backward``
@@ -30,11 +30,14 @@ are taken from the *output* y, so no pre-activation is kept):
 slope) -> y``                         written into z (the dense layer's epilogue)
 ``dense_backward(grad_y, y,           grad_z = grad_y * act'(y) and grad_bias = grad_z
 activation, slope) -> (grad_z,        summed over rows, in one pass (row blocks per
-grad_bias)``                          thread, added at the end)
+grad_bias)``                          thread, added at the end; the identity's grad_z
+                                      is grad_y itself, on Numba: not to be written)
 ``bce_with_logits(logits, target,     (sum of softplus(x) - x t, float64; the gradient
 scale, want_grad) -> (sum, grad)``    (sigmoid(x) - t) * scale, or None), one pass
 ``mse(pred, target, scale,            (sum of (pred - target)^2; the gradient
 want_grad) -> (sum, grad)``           2 (pred - target) * scale, or None), one pass
+``value_range(a) -> (min, max)``      the least and greatest value, as floats (NaN
+                                      for both where a holds a NaN), one pass
 ``sgd_update(param, grad, velocity,   in place: weight decay, momentum, Nesterov;
 lr, momentum, weight_decay,           velocity None without momentum
 nesterov)``

@@ -68,6 +68,13 @@ def _loss(op):
     return check
 
 
+def value_range(a):
+    _float("value_range", "a", a)
+    if a.size == 0:
+        raise ValueError("value_range: a is empty (shape "
+                         f"{tuple(a.shape)}); it has no least or greatest value")
+
+
 def sgd_update(param, grad, velocity, lr, momentum, weight_decay, nesterov, out=None):
     _float("sgd_update", "param", param)
     _like("sgd_update", "grad", grad, "param", param)
@@ -173,6 +180,7 @@ def conv_backward(grad_y, y, activation, slope=0.01, channel_major=False):
 #: kernel name -> its check (called with the kernel's own arguments)
 CHECKS = {"dense_forward": dense_forward, "dense_backward": dense_backward,
           "bce_with_logits": _loss("bce_with_logits"), "mse": _loss("mse"),
+          "value_range": value_range,
           "sgd_update": sgd_update, "adam_update": adam_update,
           "im2col": im2col, "col2im": col2im, "conv_forward": conv_forward,
           "conv_backward": conv_backward}

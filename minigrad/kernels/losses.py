@@ -5,7 +5,10 @@
   sigmoid(x) against t, finite for any logit), accumulated in float64, and the
   gradient  (sigmoid(x) - t) * scale,  scale being d(loss)/d(sum), e.g. 1 / batch;
 * ``mse(pred, target, scale, want_grad) -> (sum, grad or None)``: the sum of
-  (pred - target)^2 and the gradient 2 (pred - target) * scale.
+  (pred - target)^2 and the gradient 2 (pred - target) * scale;
+* ``value_range(a) -> (min, max)``: the least and greatest values of ``a`` as
+  Python floats, NaN for both if ``a`` holds a NaN (what the losses check their
+  arguments with: one pass instead of NumPy's two reductions).
 
 softplus and sigmoid are the activation table's (:mod:`minigrad.activations`).
 Gradients of magnitude below the smallest normal number of their dtype are
@@ -25,7 +28,7 @@ from . import _cuda, _jit
 from ._jit import kernel, prange, scalar
 from ._math import exp_neg, flush, ftz_enter, ftz_exit, log1p_unit
 
-KERNELS = ("bce_with_logits", "mse")
+KERNELS = ("bce_with_logits", "mse", "value_range")
 
 _SIGMOID, _SOFTPLUS = ACTIVATIONS["sigmoid"].forward, ACTIVATIONS["softplus"].forward
 
@@ -50,6 +53,10 @@ def mse_numpy(pred, target, scale, want_grad=True):
         return total, None
     grad = (pred - target) * pred.dtype.type(2 * scale)
     return total, flush_subnormals(np.array(grad, dtype=pred.dtype))
+
+
+def value_range_numpy(a):
+    return float(np.min(a)), float(np.max(a))
 
 
 # ----------------------------------------------------------------------------
@@ -129,6 +136,26 @@ def _mse(p, t, grad, partial, scale, tiny):
         ftz_exit(saved)
 
 
+@kernel
+def _value_range(a, low, high, spread):
+    """low[j], high[j] = least and greatest of column j; spread[j] = the sum of a - a
+    over the column: 0 unless a NaN or an infinity is there, which the comparisons
+    would pass over (the caller then asks NumPy).  Per-column accumulators, as in
+    the loss sums: an elementwise min, max and add vectorize; running scalars would
+    not."""
+    n = a.shape[0]
+    low[:] = a[0]
+    high[:] = a[0]
+    spread[:] = 0
+    for i in range(1, n):
+        row = a[i]
+        for j in range(row.size):
+            v = row[j]
+            low[j] = v if v < low[j] else low[j]
+            high[j] = v if v > high[j] else high[j]
+            spread[j] += v - v
+
+
 def _rows(a, dtype=None):
     """``a`` as a C-contiguous matrix of rows (a 1-D or 0-d array becomes one row)."""
     a = np.ascontiguousarray(a, dtype=dtype)
@@ -159,6 +186,15 @@ def bce_with_logits_numba(logits, target, scale, want_grad=True):
 
 def mse_numba(pred, target, scale, want_grad=True):
     return _run(_mse, pred, target, 2 * scale, BOTH if want_grad else LOSS)
+
+
+def value_range_numba(a):
+    rows = _rows(a)
+    low, high, spread = (np.empty(rows.shape[1], dtype=rows.dtype) for _ in range(3))
+    _value_range(rows, low, high, spread, size=1)  # serial: it streams from memory
+    if not np.isfinite(spread).all():
+        return value_range_numpy(a)  # NaN or infinity: NumPy's own answer
+    return float(low.min()), float(high.max())
 
 
 # ----------------------------------------------------------------------------
@@ -218,3 +254,10 @@ def mse_cupy(pred, target, scale, want_grad=True):
     if want_grad:
         return _sum_cupy(MSE_SUM_GRAD_CUDA, "mse", pred, target, 2 * scale)
     return _sum_cupy(MSE_SUM_CUDA, "mse", pred, target)
+
+
+def value_range_cupy(a):
+    _cuda.check_device_arrays("value_range", a)
+    cupy = _cuda.cupy_module()
+    low, high = cupy.stack((cupy.min(a), cupy.max(a))).get()  # one read from the GPU
+    return float(low), float(high)
