@@ -4,7 +4,8 @@ Each updates its parameters' data in place from their ``.grad``; parameters
 without a gradient are skipped (and, for Adam, do not advance their own step
 count, so their bias correction starts when they first receive a gradient, as
 in PyTorch).  The update of one parameter is one kernel of the parameter's
-device (``p.device.kernels.adam_update``; :mod:`minigrad.kernels.optim`, where
+device (``p.device.kernels.sgd_update``; Adam updates all of a device's
+parameters in one call, ``adam_updates``; :mod:`minigrad.kernels.optim`, where
 the equations are written out and the NumPy reference sits beside the fused
 versions).  The update kernels flush moments that fall below the smallest
 normal number to 0, so a long run never slows down on subnormal arithmetic.
@@ -72,18 +73,33 @@ class Optimizer:
         array for the new values (None: in place).  With ``previous``, each
         updated parameter then trades arrays with it (see :meth:`step`); parameters
         without a gradient copy their values into theirs."""
+        for i, p, out in self._with_grads(previous):
+            yield i, p, p.device.kernels, out
+            self._trade(i, p, out, previous)
+
+    def _with_grads(self, previous=None):
+        """Count a step and list ``(i, parameter, out)`` for each parameter with a
+        gradient (``out``: see :meth:`_updates`); with ``previous``, parameters without
+        one copy their values into theirs now."""
         self.step_count += 1
+        todo = []
         for i, p in enumerate(self.params):
-            if p.grad is not None and tuple(p.grad.shape) != p.shape:
+            if p.grad is None:
+                if previous is not None:
+                    previous[i][...] = p.data
+                continue
+            if tuple(p.grad.shape) != p.shape:
                 raise ValueError(f"{type(self).__name__}.step: parameter {i} has shape {p.shape} "
                                  f"but its gradient has shape {tuple(p.grad.shape)}")
-            if p.grad is not None:
-                out = None if previous is None else previous[i]
-                yield i, p, p.device.kernels, out
-                if out is not None:
-                    previous[i], p.data = p.data, out
-            elif previous is not None:
-                previous[i][...] = p.data
+            todo.append((i, p, None if previous is None else previous[i]))
+        return todo
+
+    @staticmethod
+    def _trade(i, p, out, previous):
+        """After parameter i's update into ``out``: it becomes the parameter's data and
+        ``previous[i]`` receives the old data (no copy)."""
+        if out is not None:
+            previous[i], p.data = p.data, out
 
     # -- state -----------------------------------------------------------------
     def state_dict(self):
@@ -232,10 +248,24 @@ class Adam(Optimizer):
     def step(self, previous=None):
         """One update of every parameter that has a gradient (``previous``: see
         :meth:`Optimizer.step`)."""
-        for i, p, kernels, out in self._updates(previous):
+        todo = self._with_grads(previous)
+        groups = {}  # one kernel call per device and dtype (usually a single one)
+        for i, p, out in todo:
             self.steps[i] += 1
-            kernels.adam_update(p.data, p.grad, self.m[i], self.v[i], self.lr, self.beta1, self.beta2,
-                   self.eps, self.weight_decay, self.steps[i], self.decoupled, out)
+            # (the device follows from the array's type: looked up once per group)
+            group = groups.get((type(p.data), p.dtype))
+            if group is None:
+                group = groups[(type(p.data), p.dtype)] = (p.device, [])
+            group[1].append((i, p, out))
+        for device, group in groups.values():
+            device.kernels.adam_updates(
+                [p.data for _, p, _ in group], [p.grad for _, p, _ in group],
+                [self.m[i] for i, _, _ in group], [self.v[i] for i, _, _ in group],
+                self.lr, self.beta1, self.beta2, self.eps, self.weight_decay,
+                [self.steps[i] for i, _, _ in group], self.decoupled,
+                None if previous is None else [out for _, _, out in group])
+        for i, p, out in todo:
+            self._trade(i, p, out, previous)
 
 
 class AdamW(Adam):

@@ -37,7 +37,7 @@ def variant(request, monkeypatch):
 
 def test_every_kernel_has_a_numba_twin():
     assert {"dense_forward", "dense_backward", "bce_with_logits", "mse", "sgd_update",
-            "adam_update"} <= set(kernels.names())
+            "adam_update", "adam_updates"} <= set(kernels.names())
     for module in (dense, losses, optim):
         for name in module.KERNELS:
             # the attribute is the module's function behind its argument check
@@ -189,6 +189,66 @@ def test_adam_update(state, decoupled, wd, step, variant):
         table.adam_update(pp, g, mm, vv, 1e-3, 0.9, 0.999, 1e-8, wd, step, decoupled)
     for a, b in zip(*copies):
         np.testing.assert_allclose(b, a, **tol(p.dtype))
+
+
+@SETTINGS
+@given(data=st.data(), count=st.integers(1, 2 * optim.GROUP + 1), decoupled=st.booleans(),
+       wd=st.sampled_from([0.0, 0.01]), into_out=st.booleans())
+def test_adam_updates_equals_adam_update_per_parameter(data, count, decoupled, wd, into_out):
+    """The many-parameter Adam (one compiled call per GROUP parameters, each with its own
+    step count) gives exactly the per-parameter kernel's bits on Numba, and the NumPy
+    reference's values; with ``outs`` the parameters keep their old values."""
+    dtype = data.draw(dtypes)
+    states = []
+    for _ in range(count):
+        shape = data.draw(hnp.array_shapes(min_dims=1, max_dims=2, min_side=1, max_side=20))
+        p, g = data.draw(arrays(shape, dtype, strided=False)), data.draw(arrays(shape, dtype))
+        m = data.draw(arrays(shape, dtype, -0.125, 0.125, strided=False))
+        v = np.abs(data.draw(arrays(shape, dtype, 0.0, 0.0078125, strided=False)))
+        states.append((p, g, m, v, data.draw(st.integers(1, 1000))))
+    copies = {name: [[a.copy() for a in (p, m, v)] for p, _, m, v, _ in states]
+              for name in ("single", "many", "reference")}
+    outs = {name: [np.empty_like(p) for p, *_ in states] if into_out else None
+            for name in copies}
+    hyper = (1e-3, 0.9, 0.999, 1e-8, wd)
+    for k, ((_, g, _, _, step), (p, m, v)) in enumerate(zip(states, copies["single"])):
+        NUMBA.adam_update(p, g, m, v, *hyper, step, decoupled,
+                          None if outs["single"] is None else outs["single"][k])
+    for table, name in ((NUMBA, "many"), (REF, "reference")):
+        ps, ms, vs = (list(a) for a in zip(*copies[name]))
+        table.adam_updates(ps, [s[1] for s in states], ms, vs, *hyper,
+                           [s[4] for s in states], decoupled, outs[name])
+
+    def results(name):
+        new = outs[name] if into_out else [p for p, _, _ in copies[name]]
+        return [a for (_, m, v), p in zip(copies[name], new) for a in (p, m, v)]
+    for single, many, reference in zip(results("single"), results("many"),
+                                       results("reference")):
+        np.testing.assert_array_equal(many, single)
+        np.testing.assert_allclose(many, reference, **tol(dtype))
+    if into_out:  # the parameters themselves are untouched
+        for (p, *_), (kept, _, _) in zip(states, copies["many"]):
+            np.testing.assert_array_equal(kept, p)
+
+
+def test_adam_updates_names_what_does_not_fit():
+    p = np.ones((3, 2), np.float32)
+    args = lambda ps, gs, ms, vs, steps: (ps, gs, ms, vs, 1e-3, 0.9, 0.999, 1e-8, 0.0,  # noqa
+                                          steps, False)
+    for table in (REF, NUMBA):
+        with pytest.raises(ValueError, match=r"adam_updates: steps has 1 entries, expected "
+                                             r"one per parameter \(2\)"):
+            table.adam_updates(*args([p, p.copy()], [p, p], [p.copy()] * 2, [p.copy()] * 2, [1]))
+        with pytest.raises(ValueError, match=r"adam_updates: grads\[1\] has shape \(2, 3\), "
+                                             r"expected params\[1\]'s shape \(3, 2\)"):
+            table.adam_updates(*args([p, p.copy()], [p, p.T], [p.copy()] * 2, [p.copy()] * 2,
+                                     [1, 1]))
+        with pytest.raises(TypeError, match=r"adam_updates: vs\[0\] has dtype float64"):
+            table.adam_updates(*args([p], [p], [p.copy()], [p.astype(np.float64)], [1]))
+    q = np.ones(2, np.float64)
+    with pytest.raises(TypeError, match=r"params\[1\] has dtype float64, expected params\[0\]'s"):
+        NUMBA.adam_updates(*args([p, q], [p, q], [p.copy(), q.copy()], [p.copy(), q.copy()],
+                                 [1, 1]))
 
 
 @SETTINGS

@@ -11,7 +11,7 @@ module                kernels (its ``KERNELS``)
 ====================  ==================================================
 ``dense.py``          ``dense_forward``, ``dense_backward``
 ``losses.py``         ``bce_with_logits``, ``mse``, ``value_range``
-``optim.py``          ``sgd_update``, ``adam_update``
+``optim.py``          ``sgd_update``, ``adam_update``, ``adam_updates``
 ``conv.py``           ``im2col``, ``col2im``
 ``conv_epilogue.py``  ``conv_forward``, ``conv_backward``
 ====================  ==================================================
@@ -44,6 +44,9 @@ nesterov)``
 ``adam_update(param, grad, m, v, lr,  in place, bias-corrected; decoupled=True is
 beta1, beta2, eps, weight_decay,      AdamW.  Moments below the smallest normal
 step, decoupled)``                    number are flushed to 0 (no subnormal slowdown)
+``adam_updates(params, grads, ms, vs,  the same for a list of parameters, each with its
+lr, beta1, beta2, eps, weight_decay,  own step count (what Adam.step calls): on Numba
+steps, decoupled)``                   one compiled call per 8 parameters
 ``im2col(x, kernel_size, stride,      the (C kh kw, N oh ow) matrix of the patches of
 padding) -> cols``                    the (N, C, H, W) batch x that each output pixel
                                       sees (0 in the padding): a convolution is then

@@ -92,6 +92,33 @@ def adam_update(param, grad, m, v, lr, beta1, beta2, eps, weight_decay, step, de
             _like("adam_update", name, a, "param", param, same_dtype=True)
 
 
+def adam_updates(params, grads, ms, vs, lr, beta1, beta2, eps, weight_decay, steps, decoupled,
+                 outs=None):
+    lists = {"params": params, "grads": grads, "ms": ms, "vs": vs, "steps": steps}
+    if outs is not None:
+        lists["outs"] = outs
+    for name, values in lists.items():
+        if len(values) != len(params):
+            raise ValueError(f"adam_updates: {name} has {len(values)} entries, expected one "
+                             f"per parameter ({len(params)})")
+    for i, (param, grad, m, v) in enumerate(zip(params, grads, ms, vs)):
+        out = None if outs is None else outs[i]
+        # the usual case in a few comparisons (this runs every step); else find the culprit
+        dtype, shape = getattr(param, "dtype", None), getattr(param, "shape", None)
+        if (dtype in _FLOATS and getattr(grad, "shape", None) == shape
+                and getattr(grad, "dtype", None) in _FLOATS
+                and getattr(m, "shape", None) == shape and getattr(m, "dtype", None) == dtype
+                and getattr(v, "shape", None) == shape and getattr(v, "dtype", None) == dtype
+                and (out is None or (getattr(out, "shape", None) == shape
+                                     and getattr(out, "dtype", None) == dtype))):
+            continue
+        _float("adam_updates", f"params[{i}]", param)
+        _like("adam_updates", f"grads[{i}]", grad, f"params[{i}]", param)
+        for name, a in ((f"ms[{i}]", m), (f"vs[{i}]", v), (f"outs[{i}]", out)):
+            if a is not None:
+                _like("adam_updates", name, a, f"params[{i}]", param, same_dtype=True)
+
+
 def _batch(op, name, a):
     _float(op, name, a)
     if a.ndim != 4:
@@ -181,6 +208,6 @@ def conv_backward(grad_y, y, activation, slope=0.01, channel_major=False):
 CHECKS = {"dense_forward": dense_forward, "dense_backward": dense_backward,
           "bce_with_logits": _loss("bce_with_logits"), "mse": _loss("mse"),
           "value_range": value_range,
-          "sgd_update": sgd_update, "adam_update": adam_update,
+          "sgd_update": sgd_update, "adam_update": adam_update, "adam_updates": adam_updates,
           "im2col": im2col, "col2im": col2im, "conv_forward": conv_forward,
           "conv_backward": conv_backward}
