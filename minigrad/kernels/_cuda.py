@@ -99,6 +99,14 @@ def uses(*specs):
     return mark
 
 
+def uses_cupy_only(fn):
+    """Decorator for a kernel's CuPy version that launches no CUDA code of ours (only
+    CuPy's own functions): it says so, where :func:`uses` would list the specs."""
+    fn.cuda_specs = ()
+    fn.cupy_only = True
+    return fn
+
+
 class Raw:
     """``extern "C"`` kernels ``<name>_f32`` and ``<name>_f64`` in one CUDA source,
     compiled by a ``cupy.RawModule`` on first use."""

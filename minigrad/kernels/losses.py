@@ -256,6 +256,7 @@ def mse_cupy(pred, target, scale, want_grad=True):
     return _sum_cupy(MSE_SUM_CUDA, "mse", pred, target)
 
 
+@_cuda.uses_cupy_only  # CuPy's min and max reductions
 def value_range_cupy(a):
     _cuda.check_device_arrays("value_range", a)
     cupy = _cuda.cupy_module()

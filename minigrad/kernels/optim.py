@@ -325,6 +325,7 @@ def adam_update_cupy(param, grad, m, v, lr, beta1, beta2, eps, weight_decay, ste
         np.int32(mode)))
 
 
+@_cuda.uses(ADAM_CUDA)
 def adam_updates_cupy(params, grads, ms, vs, lr, beta1, beta2, eps, weight_decay, steps,
                       decoupled, outs=None):
     # a launch is queued, not waited for: one per parameter costs the GPU nothing
