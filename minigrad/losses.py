@@ -94,8 +94,8 @@ class FusedSumLoss(Function):
 def _check_range(op, name, t, low, high, *, open_low=False, open_high=False):
     """Every value of Tensor ``t`` in the interval, or a ValueError naming the loss, the
     argument, the values found and what is expected (NaN counts as outside).  The
-    device's ``value_range`` kernel: min and max in one pass (a NaN makes both NaN,
-    which fails the comparisons), and one read from the device."""
+    device's ``value_range`` kernel: its min and max (a NaN makes both NaN, which
+    fails the comparisons), and one read from the device."""
     xp, data = t.xp, t.data
     if data.size == 0:
         return

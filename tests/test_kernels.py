@@ -69,8 +69,8 @@ def test_dense_forward_and_backward(activation, data, variant):
 @SETTINGS
 @given(data=st.data())
 def test_value_range(data):
-    """min and max in one pass, for any shape and layout; a NaN anywhere gives NaN for
-    both, infinities count as values (NumPy's answers)."""
+    """min and max, for any shape and layout; a NaN anywhere gives NaN for both,
+    infinities count as values (NumPy's answers)."""
     dtype = data.draw(dtypes)
     shape = data.draw(hnp.array_shapes(min_dims=0, max_dims=3, min_side=1, max_side=9))
     a = data.draw(hnp.arrays(dtype, shape, elements=st.floats(

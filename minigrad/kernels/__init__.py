@@ -37,7 +37,8 @@ scale, want_grad) -> (sum, grad)``    (sigmoid(x) - t) * scale, or None), one pa
 ``mse(pred, target, scale,            (sum of (pred - target)^2; the gradient
 want_grad) -> (sum, grad)``           2 (pred - target) * scale, or None), one pass
 ``value_range(a) -> (min, max)``      the least and greatest value, as floats (NaN
-                                      for both where a holds a NaN), one pass
+                                      for both where a holds a NaN): NumPy's or
+                                      CuPy's min and max
 ``sgd_update(param, grad, velocity,   in place: weight decay, momentum, Nesterov;
 lr, momentum, weight_decay,           velocity None without momentum
 nesterov)``

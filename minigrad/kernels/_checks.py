@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import numpy
 
+from ..activations import Activation
+
 __all__ = ["CHECKS"]
 
 _FLOATS = (numpy.dtype(numpy.float32), numpy.dtype(numpy.float64))
@@ -40,7 +42,6 @@ def _matrix(op, name, a):
 
 
 def _activation(op, activation):
-    from ..activations import Activation
     if not isinstance(activation, Activation):
         raise TypeError(f"{op}: activation is {activation!r}; expected an entry of "
                         f"minigrad.activations.ACTIVATIONS (minigrad.activations.activation(name))")
