@@ -5,7 +5,7 @@ One epoch is: shuffle the rows, and for each batch ``x``
     loss, terms = model._loss(x, noise)     # the flavor's equation
     loss.backward()                         # minigrad's reverse pass
     clip_grad_norm(...)                     # if asked for
-    optimizer.step()                        # one fused update per parameter
+    optimizer.step()                        # fused updates (Adam: one call for all)
 
 then, once per epoch: check the weights are finite, evaluate the validation data,
 step the learning-rate schedule, let early stopping decide, write the checkpoint
