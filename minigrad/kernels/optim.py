@@ -239,7 +239,6 @@ def adam_update_numba(param, grad, m, v, lr, beta1, beta2, eps, weight_decay, st
           smallest_normal(dtype), _jit.blocks(param.size), size=param.size)
 
 
-
 def adam_updates_numba(params, grads, ms, vs, lr, beta1, beta2, eps, weight_decay, steps,
                        decoupled, outs=None):
     if not params:
