@@ -168,12 +168,11 @@ def mse_numba(pred, target, scale, want_grad=True):
     return _run(_mse, pred, target, 2 * scale, BOTH if want_grad else LOSS)
 
 
-def value_range_numba(a):
-    # NumPy's own reductions: SIMD, and NaN comes out of them as the answer.  A
-    # one-pass Numba kernel (per-column min, max and a NaN probe) was 1.6-1.9x slower
-    # on an AMD EPYC (Zen 4) at 64 to 1024 rows of 784: two vectorized passes over
-    # data in cache beat one pass that does three things per element.
-    return value_range_numpy(a)
+# NumPy's own reductions: SIMD, and NaN comes out of them as the answer.  A one-pass
+# Numba kernel (per-column min, max and a NaN probe) was 1.6-1.9x slower on an AMD
+# EPYC (Zen 4) at 64 to 1024 rows of 784: two vectorized passes over data in cache
+# beat one pass that does three things per element.
+value_range_numba = value_range_numpy
 
 
 # ----------------------------------------------------------------------------

@@ -80,11 +80,20 @@ def adam_update_numpy(param, grad, m, v, lr, beta1, beta2, eps, weight_decay, st
     flush_subnormals(param)
 
 
-def adam_updates_numpy(params, grads, ms, vs, lr, beta1, beta2, eps, weight_decay, steps,
-                       decoupled, outs=None):
-    for i, (param, grad, m, v, step) in enumerate(zip(params, grads, ms, vs, steps)):
-        adam_update_numpy(param, grad, m, v, lr, beta1, beta2, eps, weight_decay, step,
-                          decoupled, None if outs is None else outs[i])
+def _each_parameter(adam_update, name):
+    """``adam_updates`` as a loop over ``adam_update``, one parameter at a time: the
+    NumPy reference, and the CuPy version (a launch is queued, not waited for, so one
+    per parameter costs the GPU nothing)."""
+    def adam_updates(params, grads, ms, vs, lr, beta1, beta2, eps, weight_decay, steps,
+                     decoupled, outs=None):
+        for i, (param, grad, m, v, step) in enumerate(zip(params, grads, ms, vs, steps)):
+            adam_update(param, grad, m, v, lr, beta1, beta2, eps, weight_decay, step,
+                        decoupled, None if outs is None else outs[i])
+    adam_updates.__name__ = adam_updates.__qualname__ = name
+    return adam_updates
+
+
+adam_updates_numpy = _each_parameter(adam_update_numpy, "adam_updates_numpy")
 
 
 # ----------------------------------------------------------------------------
@@ -324,10 +333,5 @@ def adam_update_cupy(param, grad, m, v, lr, beta1, beta2, eps, weight_decay, ste
         np.int32(mode)))
 
 
-@_cuda.uses(ADAM_CUDA)
-def adam_updates_cupy(params, grads, ms, vs, lr, beta1, beta2, eps, weight_decay, steps,
-                      decoupled, outs=None):
-    # a launch is queued, not waited for: one per parameter costs the GPU nothing
-    for i, (param, grad, m, v, step) in enumerate(zip(params, grads, ms, vs, steps)):
-        adam_update_cupy(param, grad, m, v, lr, beta1, beta2, eps, weight_decay, step,
-                         decoupled, None if outs is None else outs[i])
+adam_updates_cupy = _cuda.uses(ADAM_CUDA)(_each_parameter(adam_update_cupy,
+                                                            "adam_updates_cupy"))
