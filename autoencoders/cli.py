@@ -93,6 +93,14 @@ def _seed(text):
 FEATURES_ARCH = "mlp"
 
 
+def _odd_positive_int(text):
+    value = _positive_int(text)
+    if value % 2 == 0:
+        raise argparse.ArgumentTypeError(f"expected an odd positive integer (padding k // 2 "
+                                         f"keeps the image centred), got {value}")
+    return value
+
+
 def _common(parser, *, flavor, latent, hidden, epochs, batch_size=128, lr=1e-3, data=True,
             out=None, arch="mlp", conv_hidden="none"):
     g = parser.add_argument_group("model and training")
@@ -100,9 +108,11 @@ def _common(parser, *, flavor, latent, hidden, epochs, batch_size=128, lr=1e-3, 
                    help="mlp: Dense layers; conv: stride-2 convolutions (--channels) before "
                         "the Dense layers, mirrored in the decoder (default: %(default)s)")
     g.add_argument("--channels", type=_int_list(1, "positive channel counts"),
-                   default=[32, 64],
+                   default=None,
                    help="--arch conv: channels of each stride-2 convolution, comma-separated "
                         "(default: 32,64)")
+    g.add_argument("--kernel-size", type=_odd_positive_int, default=None,
+                   help="--arch conv: side of every convolution's kernel, odd (default: 3)")
     parser.set_defaults(mlp_hidden=_hidden_sizes(hidden), conv_hidden=_hidden_sizes(conv_hidden))
     g.add_argument("--flavor", default=flavor, choices=_FLAVORS,
                    help="vanilla, sparse, denoising, contractive or variational "

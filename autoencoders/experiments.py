@@ -163,10 +163,19 @@ def build_model(options, input_dim, flavor=None, image_shape=None, **hyper):
                              f"it needs --arch conv and --hidden none, got --arch "
                              f"{_arch(options)} and --hidden {given}")
     sizes = [input_dim, *hidden] + ([] if latent == "none" else [latent])
+    channels, kernel_size = getattr(options, "channels", None), getattr(options, "kernel_size",
+                                                                        None)
     if _arch(options) == "conv":
         if image_shape is None:  # pragma: no cover - every command passes its images' shape
             raise UsageError("--arch conv needs images")
-        hyper.update(channels=tuple(options.channels), image_shape=tuple(image_shape))
+        hyper.update(channels=tuple(channels or (32, 64)), image_shape=tuple(image_shape),
+                     kernel_size=kernel_size or 3)
+    elif channels is not None or kernel_size is not None:
+        given = " and ".join(f"{flag} {value}" for flag, value in (
+            ("--channels", ",".join(map(str, channels or ()))), ("--kernel-size", kernel_size))
+            if value)
+        raise UsageError(f"{given} shape the convolutions of --arch conv; this model is "
+                         f"--arch mlp (Dense layers only), which has none")
     return cls(sizes, seed=options.seed, **hyper)
 
 

@@ -298,3 +298,30 @@ def test_latent_none_on_the_command_line_is_fully_convolutional(tmp_path, fashio
             cli.main(["denoise", "--latent", "none", "--epochs", "1", "--no-progress",
                       "--out", str(tmp_path / "x"), "--data-dir", str(fashion_dir)] + bad)
         assert stop.value.code == 2 and words in capsys.readouterr().err
+
+
+def test_kernel_size_on_the_command_line(tmp_path, fashion_dir, capsys):
+    out = tmp_path / "denoise"
+    assert cli.main(["denoise", "--arch", "conv", "--channels", "4,8", "--kernel-size", "5",
+                     "--latent", "8", "--epochs", "1", "--no-progress", "--out", str(out),
+                     "--data-dir", str(fashion_dir)]) == 0
+    for path in sorted(out.glob("*.npz")):
+        config, weights = files.read_model(path)
+        assert config["conv"]["kernel_size"] == 5
+        assert weights["encoder.1.weight"].shape == (4, 1, 5, 5)
+    common = ["--epochs", "1", "--no-progress", "--out", str(tmp_path / "x"),
+              "--data-dir", str(fashion_dir)]
+    for argv, words in (
+            (["denoise", "--arch", "conv", "--kernel-size", "4"],
+             "argument --kernel-size: expected an odd positive integer"),
+            (["denoise", "--arch", "conv", "--kernel-size", "0"],
+             "argument --kernel-size: expected a positive integer, got 0"),
+            # the dense model has no convolutions: the options are not silently dropped
+            (["features", "--arch", "mlp", "--kernel-size", "5"],
+             "--kernel-size 5 shape the convolutions of --arch conv; this model is --arch mlp"),
+            (["denoise", "--arch", "mlp", "--channels", "8,16"],
+             "--channels 8,16 shape the convolutions of --arch conv")):
+        capsys.readouterr()
+        with pytest.raises(SystemExit) as stop:
+            cli.main(argv + common)
+        assert stop.value.code == 2 and words in capsys.readouterr().err
