@@ -104,7 +104,7 @@ def _odd_positive_int(text):
 
 
 def _common(parser, *, flavor, latent, hidden, epochs, batch_size=128, lr=1e-3, data=True,
-            out=None, arch="mlp", conv_hidden="none"):
+            out=None, arch="mlp", conv_hidden="none", schedule="constant"):
     g = parser.add_argument_group("model and training")
     g.add_argument("--arch", choices=("mlp", "conv"), default=arch,
                    help="mlp: Dense layers; conv: stride-2 convolutions (--channels) before "
@@ -129,6 +129,9 @@ def _common(parser, *, flavor, latent, hidden, epochs, batch_size=128, lr=1e-3, 
     g.add_argument("--batch-size", type=_positive_int, default=batch_size,
                    help="(default: %(default)s)")
     g.add_argument("--lr", type=_positive_number, default=lr, help="Adam learning rate (default: %(default)s)")
+    g.add_argument("--schedule", choices=("constant", "cosine"), default=schedule,
+                   help="learning rate over the epochs: constant, or cosine annealing from "
+                        "--lr down to 0 at the last epoch (default: %(default)s)")
     g.add_argument("--seed", type=_seed, default=0,
                    help="seeds data, weights, shuffling and noise (default: %(default)s)")
     g.add_argument("--backend", default=None,

@@ -25,6 +25,7 @@ import warnings
 import numpy as np
 
 import minigrad
+from minigrad import optim
 
 from . import datasets, figures, metrics
 from . import FLAVORS
@@ -97,7 +98,11 @@ class Run:
         ranks = "" if self.comm is None else f" per rank x {self.comm.size} ranks"
         self.log(f"training {type(model).__name__} {getattr(model, 'sizes', '')} on "
                  f"{len(X)} examples: {o.epochs} epochs, batch {o.batch_size}{ranks}, lr {o.lr}"
+                 + (" (cosine)" if getattr(o, "schedule", "constant") == "cosine" else "")
                  + (" (resuming)" if getattr(o, "resume", False) else ""))
+        if getattr(o, "schedule", "constant") == "cosine":
+            fit_options.setdefault("schedule",
+                                   lambda opt: optim.CosineAnnealingLR(opt, o.epochs))
         started = time.perf_counter()
         try:
             history = model.fit(X, epochs=o.epochs, batch_size=o.batch_size, lr=o.lr,

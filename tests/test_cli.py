@@ -233,3 +233,21 @@ def test_experiments_with_backend_cupy_match_the_cpu(device, tmp_path, fashion_d
             np.testing.assert_allclose(list(finite_numbers(metrics["cupy"][key])),
                                        list(finite_numbers(metrics["numpy"][key])),
                                        err_msg=key, **tol)
+
+
+def test_schedule_cosine_anneals_the_learning_rate_over_the_epochs(tmp_path, fashion_dir):
+    lrs = {}
+    for schedule in ("constant", "cosine"):
+        out = tmp_path / schedule
+        assert cli.main(["features", "--data-dir", str(fashion_dir), "--latent", "8",
+                         "--labels", "300", "--out", str(out), "--schedule", schedule]
+                        + SMALL[:1] + ["3"] + SMALL[2:]) == 0
+        with open(out / "model" / "log.jsonl") as f:
+            lrs[schedule] = [json.loads(line)["lr"] for line in f]
+    assert lrs["constant"] == [1e-3] * 3
+    # CosineAnnealingLR(opt, 3): epoch e trains at lr (1 + cos(pi e / 3)) / 2; each
+    # line of the log holds the rate of the epoch after it (0 after the last)
+    assert lrs["cosine"] == pytest.approx([1e-3 * (1 + math.cos(math.pi * e / 3)) / 2
+                                           for e in range(1, 4)], abs=1e-12)
+    assert "argument --schedule: invalid choice: 'step'" in usage_error(
+        ["features", "--schedule", "step", "--no-progress"])
