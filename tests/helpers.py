@@ -164,3 +164,19 @@ def write_fashion_like(root, n_train, n_test):
         datasets.write_idx(root / f"{split}-images-idx3-ubyte.gz", images.astype(np.uint8))
         datasets.write_idx(root / f"{split}-labels-idx1-ubyte.gz", labels.astype(np.uint8))
     return root
+
+
+def usage_error(argv):
+    """Run the command line (``python -m autoencoders argv``); it must exit with status
+    2 and one line on stderr, which is returned."""
+    import contextlib
+    import io
+
+    from autoencoders import cli
+    err = io.StringIO()
+    with contextlib.redirect_stderr(err), pytest.raises(SystemExit) as stop:
+        cli.main(argv)
+    assert stop.value.code == 2, err.getvalue()
+    text = err.getvalue()
+    assert "Traceback" not in text and text.count("\n") <= 1 + text.count("usage:") * 20
+    return text

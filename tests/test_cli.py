@@ -13,7 +13,7 @@ pytest.importorskip("matplotlib", reason="the figures need matplotlib (the 'viz'
 
 import minigrad as mg  # noqa: E402
 from autoencoders import cli  # noqa: E402
-from helpers import GPU_DEVICES, write_fashion_like  # noqa: E402
+from helpers import GPU_DEVICES, usage_error, write_fashion_like  # noqa: E402
 
 SMALL = ["--epochs", "1", "--hidden", "32", "--batch-size", "64", "--no-progress",
          "--backend", "numpy"]
@@ -99,19 +99,6 @@ def test_manifold_resume_continues_the_run_to_the_same_model(tmp_path, monkeypat
     err = usage_error(base + ["--batch-size", "32", "--epochs", "4", "--out", str(parts),
                               "--resume"])
     assert "manifold: error: " in err and "batch_size=64; this call has batch_size=32" in err
-
-
-def usage_error(argv):
-    """Run the command line; it must exit with status 2 and one line on stderr."""
-    import contextlib
-    import io
-    err = io.StringIO()
-    with contextlib.redirect_stderr(err), pytest.raises(SystemExit) as stop:
-        cli.main(argv)
-    assert stop.value.code == 2, err.getvalue()
-    text = err.getvalue()
-    assert "Traceback" not in text and text.count("\n") <= 1 + text.count("usage:") * 20
-    return text
 
 
 def test_manifold_rejects_another_flavor(tmp_path):

@@ -26,7 +26,7 @@ from autoencoders import (FLAVORS, ContractiveAutoencoder, DenoisingAutoencoder,
 from autoencoders import cli, files
 from autoencoders.contractive import jacobian_norms
 
-from helpers import CPU_DEVICES, check_loss_gradients, write_fashion_like
+from helpers import CPU_DEVICES, check_loss_gradients, usage_error, write_fashion_like
 
 SETTINGS = settings(max_examples=12, deadline=None,
                     suppress_health_check=[HealthCheck.too_slow,
@@ -269,12 +269,16 @@ def test_arch_conv_on_the_command_line(tmp_path, fashion_dir, command, extra):
     out = tmp_path / command
     data = [] if command == "manifold" else ["--data-dir", str(fashion_dir)]
     latent = ["--latent", "2"] if command == "manifold" else ["--latent", "8"]
-    assert cli.main([command, "--arch", "conv", "--channels", "4,8", "--epochs", "1",
-                     "--no-progress", "--out", str(out)] + data + latent + extra) == 0
+    assert cli.main([command, "--arch", "conv", "--channels", "4,8", "--kernel-size", "5",
+                     "--epochs", "1", "--no-progress", "--out", str(out)]
+                    + data + latent + extra) == 0
     saved = sorted(out.glob("*.npz"))
     assert saved
     for path in saved:
-        config, _ = files.read_model(path)
+        config, weights = files.read_model(path)
+        assert config["conv"]["kernel_size"] == 5
+        kernels = [w.shape for w in weights.values() if w.ndim == 4]
+        assert len(kernels) == 4 and all(shape[2:] == (5, 5) for shape in kernels)
         # each command's default --hidden for conv: a Dense 512 layer for retrieve and
         # features, none for denoise and manifold
         hidden = {"retrieve": [512], "features": [512]}.get(command, [])
@@ -283,7 +287,7 @@ def test_arch_conv_on_the_command_line(tmp_path, fashion_dir, command, extra):
     assert json.loads((out / "config.json").read_text())["options"]["arch"] == "conv"
 
 
-def test_latent_none_on_the_command_line_is_fully_convolutional(tmp_path, fashion_dir, capsys):
+def test_latent_none_on_the_command_line_is_fully_convolutional(tmp_path, fashion_dir):
     out = tmp_path / "denoise"
     assert cli.main(["denoise", "--arch", "conv", "--channels", "4,8", "--latent", "none",
                      "--hidden", "none", "--epochs", "1", "--no-progress", "--out", str(out),
@@ -291,24 +295,16 @@ def test_latent_none_on_the_command_line_is_fully_convolutional(tmp_path, fashio
     for path in sorted(out.glob("*.npz")):
         config, _ = files.read_model(path)
         assert config["sizes"] == [784] and config["conv"]["channels"] == [4, 8]
+        assert config["conv"]["kernel_size"] == 3  # the default
     for bad, words in ((["--arch", "mlp"], "needs --arch conv and --hidden none, got --arch mlp"),
                        (["--arch", "conv", "--hidden", "16"], "got --arch conv and --hidden 16")):
-        capsys.readouterr()
-        with pytest.raises(SystemExit) as stop:
-            cli.main(["denoise", "--latent", "none", "--epochs", "1", "--no-progress",
-                      "--out", str(tmp_path / "x"), "--data-dir", str(fashion_dir)] + bad)
-        assert stop.value.code == 2 and words in capsys.readouterr().err
+        assert words in usage_error(["denoise", "--latent", "none", "--epochs", "1",
+                                     "--no-progress", "--out", str(tmp_path / "x"),
+                                     "--data-dir", str(fashion_dir)] + bad)
 
 
-def test_kernel_size_on_the_command_line(tmp_path, fashion_dir, capsys):
-    out = tmp_path / "denoise"
-    assert cli.main(["denoise", "--arch", "conv", "--channels", "4,8", "--kernel-size", "5",
-                     "--latent", "8", "--epochs", "1", "--no-progress", "--out", str(out),
-                     "--data-dir", str(fashion_dir)]) == 0
-    for path in sorted(out.glob("*.npz")):
-        config, weights = files.read_model(path)
-        assert config["conv"]["kernel_size"] == 5
-        assert weights["encoder.1.weight"].shape == (4, 1, 5, 5)
+def test_bad_kernel_size_and_conv_options_for_a_dense_model_are_usage_errors(tmp_path,
+                                                                             fashion_dir):
     common = ["--epochs", "1", "--no-progress", "--out", str(tmp_path / "x"),
               "--data-dir", str(fashion_dir)]
     for argv, words in (
@@ -321,7 +317,4 @@ def test_kernel_size_on_the_command_line(tmp_path, fashion_dir, capsys):
              "--kernel-size 5 shape the convolutions of --arch conv; this model is --arch mlp"),
             (["denoise", "--arch", "mlp", "--channels", "8,16"],
              "--channels 8,16 shape the convolutions of --arch conv")):
-        capsys.readouterr()
-        with pytest.raises(SystemExit) as stop:
-            cli.main(argv + common)
-        assert stop.value.code == 2 and words in capsys.readouterr().err
+        assert words in usage_error(argv + common)
