@@ -96,11 +96,12 @@ class Run:
         o = self.options
         folder = self.path(name)
         ranks = "" if self.comm is None else f" per rank x {self.comm.size} ranks"
+        cosine = getattr(o, "schedule", "constant") == "cosine"
         self.log(f"training {type(model).__name__} {getattr(model, 'sizes', '')} on "
                  f"{len(X)} examples: {o.epochs} epochs, batch {o.batch_size}{ranks}, lr {o.lr}"
-                 + (" (cosine)" if getattr(o, "schedule", "constant") == "cosine" else "")
+                 + (" (cosine)" if cosine else "")
                  + (" (resuming)" if getattr(o, "resume", False) else ""))
-        if getattr(o, "schedule", "constant") == "cosine":
+        if cosine:
             fit_options.setdefault("schedule",
                                    lambda opt: optim.CosineAnnealingLR(opt, o.epochs))
         started = time.perf_counter()
