@@ -286,16 +286,24 @@ class ConvTranspose2dFunction(Function):
 class Upsample2dFunction(Function):
     """y = x with every pixel repeated (sh x sw times) (nearest neighbour).
 
-    backward: g summed over each sh x sw block"""
+    backward: g summed over each sh x sw block -- as sw strided column views added,
+    then sh row views: elementwise adds.  (A sum over the block axes of g reshaped to
+    (n, c, h, sh, w, sw) gives the same numbers, 20x slower in NumPy: it reduced axes
+    of length 2 deep inside the array, and was most of a conv denoiser's step.)"""
 
     def forward(self, x, scale):
         self.scale = scale
         return x.repeat(scale[0], axis=2).repeat(scale[1], axis=3)
 
     def backward(self, g):
-        n, c, h, w = g.shape
         sh, sw = self.scale
-        return g.reshape(n, c, h // sh, sh, w // sw, sw).sum(axis=(3, 5))
+        columns = g[..., 0::sw]
+        for j in range(1, sw):
+            columns = columns + g[..., j::sw]
+        blocks = columns[:, :, 0::sh]
+        for i in range(1, sh):
+            blocks = blocks + columns[:, :, i::sh]
+        return blocks
 
 
 # ----------------------------------------------------------------------------
