@@ -186,6 +186,7 @@ class _Training:
         try:
             while self.epoch < self.epochs and not (self.stopper and self.stopper.stopped):
                 started = time.perf_counter()
+                rate = self.opt.lr  # this epoch's; the schedule sets the next one's at its end
                 epoch, where = self.epoch, f"epoch {self.epoch + 1} of {self.epochs}"
                 model._begin_epoch(epoch, self.epochs)
                 order = (self.shuffle_rng.permutation(self.train_rows.n)
@@ -216,7 +217,7 @@ class _Training:
                 with distributed.Together(self.comm, f"the end of {where}") as together:
                     self._end_epoch(logs)
                     bar.epoch(epoch, logs, time.perf_counter() - started)
-                    self._log(logs, time.perf_counter() - started)
+                    self._log(logs, time.perf_counter() - started, rate)
                     stops = [cb(model, epoch, logs) for cb in self.callbacks]
                     together.vote(any(stop is True for stop in stops))
                 if together.any:
@@ -400,16 +401,18 @@ class _Training:
         with files.atomic_write(path, "w") as f:
             f.writelines(kept)
 
-    def _log(self, logs, seconds):
+    def _log(self, logs, seconds, lr):
+        """One line per epoch: its number (from 1), seconds, the learning rate it trained
+        with, and its logged terms."""
         if self.log_dir is None or not self.comm.root:
             return
-        record = {"epoch": self.epoch, "seconds": round(seconds, 4), "lr": self.opt.lr, **logs}
+        record = {"epoch": self.epoch, "seconds": round(seconds, 4), "lr": lr, **logs}
         with open(os.path.join(self.log_dir, LOG_FILE), "a") as f:
             f.write(json.dumps(record) + "\n")
         if self.writer is not None:
             for key, value in logs.items():
                 self.writer.add_scalar(f"loss/{key}", value, self.epoch)
-            self.writer.add_scalar("lr", self.opt.lr, self.epoch)
+            self.writer.add_scalar("lr", lr, self.epoch)
             self.writer.flush()
 
 

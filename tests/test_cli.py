@@ -233,9 +233,9 @@ def test_schedule_cosine_anneals_the_learning_rate_over_the_epochs(tmp_path, fas
         with open(out / "model" / "log.jsonl") as f:
             lrs[schedule] = [json.loads(line)["lr"] for line in f]
     assert lrs["constant"] == [1e-3] * 3
-    # CosineAnnealingLR(opt, 3): epoch e trains at lr (1 + cos(pi e / 3)) / 2; each
-    # line of the log holds the rate of the epoch after it (0 after the last)
+    # CosineAnnealingLR(opt, 3): epoch e (from 0) trains at lr (1 + cos(pi e / 3)) / 2,
+    # the rate its line of the log holds
     assert lrs["cosine"] == pytest.approx([1e-3 * (1 + math.cos(math.pi * e / 3)) / 2
-                                           for e in range(1, 4)], abs=1e-12)
+                                           for e in range(3)], abs=1e-12)
     assert "argument --schedule: invalid choice: 'step'" in usage_error(
         ["features", "--schedule", "step", "--no-progress"])

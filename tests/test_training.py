@@ -186,8 +186,8 @@ def test_the_schedule_sets_each_epochs_learning_rate(tmp_path):
     model.fit(X, epochs=7, batch_size=32, lr=0.1, optimizer="sgd", progress=False,
               schedule=lambda opt: optim.StepLR(opt, step_size=3, gamma=0.5), log_dir=tmp_path)
     rates = [json.loads(line)["lr"] for line in open(tmp_path / training.LOG_FILE)]
-    # each line holds the rate the next epoch will use, after the schedule's step
-    assert rates == pytest.approx([0.1 * 0.5 ** ((n + 1) // 3) for n in range(7)])
+    # each line holds the rate its epoch trained with: halved after every 3 epochs
+    assert rates == pytest.approx([0.1 * 0.5 ** (n // 3) for n in range(7)])
     other = optim.SGD(VanillaAutoencoder([12, 4]).parameters(), lr=0.1)
     with pytest.raises(ValueError, match="bound to another optimizer"):
         model.fit(X, epochs=1, schedule=optim.StepLR(other, 2), progress=False)
