@@ -96,14 +96,13 @@ class Run:
         o = self.options
         folder = self.path(name)
         ranks = "" if self.comm is None else f" per rank x {self.comm.size} ranks"
-        cosine = getattr(o, "schedule", "constant") == "cosine"
+        cosine = o.schedule == "cosine"  # every training command has --schedule
         self.log(f"training {type(model).__name__} {getattr(model, 'sizes', '')} on "
                  f"{len(X)} examples: {o.epochs} epochs, batch {o.batch_size}{ranks}, lr {o.lr}"
                  + (" (cosine)" if cosine else "")
                  + (" (resuming)" if getattr(o, "resume", False) else ""))
         if cosine:
-            fit_options.setdefault("schedule",
-                                   lambda opt: optim.CosineAnnealingLR(opt, o.epochs))
+            fit_options["schedule"] = lambda opt: optim.CosineAnnealingLR(opt, o.epochs)
         started = time.perf_counter()
         try:
             history = model.fit(X, epochs=o.epochs, batch_size=o.batch_size, lr=o.lr,

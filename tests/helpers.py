@@ -17,7 +17,9 @@ what this machine can run.  Test modules import from here (``from helpers import
   central differences w.r.t. every parameter; ``write_fashion_like(root, n_train,
   n_test)``: small IDX files in the Fashion-MNIST layout.
 """
+import contextlib
 import importlib.util
+import io
 
 import numpy as np
 import pytest
@@ -169,9 +171,6 @@ def write_fashion_like(root, n_train, n_test):
 def usage_error(argv):
     """Run the command line (``python -m autoencoders argv``); it must exit with status
     2 and one line on stderr, which is returned."""
-    import contextlib
-    import io
-
     from autoencoders import cli
     err = io.StringIO()
     with contextlib.redirect_stderr(err), pytest.raises(SystemExit) as stop:
