@@ -46,6 +46,41 @@ def test_step_benchmark_targets_compare_with_the_fastest_peer():
     assert "matrix-product floor, batch 1024" in text and "1.06" in text and "met" in text
 
 
+def test_step_benchmark_loss_check_measures_against_float64():
+    """Each float32 framework's losses against PyTorch float32 and against the same
+    steps in float64: nearer the float64 run than PyTorch float32 is OK even where it
+    differs from PyTorch float32 by more than 1e-4; a different computation is not."""
+    sys.path.insert(0, BENCH)
+    try:
+        import train_step
+    finally:
+        sys.path.remove(BENCH)
+    exact = [100.0, 90.0, 80.0]
+    results = {"torch": {"check_losses": [100.0, 90.015, 80.0],  # 1.7e-4 off float64
+                         "check_losses_float64": exact},
+               "minigrad-numpy": {"check_losses": [100.0, 90.001, 80.0]},  # nearer it
+               "broken": {"check_losses": [100.0, 91.0, 81.0]},
+               "floor": {}}
+    text = "\n".join(train_step.loss_check(results, list(results), 3))
+    row = {line.split()[0]: line for line in text.splitlines()[1:] if line.startswith("  ")}
+    assert "to torch" in text and "in float64" in text
+    assert results["minigrad-numpy"]["check_max_rel_diff"] > 1e-4  # against torch float32
+    assert abs(results["minigrad-numpy"]["check_max_rel_diff_float64"] - 0.001 / 90) < 1e-12
+    assert abs(results["torch"]["check_max_rel_diff_float64"] - 0.015 / 90) < 1e-12
+    lines = text.splitlines()
+    float64_part = lines[lines.index(next(l for l in lines if "in float64" in l)):]
+    verdict = {l.split()[0]: l.split()[2] for l in float64_part if l.startswith("  ")}
+    assert verdict == {"torch": "OK", "minigrad-numpy": "OK", "broken": "MISMATCH"}
+    assert "floor" not in row
+    assert "MISMATCH" not in row["minigrad-numpy"]  # the float64 run decides
+    # without the float64 run, PyTorch float32 is the reference
+    del results["torch"]["check_losses_float64"]
+    text = "\n".join(train_step.loss_check(results, list(results), 3))
+    row = {line.split()[0]: line for line in text.splitlines()[1:] if line.startswith("  ")}
+    assert "in float64" not in text and row["minigrad-numpy"].endswith("MISMATCH (<= 1e-4)")
+    assert train_step.loss_check({"jax": {"check_losses": exact}}, ["jax"], 3) == []
+
+
 def test_step_benchmark_runs_its_frameworks_in_turns(tmp_path):
     pytest.importorskip("numba", reason="the default backend's benchmark needs numba")
     out = tmp_path / "train_step.json"

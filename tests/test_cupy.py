@@ -197,6 +197,18 @@ def test_loss_kernels(device, dtype, name, n):
 
 
 @on_gpu
+def test_bce_gradient_of_confident_right_answers(device):
+    """-sigmoid(-x) for t = 1 and a large logit, not sigmoid(x) - 1 rounded near 1
+    (see tests/test_kernels.py)."""
+    x = np.array([5.0, 10.0, 15.0, 20.0, 30.0, 80.0], np.float32)
+    exact = -1 / (1 + np.exp(x.astype(np.float64)))
+    for logits, target, want in ((x, np.ones_like(x), exact), (-x, np.zeros_like(x), -exact)):
+        _, grad = device.kernels.bce_with_logits(device.to_device(logits),
+                                                 device.to_device(target), 1.0)
+        np.testing.assert_allclose(device.to_host(grad), want, rtol=1e-6, atol=0)
+
+
+@on_gpu
 @pytest.mark.parametrize("dtype", DTYPES)
 def test_value_range(device, dtype):
     rng = np.random.default_rng(6)

@@ -174,6 +174,20 @@ def test_bce_kernels_at_extreme_logits():
         np.testing.assert_allclose(both, loss, rtol=1e-12)
 
 
+def test_bce_gradient_of_confident_right_answers(variant):
+    """t = 1 and a large logit: the gradient is -sigmoid(-x), small but not rounded;
+    written as sigmoid(x) - 1 it would be a multiple of 6e-8 (x = 15: -2.98e-7
+    or -3.58e-7 for -3.06e-7) and 0 from x = 17 on.  Mirrored: t = 0 and a large negative
+    logit."""
+    x = np.array([5.0, 10.0, 15.0, 20.0, 30.0, 80.0], np.float32)
+    exact = -1 / (1 + np.exp(x.astype(np.float64)))
+    for table in (REF, NUMBA):
+        _, grad = table.bce_with_logits(x, np.ones_like(x), 1.0)
+        np.testing.assert_allclose(grad, exact, rtol=1e-6, atol=0)
+        _, grad = table.bce_with_logits(-x, np.zeros_like(x), 1.0)
+        np.testing.assert_allclose(grad, -exact, rtol=1e-6, atol=0)
+
+
 @st.composite
 def optimizer_state(draw):
     dtype = draw(dtypes)

@@ -7,7 +7,8 @@
  * atomics: the same launch gives the same bits whatever order blocks run in.  With
  * GRAD the same pass also writes the gradient, in the arrays' dtype.
  *
- * BCE with logits: term softplus(x) - x t, gradient (sigmoid(x) - t) * scale;
+ * BCE with logits: term softplus(x) - x t, gradient (sigmoid(x) - t) * scale,
+ * computed as ((1 - t) - sigmoid(-x)) * scale for x >= 0 (see losses.py);
  * MSE: term (p - t)^2, gradient (p - t) * scale (the caller passes 2 / n, say).
  * softplus and sigmoid are the activation table's (mg_act). */
 #define MG_SUM_THREADS 256
@@ -16,7 +17,10 @@
 
 template <typename F, int KIND>
 __device__ __forceinline__ F mg_loss_grad(F x, F t, F scale) {
-    return KIND == MG_BCE ? (mg_act<F>(x, MG_SIGMOID, F(0)) - t) * scale : (x - t) * scale;
+    if (KIND != MG_BCE) return (x - t) * scale;
+    /* sigmoid(x) - t as (1 - t) - sigmoid(-x) for x >= 0: nothing cancels */
+    const F s = mg_act<F>(-mg_fabs(x), MG_SIGMOID, F(0));
+    return (x >= F(0) ? (F(1) - t) - s : s - t) * scale;
 }
 
 template <int KIND>
