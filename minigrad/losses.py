@@ -161,8 +161,8 @@ def binary_cross_entropy_with_logits(logits, target, reduction="mean", check_tar
     gradient is sigmoid(x) - t everywhere (max splits a tie at x = 0 in halves); the
     fused kernels compute it as (1 - t) - sigmoid(-x) for x >= 0, since sigmoid(x) - 1
     would round a confident right answer's gradient (-3.06e-7 at x = 15) to a
-    multiple of 6e-8, as PyTorch's float32 kernel does.  Targets outside [0, 1] are an error (``check_target=False`` skips that check, for
-    targets checked already)."""
+    multiple of 6e-8, as PyTorch's float32 kernel does.  Targets outside [0, 1] are
+    an error (``check_target=False`` skips that check, for targets checked already)."""
     logits, target = _same_shape("binary_cross_entropy_with_logits", logits, target,
                                  ("logits", "target"))
     if check_target:
