@@ -67,6 +67,11 @@ class ConvShape:
         full = lambda out: (out - 1) * 2 - 2 * self.padding + self.kernel_size  # noqa: E731
         return (h - full(oh), w - full(ow))
 
+    def __str__(self):
+        k = self.kernel_size
+        return (f"{'x'.join(map(str, self.image_shape))} -> conv "
+                f"{','.join(map(str, self.channels))} ({k}x{k})")
+
     def config(self):
         return {"image_shape": list(self.image_shape), "channels": list(self.channels),
                 "kernel_size": self.kernel_size}

@@ -97,7 +97,9 @@ class Run:
         folder = self.path(name)
         ranks = "" if self.comm is None else f" per rank x {self.comm.size} ranks"
         cosine = o.schedule == "cosine"  # every training command has --schedule
-        self.log(f"training {type(model).__name__} {getattr(model, 'sizes', '')} on "
+        conv, sizes = getattr(model, "conv", None), getattr(model, "sizes", "")
+        layers = sizes if conv is None else f"{conv} -> {list(sizes[1:])}"
+        self.log(f"training {type(model).__name__} {layers} on "
                  f"{len(X)} examples: {o.epochs} epochs, batch {o.batch_size}{ranks}, lr {o.lr}"
                  + (" (cosine)" if cosine else "")
                  + (" (resuming)" if getattr(o, "resume", False) else ""))

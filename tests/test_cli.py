@@ -239,3 +239,15 @@ def test_schedule_cosine_anneals_the_learning_rate_over_the_epochs(tmp_path, fas
                                            for e in range(3)], abs=1e-12)
     assert "argument --schedule: invalid choice: 'step'" in usage_error(
         ["features", "--schedule", "step", "--no-progress"])
+
+
+def test_training_log_names_the_convolutions(tmp_path, fashion_dir, capsys):
+    """A conv model's training line says what it is made of, not only its Dense sizes."""
+    conv = ["--channels", "4,8", "--kernel-size", "5"]
+    for arch, says in (("conv", "DenoisingAutoencoder 1x28x28 -> conv 4,8 (5x5) -> [16] on"),
+                       ("mlp", "DenoisingAutoencoder [784, 16] on")):
+        assert cli.main(["denoise", "--arch", arch, "--data-dir", str(fashion_dir),
+                         "--latent", "16", "--hidden", "none", "--epochs", "1",
+                         "--limit", "200", "--out", str(tmp_path / arch), "--no-progress",
+                         "--backend", "numpy"] + (conv if arch == "conv" else [])) == 0
+        assert says in capsys.readouterr().out
