@@ -740,8 +740,8 @@ def targets(results):
     peers = ("torch", "torch-fused", "torch-compile", "jax")
     for batch in (64, 256, 1024):
         measured = [(median(p, batch), p) for p in peers if median(p, batch) is not None]
-        best, name = min(measured) if measured else (None, "")
-        check(f"numba step / fastest peer ({name}), batch {batch}",
+        best, name = min(measured) if measured else (None, None)
+        check(f"numba step / fastest peer{f' ({name})' if name else ''}, batch {batch}",
               median("minigrad-numba", batch), best, 1.0)
     check("numba step / matrix-product floor, batch 1024", median("minigrad-numba", 1024),
           median("floor", 1024), 1.15)

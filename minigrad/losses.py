@@ -158,11 +158,12 @@ def binary_cross_entropy_with_logits(logits, target, reduction="mean", check_tar
     """BCE of sigmoid(x) against t, as max(x, 0) - t x + ln(1 + e^-|x|): finite for any
     logit x, and without the cancellation of softplus(x) - t x, which for a confident
     right answer (x = 20, t = 1) subtracts two numbers near 20 to leave 2e-9.  The
-    gradient is sigmoid(x) - t everywhere (max splits a tie at x = 0 in halves); the
-    fused kernels compute it as (1 - t) - sigmoid(-x) for x >= 0, since sigmoid(x) - 1
-    would round a confident right answer's gradient (-3.06e-7 at x = 15) to a
-    multiple of 6e-8, as PyTorch's float32 kernel does.  Targets outside [0, 1] are
-    an error (``check_target=False`` skips that check, for targets checked already)."""
+    gradient is sigmoid(x) - t everywhere (max splits a tie at x = 0 in halves),
+    computed as (1 - t) - sigmoid(-x) for x >= 0 by the fused kernels and by the graph
+    below alike, since sigmoid(x) - 1 would round a confident right answer's gradient
+    (-3.06e-7 at x = 15) to a multiple of 6e-8, as PyTorch's float32 kernel does.
+    Targets outside [0, 1] are an error (``check_target=False`` skips that check, for
+    targets checked already)."""
     logits, target = _same_shape("binary_cross_entropy_with_logits", logits, target,
                                  ("logits", "target"))
     if check_target:
@@ -170,7 +171,12 @@ def binary_cross_entropy_with_logits(logits, target, reduction="mean", check_tar
     fused = _fused("bce_with_logits", logits, target, reduction)
     if fused is not None:
         return fused
-    terms = F.maximum(logits, 0.0) - target * logits + F.softplus(-F.abs(logits))
+    # ln(1 + e^-|x|) as the sum's first argument: the backward pass (outputs first,
+    # a node's arguments in order) then reaches it last, so x's gradient is summed as
+    # ([x > 0] - t) - sign(x) sigmoid(-|x|) -- the fused kernels' (1 - t) - sigmoid(-x),
+    # exact for a confident right answer (x = 15, t = 1: -3.06e-7; summed in the other
+    # order it rounds near 1, to -3.58e-7, and to 0 from x = 17 on)
+    terms = F.softplus(-F.abs(logits)) + (F.maximum(logits, 0.0) - target * logits)
     return _reduce("binary_cross_entropy_with_logits", terms, reduction)
 
 

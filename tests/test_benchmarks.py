@@ -44,6 +44,10 @@ def test_step_benchmark_targets_compare_with_the_fastest_peer():
     text = "\n".join(rows)
     assert "fastest peer (jax), batch 1024" in text and "1.12" in text and "MISSED" in text
     assert "matrix-product floor, batch 1024" in text and "1.06" in text and "met" in text
+    # a batch size no peer ran: no peer named, nothing measured
+    text = "\n".join(train_step.targets({"minigrad-numba": timed(9.0), "jax": {"step": {}}}))
+    assert "numba step / fastest peer, batch 256" in text and "()" not in text
+    assert text.count("not measured") == 5  # three peers, the floor, the numpy backend
 
 
 def test_step_benchmark_loss_check_measures_against_float64():

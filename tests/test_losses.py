@@ -143,6 +143,25 @@ def test_per_example_losses_average_over_the_batch_axes():
 # the fused kernels (Numba backend) against the plain graph (NumPy backend)
 # ----------------------------------------------------------------------------
 
+@pytest.mark.parametrize("backend", ["numpy", "numba"])
+def test_bce_with_logits_gradient_of_confident_right_answers(backend):
+    """Both paths, the NumPy backend's graph of primitives and the fused kernel, give a
+    confident right answer's float32 gradient -sigmoid(-|x|) unrounded: summed as
+    sigmoid(x) - 1 it would be a multiple of 6e-8 (x = 15: -3.58e-7 for -3.06e-7) and 0
+    from x = 17 on.  Mirrored: t = 0 and a large negative logit."""
+    if backend == "numba":
+        pytest.importorskip("numba")
+    x = np.array([5.0, 10.0, 15.0, 20.0, 30.0, 80.0], np.float32)
+    exact = -1 / (1 + np.exp(x.astype(np.float64)))
+    with mg.set_backend(backend):
+        for logits, target, want in ((x, np.ones_like(x), exact),
+                                     (-x, np.zeros_like(x), -exact)):
+            xt = mg.Tensor(logits, requires_grad=True)
+            losses.binary_cross_entropy_with_logits(xt, mg.Tensor(target),
+                                                    reduction="sum").backward()
+            np.testing.assert_allclose(xt.grad, want, rtol=1e-6, atol=0)
+
+
 @pytest.mark.parametrize("name", ["mse", "binary_cross_entropy_with_logits"])
 @pytest.mark.parametrize("reduction", ["mean", "sum"])
 @SETTINGS
