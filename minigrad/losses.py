@@ -171,11 +171,9 @@ def binary_cross_entropy_with_logits(logits, target, reduction="mean", check_tar
     fused = _fused("bce_with_logits", logits, target, reduction)
     if fused is not None:
         return fused
-    # ln(1 + e^-|x|) as the sum's first argument: the backward pass (outputs first,
-    # a node's arguments in order) then reaches it last, so x's gradient is summed as
-    # ([x > 0] - t) - sign(x) sigmoid(-|x|) -- the fused kernels' (1 - t) - sigmoid(-x),
-    # exact for a confident right answer (x = 15, t = 1: -3.06e-7; summed in the other
-    # order it rounds near 1, to -3.58e-7, and to 0 from x = 17 on)
+    # ln(1 + e^-|x|) as the sum's first argument: the backward pass (outputs first, a
+    # node's arguments in order) reaches it last, so x's gradient is summed in the
+    # order the docstring gives, ([x > 0] - t) - sign(x) sigmoid(-|x|)
     terms = F.softplus(-F.abs(logits)) + (F.maximum(logits, 0.0) - target * logits)
     return _reduce("binary_cross_entropy_with_logits", terms, reduction)
 

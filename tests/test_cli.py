@@ -251,3 +251,8 @@ def test_training_log_names_the_convolutions(tmp_path, fashion_dir, capsys):
                          "--limit", "200", "--out", str(tmp_path / arch), "--no-progress",
                          "--backend", "numpy"] + (conv if arch == "conv" else [])) == 0
         assert says in capsys.readouterr().out
+    # fully convolutional: the last convolution's output is the code, no Dense sizes
+    assert cli.main(["denoise", "--data-dir", str(fashion_dir), "--latent", "none",
+                     "--hidden", "none", "--epochs", "1", "--limit", "200", "--out",
+                     str(tmp_path / "full"), "--no-progress", "--backend", "numpy"] + conv) == 0
+    assert "DenoisingAutoencoder 1x28x28 -> conv 4,8 (5x5) on" in capsys.readouterr().out
