@@ -15,9 +15,10 @@ wait on a pipe, and a pause between turns lets the last one's BLAS threads go
 idle).  These machines are shared, and a neighbour's load comes and goes over
 seconds to minutes; taking turns puts the same stretch of every framework's
 training into the same stretch of time, so the per-epoch ratios compare like with
-like, and the shorter the turns the closer the likeness: with 20 turns an epoch
-(about 0.25 s of work each) the epochs of minigrad against JAX jit spread over
-0.92-1.06 where they spread over 0.80-1.15 with 5 (2026-12-07, README).  An epoch's time is the sum of its chunks' (waiting excluded).  Imports
+like, and the shorter the turns the closer the likeness: in a run with 20 turns
+an epoch (about 0.25 s of work each) the epochs of minigrad against JAX jit
+spread over 0.92-1.06, where two runs with 5 spread over 0.80-1.15 (2026-12-07,
+README).  An epoch's time is the sum of its chunks' (waiting excluded).  Imports
 happen before the clock starts, for every framework; compiling does not: JAX's jit
 compiles in its first epoch, and minigrad's Numba kernels are loaded from the disk
 cache there (a throwaway run of a few steps fills that cache first, as a machine's
