@@ -98,8 +98,8 @@ class Run:
         ranks = "" if self.comm is None else f" per rank x {self.comm.size} ranks"
         cosine = o.schedule == "cosine"  # every training command has --schedule
         conv, sizes = getattr(model, "conv", None), getattr(model, "sizes", "")
-        layers = sizes if conv is None else f"{conv}" + (f" -> {list(sizes[1:])}"
-                                                         if len(sizes) > 1 else "")
+        layers = (sizes if conv is None else
+                  f"{conv} -> {list(sizes[1:])}" if len(sizes) > 1 else str(conv))
         self.log(f"training {type(model).__name__} {layers} on "
                  f"{len(X)} examples: {o.epochs} epochs, batch {o.batch_size}{ranks}, lr {o.lr}"
                  + (" (cosine)" if cosine else "")
