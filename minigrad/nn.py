@@ -266,13 +266,14 @@ class Dense(Module):
 
     def forward(self, x):
         x = x if isinstance(x, Tensor) else Tensor(x)
-        if x.ndim == 0 or x.shape[-1] != self.in_features:
+        shape = x.data.shape
+        if not shape or shape[-1] != self.in_features:
             raise ValueError(f"Dense({self.in_features}, {self.out_features}): input has shape "
                              f"{x.shape}; expected (..., {self.in_features})")
         # The one place that decides: the fused kernels of the device the data is on,
         # or -- on the NumPy reference backend, and for other shapes -- the same layer
         # built from primitives.
-        if x.device.fused and x.ndim == 2 and x.dtype == self.weight.dtype:
+        if len(shape) == 2 and x.data.dtype == self.weight.data.dtype and x.device.fused:
             return DenseFunction.apply(x, self.weight, self.bias,
                                        activation=activations.activation(self.activation),
                                        slope=self.negative_slope)

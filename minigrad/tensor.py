@@ -84,12 +84,15 @@ class Function:
     device's array namespace as ``self.xp``.
     """
 
+    # what a node holds until apply records it (class attributes: one fewer
+    # assignment each in the hot path of every operation)
+    parents = ()
+    saved = ()
+    needs_input_grad = ()
+
     def __init__(self, device):
         self.device = device
         self.xp = device.xp
-        self.parents = ()
-        self.saved = ()
-        self.needs_input_grad = ()
 
     def save_for_backward(self, *arrays):
         self.saved = arrays
@@ -107,12 +110,13 @@ class Function:
         data = [t.data for t in tensors]
         node = cls(device_of(*data))
         out = node.forward(*data, **params)
-        requires_grad = _grad.enabled and any(t.requires_grad for t in tensors)
+        # lets a backward skip work nobody needs (e.g. dL/dx of the input layer)
+        needs = tuple([t._requires_grad for t in tensors])
+        requires_grad = True in needs and _grad.enabled
         result = Tensor._wrap(out, requires_grad)
         if requires_grad:
             node.parents = tuple(tensors)
-            # lets a backward skip work nobody needs (e.g. dL/dx of the input layer)
-            node.needs_input_grad = tuple(t.requires_grad for t in tensors)
+            node.needs_input_grad = needs
             result._node = node
         return result
 
@@ -128,8 +132,11 @@ def _to_tensors(op, inputs):
     lists and NumPy arrays are copied there, but a CuPy array next to host tensors
     is an error (no silent copy back from the GPU).  Errors name both devices.
     """
-    if all(isinstance(x, Tensor) and type(x.data) in _HOST_KINDS for x in inputs):
-        return list(inputs)  # the common case: tensors, all on the host
+    for x in inputs:  # the common case: tensors, all on the host
+        if not (isinstance(x, Tensor) and type(x.data) in _HOST_KINDS):
+            break
+    else:
+        return inputs
     ref = next((x for x in inputs if isinstance(x, Tensor)), None)
     devices = {x.device for x in inputs if isinstance(x, Tensor)}
     if len(devices) > 1:

@@ -175,6 +175,24 @@ def test_dense_fused_path_is_taken_on_the_numba_backend():
         assert type(layer(x)._node).__name__ != "DenseFunction"
 
 
+@pytest.mark.parametrize("rows", [4, 4096])  # one block of rows, and one per thread
+def test_dense_gradients_are_adopted_not_copied(rows):
+    """The fused backward hands each parameter a gradient array of its own, which the
+    leaf keeps as its .grad (a view of a larger array would be copied every step)."""
+    pytest.importorskip("numba")
+    with mg.set_backend("numba"):
+        layer = dense(64, 32, "relu", dtype="float32")
+        x = mg.Tensor(np.random.default_rng(0).random((rows, 64), np.float32))
+        y = layer(x)
+        node = y._node
+        returned = {}
+        backward = node.backward
+        node.backward = lambda g: returned.setdefault("grads", backward(g))
+        y.backward(np.ones(y.shape, np.float32))
+    _, grad_w, grad_b = returned["grads"]
+    assert layer.weight.grad is grad_w and layer.bias.grad is grad_b
+    np.testing.assert_allclose(grad_b, (x.data @ layer.weight.data + layer.bias.data > 0).sum(axis=0), rtol=1e-6)
+
 def test_dense_input_of_another_dtype_takes_the_plain_path(device):
     layer = dense(3, 2, "relu", dtype="float32")
     y = layer(mg.Tensor(np.ones((4, 3)), requires_grad=True))  # float64 input

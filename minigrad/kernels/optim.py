@@ -29,6 +29,8 @@ matters (the step they contribute is below 1e-30); see :mod:`minigrad.denormals`
 """
 from __future__ import annotations
 
+import math
+
 import numpy as np
 
 from ..denormals import flush_subnormals, smallest_normal
@@ -270,11 +272,13 @@ def adam_updates_numba(params, grads, ms, vs, lr, beta1, beta2, eps, weight_deca
                           flat if outs is None else _out(p, outs[i])))
         pad = [(empty,) * 5] * (GROUP - len(group))
         flat_p, flat_g, flat_m, flat_v, flat_out = zip(*(group + pad))
-        # the bias corrections as adam_update_numba computes them (bit for bit)
-        corrections = np.zeros((2, GROUP), dtype=dtype)
-        for k, step in enumerate(steps[lo:lo + GROUP]):
-            corrections[0, k] = lr / (1 - beta1 ** step)
-            corrections[1, k] = 1 / np.sqrt(1 - beta2 ** step)
+        # the bias corrections as adam_update_numba computes them (bit for bit: math.sqrt
+        # and np.sqrt round a float64 alike), 0 for the padding
+        group_steps = steps[lo:lo + GROUP]
+        padding = [0.0] * (GROUP - len(group_steps))
+        corrections = np.array([[lr / (1 - beta1 ** t) for t in group_steps] + padding,
+                                [1 / math.sqrt(1 - beta2 ** t) for t in group_steps] + padding],
+                               dtype=dtype)
         _adam_group(flat_p, flat_g, flat_m, flat_v, flat_out, outs is not None, *scalars,
                     corrections[0], corrections[1], tiny)
 
