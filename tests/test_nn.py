@@ -175,7 +175,7 @@ def test_dense_fused_path_is_taken_on_the_numba_backend():
         assert type(layer(x)._node).__name__ != "DenseFunction"
 
 
-@pytest.mark.parametrize("rows", [4, 4096])  # one block of rows, and one per thread
+@pytest.mark.parametrize("rows", [4, 1 << 16])  # one block of rows; one per thread (2M values)
 def test_dense_gradients_are_adopted_not_copied(rows):
     """The fused backward hands each parameter a gradient array of its own, which the
     leaf keeps as its .grad (a view of a larger array would be copied every step)."""
