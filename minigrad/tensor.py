@@ -137,18 +137,18 @@ def _to_tensors(op, inputs):
             break
     else:
         return inputs
-    ref = next((x for x in inputs if isinstance(x, Tensor)), None)
-    devices = {x.device for x in inputs if isinstance(x, Tensor)}
-    if len(devices) > 1:
+    tensors = [x for x in inputs if isinstance(x, Tensor)]
+    ref = tensors[0] if tensors else None
+    if len(tensors) > 1 and len({t.device for t in tensors}) > 1:
         _device_mismatch(op, inputs)
     out = []
     for x in inputs:
         if isinstance(x, Tensor):
             out.append(x)
-        elif isinstance(x, numbers.Number) and ref is not None and _is_float(ref.dtype):
+        elif isinstance(x, numbers.Number) and ref is not None and ref.data.dtype.kind == "f":
             # a NumPy scalar of the tensor's dtype: CuPy takes it as a kernel argument,
             # with no array to allocate or copy to the GPU
-            out.append(Tensor._wrap(numpy.dtype(ref.dtype).type(x), False))
+            out.append(Tensor._wrap(ref.data.dtype.type(x), False))
         elif ref is not None:
             if ref.device == "cpu" and device_of(x) == "cuda":
                 _device_mismatch(op, inputs)

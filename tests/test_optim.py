@@ -268,3 +268,16 @@ def test_update_kernels_write_out_and_leave_the_parameter(device):
     if device.name == "numba":
         with pytest.raises(ValueError, match="overlap"):
             table.sgd_update(p, g, None, 0.1, 0.0, 0.0, False, p)
+        # views of one buffer, distinct objects: found by the memory test, not by identity
+        buffer = np.zeros(2 * p.size, np.float32)
+        for param, out in ((buffer[:37], buffer[10:47]), (buffer[:37], buffer[:37]),
+                           (buffer[:37], buffer[:37].copy()[None].reshape(37)),
+                           (p, buffer[:37]), (buffer[:37], p)):
+            shared = np.may_share_memory(param, out)
+            call = lambda: table.adam_updates([param], [g], [m], [v], 1e-2, 0.9, 0.999,  # noqa: E731
+                                              1e-8, 0.0, [1], False, [out])
+            if shared:
+                with pytest.raises(ValueError, match="overlap"):
+                    call()
+            else:
+                call()

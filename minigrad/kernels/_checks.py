@@ -105,14 +105,15 @@ def adam_updates(params, grads, ms, vs, lr, beta1, beta2, eps, weight_decay, ste
     for i, (param, grad, m, v) in enumerate(zip(params, grads, ms, vs)):
         out = None if outs is None else outs[i]
         # the usual case in a few comparisons (this runs every step); else find the culprit
-        dtype, shape = getattr(param, "dtype", None), getattr(param, "shape", None)
-        if (dtype in _FLOATS and getattr(grad, "shape", None) == shape
-                and getattr(grad, "dtype", None) in _FLOATS
-                and getattr(m, "shape", None) == shape and getattr(m, "dtype", None) == dtype
-                and getattr(v, "shape", None) == shape and getattr(v, "dtype", None) == dtype
-                and (out is None or (getattr(out, "shape", None) == shape
-                                     and getattr(out, "dtype", None) == dtype))):
-            continue
+        try:
+            dtype, shape = param.dtype, param.shape
+            if (dtype in _FLOATS and grad.shape == shape and grad.dtype in _FLOATS
+                    and m.shape == shape and m.dtype == dtype
+                    and v.shape == shape and v.dtype == dtype
+                    and (out is None or (out.shape == shape and out.dtype == dtype))):
+                continue
+        except AttributeError:  # not an array: named below
+            pass
         _float("adam_updates", f"params[{i}]", param)
         _like("adam_updates", f"grads[{i}]", grad, f"params[{i}]", param)
         for name, a in ((f"ms[{i}]", m), (f"vs[{i}]", v), (f"outs[{i}]", out)):

@@ -196,7 +196,7 @@ def _flat(a):
     if not a.flags.c_contiguous:
         raise ValueError(f"optimizer kernels update in place and need C-contiguous arrays, "
                          f"got strides {a.strides} for shape {a.shape}")
-    return a.reshape(-1)
+    return a.ravel()  # a view: the array is C-contiguous
 
 
 def _out(param, out):
@@ -204,7 +204,10 @@ def _out(param, out):
     dtype are checked at the entry point (``_checks``); an overlap is not."""
     if out is None:
         return _flat(param)
-    if np.may_share_memory(out, param):
+    # two distinct arrays that each own their memory cannot overlap (the usual case,
+    # checked without NumPy's bounds test)
+    if out is param or ((out.base is not None or param.base is not None)
+                        and np.may_share_memory(out, param)):
         raise ValueError("out must not overlap the parameter (it receives the new values "
                          "while the parameter keeps the old ones)")
     return _flat(out)
@@ -268,7 +271,7 @@ def adam_updates_numba(params, grads, ms, vs, lr, beta1, beta2, eps, weight_deca
             if g.dtype != dtype or not g.flags.c_contiguous or not g.flags.writeable:
                 g = np.array(g, dtype=dtype)  # the tuple's arrays must all be of one type
             flat = _flat(p)
-            group.append((flat, g.reshape(-1), _flat(ms[i]), _flat(vs[i]),
+            group.append((flat, g.ravel(), _flat(ms[i]), _flat(vs[i]),
                           flat if outs is None else _out(p, outs[i])))
         pad = [(empty,) * 5] * (GROUP - len(group))
         flat_p, flat_g, flat_m, flat_v, flat_out = zip(*(group + pad))
