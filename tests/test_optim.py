@@ -273,11 +273,9 @@ def test_update_kernels_write_out_and_leave_the_parameter(device):
         for param, out in ((buffer[:37], buffer[10:47]), (buffer[:37], buffer[:37]),
                            (buffer[:37], buffer[:37].copy()[None].reshape(37)),
                            (p, buffer[:37]), (buffer[:37], p)):
-            shared = np.may_share_memory(param, out)
-            call = lambda: table.adam_updates([param], [g], [m], [v], 1e-2, 0.9, 0.999,  # noqa: E731
-                                              1e-8, 0.0, [1], False, [out])
-            if shared:
+            arguments = ([param], [g], [m], [v], 1e-2, 0.9, 0.999, 1e-8, 0.0, [1], False, [out])
+            if np.may_share_memory(param, out):
                 with pytest.raises(ValueError, match="overlap"):
-                    call()
+                    table.adam_updates(*arguments)
             else:
-                call()
+                table.adam_updates(*arguments)
