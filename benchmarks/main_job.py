@@ -241,16 +241,19 @@ FRAMEWORKS = {
 }
 
 
-def fill_numba_cache():
+def fill_numba_cache(script=None):
     """A few steps of the job in a throwaway process: Numba compiles the kernels the job
     uses and keeps them in its disk cache, as the first run on a machine does; the timed
-    processes then load them, as every later run does.  Returns the seconds it took."""
+    processes then load them, as every later run does.  ``script``: this benchmark in
+    another checkout (``--baseline``), whose kernels have a cache of their own (beside
+    their sources).  Returns the seconds it took."""
     started = time.perf_counter()
-    out = subprocess.run([sys.executable, os.path.abspath(__file__), "--worker",
+    out = subprocess.run([sys.executable, script or os.path.abspath(__file__), "--worker",
                           "fill-numba-cache", "--n", "512", "--epochs", "1"],
                          capture_output=True, text=True)
     if out.returncode != 0:
-        raise RuntimeError(f"filling Numba's cache failed:\n{out.stderr[-2000:]}")
+        raise RuntimeError(f"filling Numba's cache failed ({script or 'this checkout'}):\n"
+                           f"{out.stderr[-2000:]}")
     return time.perf_counter() - started
 
 
@@ -365,15 +368,20 @@ def main(argv=None):
     if args.worker:
         return worker(args.worker, args.n, args.epochs, args.chunks)
     names = args.frameworks.split(",")
-    cache_s = None
+    cache_s = baseline_cache_s = None
     if any(n.startswith("minigrad-numba") for n in names):
         cache_s = fill_numba_cache()
+        if args.baseline:  # or the baseline's first epoch would compile its kernels
+            baseline_cache_s = fill_numba_cache(os.path.join(
+                os.path.abspath(args.baseline), "benchmarks", os.path.basename(__file__)))
     results = run_interleaved(names, args)
     text = report(results, args)
     if cache_s is not None:
         text += (f"\n\nNumba's disk cache was filled first by a {cache_s:.1f} s run of a few "
                  f"steps (what every run after a machine's first finds; the first compiles "
                  f"the kernels once)")
+    if baseline_cache_s is not None:
+        text += f", and the baseline's by another ({baseline_cache_s:.1f} s)"
     print(text)
     save_results(args.out, results, text)
 

@@ -28,6 +28,23 @@ def test_main_job_benchmark_runs_in_turns_and_counts_subnormals(tmp_path):
     assert "Numba's disk cache was filled first by a" in proc.stdout
 
 
+def test_main_job_benchmark_fills_the_baselines_kernel_cache_too(tmp_path):
+    """With --baseline, the other checkout's kernels are compiled before the first turn
+    as well (this checkout stands in for it), and its rows are reported."""
+    pytest.importorskip("numba", reason="the default backend's benchmark needs numba")
+    out = tmp_path / "main_job.json"
+    proc = subprocess.run(
+        [sys.executable, os.path.join(BENCH, "main_job.py"), "--frameworks", "minigrad-numba",
+         "--epochs", "1", "--n", "256", "--chunks", "1", "--pause", "0", "--baseline", ROOT,
+         "--out", str(out)],
+        capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    results = json.loads(out.read_text())["results"]
+    assert set(results) == {"minigrad-numba", "minigrad-numba@baseline"}
+    assert "and the baseline's by another" in proc.stdout
+    assert "minigrad-numba / minigrad-numba@baseline, per epoch" in proc.stdout
+
+
 def test_step_benchmark_targets_compare_with_the_fastest_peer():
     sys.path.insert(0, BENCH)
     try:
