@@ -52,8 +52,8 @@ import time
 
 import numpy as np
 
-from train_step import (Worker, baseline_workers, blas_line, count_subnormal,  # (this folder)
-                        end_turn, jax_adam, save_results, wait_for_go)
+from train_step import (Worker, baseline_script, baseline_workers, blas_line,  # (this folder)
+                        count_subnormal, end_turn, jax_adam, save_results, wait_for_go)
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SIZES = [784, 512, 256, 2]
@@ -372,8 +372,7 @@ def main(argv=None):
     if any(n.startswith("minigrad-numba") for n in names):
         cache_s = fill_numba_cache()
         if args.baseline:  # or the baseline's first epoch would compile its kernels
-            baseline_cache_s = fill_numba_cache(os.path.join(
-                os.path.abspath(args.baseline), "benchmarks", os.path.basename(__file__)))
+            baseline_cache_s = fill_numba_cache(baseline_script(args, __file__))
     results = run_interleaved(names, args)
     text = report(results, args)
     if cache_s is not None:

@@ -554,16 +554,21 @@ def run_interleaved(names, args):
     return {w.name: w.result() for w in workers}
 
 
+def baseline_script(args, script):
+    """The benchmark ``script`` (this one's path) in the checkout of ``--baseline DIR``."""
+    other = os.path.join(os.path.abspath(args.baseline), "benchmarks", os.path.basename(script))
+    if not os.path.isfile(other):
+        raise SystemExit(f"--baseline {args.baseline}: no {other}")
+    return other
+
+
 def baseline_workers(names, cmd, args):
     """With ``--baseline DIR``: each minigrad framework once more, run by the same
     benchmark script of the checkout in DIR (e.g. a ``git worktree`` of an earlier
     commit), as "<name>@baseline", taking its turns with the others."""
     if not args.baseline:
         return []
-    script = os.path.join(os.path.abspath(args.baseline), "benchmarks",
-                          os.path.basename(cmd[1]))
-    if not os.path.isfile(script):
-        raise SystemExit(f"--baseline {args.baseline}: no {script}")
+    script = baseline_script(args, cmd[1])
     return [Worker(f"{n}@baseline", [cmd[0], script] + cmd[2:] + ["--worker", n],
                    says_ready=False)
             for n in names if n.startswith("minigrad")]

@@ -40,10 +40,7 @@ def backward_pass(root, grad, retain_graph=False):
             for parent, pg in zip(node.parents, parent_grads):
                 if pg is None or not parent._requires_grad:
                     continue
-                data = parent.data
-                if not (type(pg) is numpy.ndarray and pg.shape == data.shape
-                        and pg.dtype == data.dtype):  # (the common case, checked inline)
-                    pg = unbroadcast(pg, data.shape, data.dtype)
+                pg = unbroadcast(pg, parent.data.shape, parent.data.dtype)
                 key = id(parent)
                 grads[key] = pg if key not in grads else grads[key] + pg
             del parent_grads, g
@@ -58,6 +55,8 @@ def unbroadcast(grad, shape, dtype):
     NumPy broadcasting prepends axes and stretches axes of length 1; the
     gradient of a broadcast is the sum over exactly those axes.
     """
+    if type(grad) is numpy.ndarray and grad.shape == shape and grad.dtype == dtype:
+        return grad  # the common case: nothing to reduce or cast
     shape = tuple(shape)
     if grad.shape != shape:
         extra = grad.ndim - len(shape)

@@ -194,6 +194,7 @@ def test_dense_gradients_are_adopted_not_copied(rows):
     active = x.data @ layer.weight.data + layer.bias.data > 0  # the seed is 1: ReLU's mask
     np.testing.assert_allclose(grad_b, active.sum(axis=0), rtol=1e-6)
 
+
 def test_dense_input_of_another_dtype_takes_the_plain_path(device):
     layer = dense(3, 2, "relu", dtype="float32")
     y = layer(mg.Tensor(np.ones((4, 3)), requires_grad=True))  # float64 input
