@@ -45,6 +45,23 @@ def test_main_job_benchmark_fills_the_baselines_kernel_cache_too(tmp_path):
     assert "minigrad-numba / minigrad-numba@baseline, per epoch" in proc.stdout
 
 
+def test_step_by_hand_computes_what_the_engine_computes(tmp_path):
+    """The hand-written step (the bound on the engine's bookkeeping) must give the
+    engine's losses, gradients and weights, or its timing would compare unlike work."""
+    pytest.importorskip("numba", reason="the benchmark runs the Numba backend's kernels")
+    out = tmp_path / "step_by_hand.json"
+    proc = subprocess.run(
+        [sys.executable, os.path.join(BENCH, "step_by_hand.py"), "--warm-epochs", "1",
+         "--n", "512", "--rounds", "2", "--steps", "2", "--out", str(out)],
+        capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    results = json.loads(out.read_text())["results"]
+    loss, grads, weights = results["agreement"]
+    assert loss < 1e-5 and grads < 1e-5 and weights < 1e-5
+    assert {k: len(v) for k, v in results["times_ms"].items()} == {"engine": 2, "hand": 2}
+    assert "engine / hand per round" in proc.stdout
+
+
 def test_step_benchmark_targets_compare_with_the_fastest_peer():
     sys.path.insert(0, BENCH)
     try:
