@@ -32,7 +32,7 @@ import os
 import numpy
 
 import minigrad
-from minigrad import Tensor, losses, nn, no_grad, optim
+from minigrad import Tensor, losses, nn, no_grad, optim, replay
 
 from . import architecture, files, inputs
 from .files import FORMAT_VERSION
@@ -395,7 +395,8 @@ class Autoencoder(nn.Module):
     def fit(self, X, epochs=10, batch_size=128, lr=1e-3, optimizer="adam",
             validation_data=None, seed=0, callbacks=(), progress=True, backend=None, *,
             validation_split=None, early_stopping=None, schedule=None, clip_grad_norm=None,
-            checkpoint_dir=None, resume=False, log_dir=None, tensorboard=False, comm=None):
+            checkpoint_dir=None, resume=False, log_dir=None, tensorboard=False, comm=None,
+            replay=None):
         """Train on ``X`` with minibatch gradient descent; returns the history.
 
         ``X``: rows (a NumPy array, a ``numpy.memmap`` -- read a batch at a time, never
@@ -441,6 +442,14 @@ class Autoencoder(nn.Module):
         ``callbacks``: callables ``cb(model, epoch, logs)`` run after each epoch;
         one returning True stops training.
 
+        ``replay``: record each epoch's first step and replay it for the steps after
+        (``minigrad.replay``: the same kernels in the same order, equal bit for bit,
+        without rebuilding the graph each step).  None (the default) replays when
+        the model is made of this package's flavors and minigrad's layers only and
+        runs in one process; False never; True also for your own layers (their
+        forward must not depend on the data, and noise drawn inside the step must be
+        declared with ``minigrad.replay.source``).
+
         ``comm``: data-parallel training over the processes of an MPI communicator
         (``minigrad.distributed.world()``, or ``mpi4py``'s ``MPI.COMM_WORLD``; see
         :mod:`autoencoders.parallel`).  Every rank calls fit with the same data and
@@ -458,7 +467,7 @@ class Autoencoder(nn.Module):
         options = dict(validation_split=validation_split, early_stopping=early_stopping,
                        schedule=schedule, clip_grad_norm=clip_grad_norm,
                        checkpoint_dir=checkpoint_dir, resume=resume, log_dir=log_dir,
-                       tensorboard=tensorboard, comm=comm)
+                       tensorboard=tensorboard, comm=comm, replay=replay)
         args = (X, epochs, batch_size, lr, optimizer, validation_data, seed, callbacks, progress)
         if backend is None:
             return training.fit(self, *args, **options)
@@ -494,8 +503,10 @@ class Autoencoder(nn.Module):
         return Tensor(array, dtype=self.dtype, device=first[1].device if first else None)
 
     def _noise(self, rng, shape):
-        """Standard normal noise of ``shape`` from ``rng``, as a Tensor of the model's dtype."""
-        return self._tensor(rng.standard_normal(shape))
+        """Standard normal noise of ``shape`` from ``rng``, as a Tensor of the model's
+        dtype (drawn afresh when a recorded training step is replayed)."""
+        noise = self._tensor(rng.standard_normal(shape))
+        return replay.source(noise, lambda: self._tensor(rng.standard_normal(shape)).data)
 
     # -- saving ----------------------------------------------------------------------
     def config(self):

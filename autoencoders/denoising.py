@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import numpy
 
-from minigrad import Tensor
+from minigrad import Tensor, replay
 
 from .base import Autoencoder, _check_rng
 
@@ -66,6 +66,7 @@ class DenoisingAutoencoder(Autoencoder):
         return Tensor(noisy.astype(self.dtype), device=x.device)
 
     def _loss(self, x, rng):
-        x_tilde = self.corrupt(x, rng)
+        # corrupted afresh when a recorded training step is replayed
+        x_tilde = replay.source(self.corrupt(x, rng), lambda: self.corrupt(x, rng).data)
         reconstruction = self.reconstruction_loss(self.decoder(self._encode(x_tilde)), x)
         return reconstruction, {"reconstruction": reconstruction}

@@ -104,11 +104,13 @@ class EarlyStopping:
 def fit(model, X, epochs=10, batch_size=128, lr=1e-3, optimizer="adam",
         validation_data=None, seed=0, callbacks=(), progress=True, *,
         validation_split=None, early_stopping=None, schedule=None, clip_grad_norm=None,
-        checkpoint_dir=None, resume=False, log_dir=None, tensorboard=False, comm=None):
+        checkpoint_dir=None, resume=False, log_dir=None, tensorboard=False, comm=None,
+        replay=None):
     """See :meth:`Autoencoder.fit`."""
     return _Training(model, X, epochs, batch_size, lr, optimizer, validation_data, seed,
                      callbacks, progress, validation_split, early_stopping, schedule,
-                     clip_grad_norm, checkpoint_dir, resume, log_dir, tensorboard, comm).run()
+                     clip_grad_norm, checkpoint_dir, resume, log_dir, tensorboard, comm,
+                     replay).run()
 
 
 class _Training:
@@ -116,7 +118,7 @@ class _Training:
 
     def __init__(self, model, X, epochs, batch_size, lr, optimizer, validation_data, seed,
                  callbacks, progress, validation_split, early_stopping, schedule,
-                 clip_grad_norm, checkpoint_dir, resume, log_dir, tensorboard, comm):
+                 clip_grad_norm, checkpoint_dir, resume, log_dir, tensorboard, comm, replay):
         name = f"{model._name}.fit"
         self.model = model
         self.comm = distributed.as_communicator(comm) or distributed.Communicator()
@@ -164,6 +166,11 @@ class _Training:
         if self.comm.size > 1:
             from .parallel import Parallel
             self.parallel = Parallel(self)
+        if replay not in (None, True, False):
+            raise TypeError(f"{name}: replay must be None (replay this package's models), "
+                            f"True or False, got {replay!r}")
+        self.replay = (_replayable(model) if replay is None else replay) and self.parallel is None
+        self.recorded = None  # the epoch's recorded step (minigrad.replay.Step)
 
     # -- the loop ----------------------------------------------------------------------
     def run(self):
@@ -189,6 +196,7 @@ class _Training:
                 rate = self.opt.lr  # this epoch's; the schedule sets the next one's at its end
                 epoch, where = self.epoch, f"epoch {self.epoch + 1} of {self.epochs}"
                 model._begin_epoch(epoch, self.epochs)
+                self.recorded = None  # what the epoch makes constant (a KL weight) may change
                 order = (self.shuffle_rng.permutation(self.train_rows.n)
                          if isinstance(self.train_rows, Rows) else None)
                 sums, seen = {}, 0
@@ -226,6 +234,7 @@ class _Training:
                 for p, best in zip(params, self.best_weights):
                     p.data[...] = best
         finally:
+            self.recorded = None  # its last step's arrays
             bar.close()
             if self.writer is not None:
                 self.writer.close()
@@ -252,12 +261,23 @@ class _Training:
         (kept in ``last_good`` by ``update``) and raises."""
         model = self.model
         self.opt.zero_grad()
-        total, terms = model._loss(xb, self.noise_rng)
+        step = self.recorded
+        if step is not None and step.accepts(xb.data):
+            total, terms = step.run(xb.data)
+        elif self.replay:  # record this step: the ones after it replay it
+            step = self.recorded = minigrad.replay.Step(
+                lambda x: model._loss(x, self.noise_rng), xb)
+            total, terms = step.outputs
+        else:
+            total, terms = model._loss(xb, self.noise_rng)
         terms = _floats(total, terms)
         if not math.isfinite(terms["total"]):
             _restore(self.params, last_good)
             raise nonfinite_loss(model, terms["total"], where)
-        total.backward()
+        if step is not None:
+            step.backward()
+        else:
+            total.backward()
         if self.clip is not None:
             optim.clip_grad_norm(self.params, self.clip)
         update()
@@ -514,6 +534,15 @@ def nonfinite_loss(model, value, where):
     return FloatingPointError(
         f"{model._name}.fit: the loss became {value} at {where}; training stopped and the "
         f"model keeps the weights of the last batch with a finite loss (try a smaller lr)")
+
+
+def _replayable(model):
+    """Whether ``fit`` replays the model's steps by default: the model is one of this
+    package's flavors and every layer one of minigrad's (whose steps are checked
+    against eager ones), so no step depends on its data in Python."""
+    ours = ("autoencoders", "minigrad")
+    return all(type(m).__module__.split(".")[0] in ours
+               for m in (model, *(module for _, module in model.named_modules())))
 
 
 def _restore(params, last_good):

@@ -1,19 +1,21 @@
-"""The main job's training step two ways: through minigrad's engine as ``fit`` runs
-it, and as the same kernels called by hand -- the VAE's forward pass, its backward
-pass and Adam written out on arrays, with no Tensor, no graph and no per-node
-Python.  The hand step is what a perfect tracing compiler of the step would run,
-so the ratio of the two is what the engine's bookkeeping costs on the real job
-and the most that such a compiler could win.
+"""The main job's training step three ways: through minigrad's engine eagerly (the
+graph built anew each step), through the engine as ``fit`` runs it by default (the
+first step recorded, the ones after replayed: :mod:`minigrad.replay`), and as the
+same kernels called by hand -- the VAE's forward pass, its backward pass and Adam
+written out on arrays, with no Tensor, no graph and no per-node Python.  The hand
+step is what a perfect tracing compiler of the step would run, so the ratio of
+the eager step to it is what the engine's bookkeeping costs on the real job, and
+the replayed step's ratio what is left of that.
 
 The model and data are the main job's (``main_job.py``: the VAE 784-512-256-2,
 batch 128, Adam lr 1e-3, block images), trained ``--warm-epochs`` by ``fit`` first
-so that the step runs on the job's state.  Before timing, three steps of each from
-the same weights, batches and noise must give the same losses, gradients and
-updated weights (to float32 rounding): the hand step computes what the engine computes,
-or the timing would mean nothing.  Then the two take turns in one process
-(``--rounds`` rounds of ``--steps`` steps each, the order swapped every round,
-inside ``flush_denormals`` and ``reuse_memory`` as in ``fit``); the report gives
-the medians and the per-round ratio.
+so that the step runs on the job's state.  Before timing, three steps of each
+engine step from the same weights, batches and noise must give the hand step's
+losses, gradients and updated weights (to float32 rounding): the hand step computes
+what the engine computes, or the timing would mean nothing.  Then the three take
+turns in one process (``--rounds`` rounds of ``--steps`` steps each, the order
+reversed every other round, inside ``flush_denormals`` and ``reuse_memory`` as in
+``fit``); the report gives the medians and the per-round ratios.
 
     python benchmarks/step_by_hand.py
     python benchmarks/step_by_hand.py --warm-epochs 0 --rounds 10
@@ -43,22 +45,36 @@ BETA1, BETA2, EPS = 0.9, 0.999, 1e-8
 
 class EngineStep:
     """``fit``'s step: zero the gradients, the loss and its terms as floats, the
-    backward pass, Adam trading each weight's array with the one kept from before."""
+    backward pass, Adam trading each weight's array with the one kept from before.
+    With ``replay``, as ``fit`` runs it by default: the first step is recorded and
+    the ones after it replay it (:mod:`minigrad.replay`)."""
 
-    def __init__(self, model, noise_rng):
+    def __init__(self, model, noise_rng, replay=False):
         self.model, self.noise_rng = model, noise_rng
         self.params = list(model.parameters())
         self.opt = minigrad.optim.Adam(self.params, lr=LR, betas=(BETA1, BETA2), eps=EPS)
         self.last_good = [p.data.copy() for p in self.params]
         self.update = _update_keeping(self.opt, self.params, self.last_good)
+        self.replay, self.recorded = replay, None
 
     def __call__(self, xb):
         self.opt.zero_grad()
-        total, terms = self.model._loss(self.model._tensor(xb), self.noise_rng)
+        x, step = self.model._tensor(xb), self.recorded
+        if step is not None and step.accepts(x.data):
+            total, terms = step.run(x.data)
+        elif self.replay:
+            step = self.recorded = minigrad.replay.Step(
+                lambda x: self.model._loss(x, self.noise_rng), x)
+            total, terms = step.outputs
+        else:
+            total, terms = self.model._loss(x, self.noise_rng)
         terms = _floats(total, terms)
         if not math.isfinite(terms["total"]):
             raise FloatingPointError(f"engine step: loss {terms['total']}")
-        total.backward()
+        if step is not None:
+            step.backward()
+        else:
+            total.backward()
         self.update()
         return terms["total"]
 
@@ -162,34 +178,39 @@ def agreement(model, batches, seed=1):
     the largest relative differences of (the losses, the last step's gradients,
     the weights after the last step).  Several steps, because Adam's first step
     moves each weight by about lr whatever its gradient's size."""
-    engine, hand = (cls(model, np.random.default_rng(seed)) for cls in (EngineStep, HandStep))
     saved = [p.data.copy() for p in model.parameters()]
-    losses = 0.0
+    diff = [0.0, 0.0, 0.0]
     try:
         with minigrad.flush_denormals():
-            for xb in batches:
-                hand_loss, engine_loss = hand(xb), engine(xb)
-                losses = max(losses, abs(hand_loss - engine_loss) / abs(engine_loss))
-            diff = (losses, _worst(hand.grads(), engine.grads()),
-                    _worst(hand.weights(), engine.weights()))
+            hand = HandStep(model, np.random.default_rng(seed))
+            hand_losses = [hand(xb) for xb in batches]
+            for replay in (False, True):
+                engine = EngineStep(model, np.random.default_rng(seed), replay)
+                for xb, hand_loss in zip(batches, hand_losses):
+                    engine_loss = engine(xb)
+                    diff[0] = max(diff[0], abs(hand_loss - engine_loss) / abs(engine_loss))
+                diff[1] = max(diff[1], _worst(hand.grads(), engine.grads()))
+                diff[2] = max(diff[2], _worst(hand.weights(), engine.weights()))
+                for p, w in zip(model.parameters(), saved):
+                    p.data, p.grad = w.copy(), None
     finally:
         for p, w in zip(model.parameters(), saved):
             p.data, p.grad = w, None
-    return diff
+    return tuple(diff)
 
 
 def run(model, X, rounds, steps, seed=3):
     order = np.random.default_rng(seed).permutation(len(X))
     batches = [np.ascontiguousarray(X[order[i * BATCH:(i + 1) * BATCH]])
                for i in range(min(steps, len(X) // BATCH))]
-    engine = EngineStep(model, np.random.default_rng(1))
-    hand = HandStep(model, np.random.default_rng(1))
-    times = {"engine": [], "hand": []}
+    turns = (("engine", EngineStep(model, np.random.default_rng(1))),
+             ("replayed", EngineStep(model, np.random.default_rng(1), replay=True)),
+             ("hand", HandStep(model, np.random.default_rng(1))))
+    times = {name: [] for name, _ in turns}
     with minigrad.reuse_memory(), minigrad.flush_denormals():
-        for step in (engine, hand):  # warm: the kernels' first calls, the heap
+        for _, step in turns:  # warm: the kernels' first calls, the heap, the recording
             step(batches[0])
         for r in range(rounds):
-            turns = (("engine", engine), ("hand", hand))
             for name, step in turns if r % 2 == 0 else turns[::-1]:
                 started = time.perf_counter()
                 for xb in batches:
@@ -199,24 +220,29 @@ def run(model, X, rounds, steps, seed=3):
 
 
 def report(times, diff, args):
-    e, h = np.array(times["engine"]), np.array(times["hand"])
-    ratio = e / h
+    e, r, h = (np.array(times[name]) for name in ("engine", "replayed", "hand"))
     lines = [
         f"The main job's step (VAE {'-'.join(map(str, SIZES))}, batch {BATCH}, after "
         f"{args.warm_epochs} epoch(s) of fit on {args.n:,} block images), {args.rounds} rounds "
         f"of {args.steps} steps in turns, ms per step:",
         f"  {blas_line()}",
-        f"  agreement over 3 steps from the same state (largest relative differences): "
-        f"loss {diff[0]:.1e}, gradients {diff[1]:.1e}, weights {diff[2]:.1e}",
-        f"  {'':<28}{'median':>8}{'p25':>8}{'min':>8}",
-        f"  {'engine (as fit runs it)':<28}{np.median(e):8.3f}{np.percentile(e, 25):8.3f}"
-        f"{e.min():8.3f}",
-        f"  {'the same kernels by hand':<28}{np.median(h):8.3f}{np.percentile(h, 25):8.3f}"
-        f"{h.min():8.3f}",
-        f"  engine / hand per round: median {np.median(ratio):.3f} "
-        f"({ratio.min():.3f}-{ratio.max():.3f}); the engine's own work "
-        f"{np.median(e - h):.3f} ms a step",
+        f"  agreement over 3 steps from the same state, eager and replayed engine against "
+        f"the hand step (largest relative differences): loss {diff[0]:.1e}, gradients "
+        f"{diff[1]:.1e}, weights {diff[2]:.1e}",
+        f"  {'':<34}{'median':>8}{'p25':>8}{'min':>8}",
     ]
+    for label, t in (("engine, eager", e), ("engine, replayed (fit's default)", r),
+                     ("the same kernels by hand", h)):
+        lines.append(f"  {label:<34}{np.median(t):8.3f}{np.percentile(t, 25):8.3f}"
+                     f"{t.min():8.3f}")
+    for label, t in (("eager", e), ("replayed", r)):
+        ratio = t / h
+        lines.append(f"  {label} / hand per round: median {np.median(ratio):.3f} "
+                     f"({ratio.min():.3f}-{ratio.max():.3f}); the engine's own work "
+                     f"{np.median(t - h):.3f} ms a step")
+    ratio = e / r
+    lines.append(f"  eager / replayed per round: median {np.median(ratio):.3f} "
+                 f"({ratio.min():.3f}-{ratio.max():.3f})")
     return "\n".join(lines)
 
 

@@ -27,7 +27,7 @@ from .conv import conv2d, conv_transpose2d, upsample2d
 from .gradcheck import gradcheck
 from .denormals import flush_denormals
 from .memory import reuse_memory
-from . import activations, denormals, losses, memory, nn, optim
+from . import activations, denormals, losses, memory, nn, optim, replay
 
 __version__ = "0.1.0"
 

@@ -59,10 +59,23 @@ def where(condition, a, b):
     if _is_tensor(a, b):
         from .functions import where as tensor_where
         return tensor_where(condition, a, b)
-    if _is_tensor(condition):  # constant branches: a constant Tensor, on its device
+    if _is_tensor(condition):  # constant branches: a Tensor without a gradient
+        from .replay import note
         from .tensor import Tensor
-        return Tensor(numpy.where(condition.data, a, b), device=condition.device)
+        select = _Select(a, b)
+        return note(select, (condition,), Tensor._wrap(select.forward(condition.data), False))
     return numpy.where(condition, a, b)
+
+
+class _Select:
+    """``where`` with constant branches on a condition Tensor, recomputed when a
+    recorded step is replayed (:func:`minigrad.replay.note`)."""
+
+    def __init__(self, a, b):
+        self.a, self.b = a, b
+
+    def forward(self, condition):
+        return numpy.where(condition, self.a, self.b)
 
 
 def maximum(a, b):

@@ -17,10 +17,13 @@ import numpy
 __all__ = ["backward_pass", "unbroadcast"]
 
 
-def backward_pass(root, grad, retain_graph=False):
+def backward_pass(root, grad, retain_graph=False, order=None):
     """Accumulate d(root)/d(leaf), seeded with ``grad``, into every leaf's ``.grad``;
-    the graph is released on the way unless ``retain_graph``."""
-    order = _topological_order(root)
+    the graph is released on the way unless ``retain_graph``.  ``order``: the
+    topological order of a retained graph, when the caller kept it (a replayed
+    step, :mod:`minigrad.replay`)."""
+    if order is None:
+        order = _topological_order(root)
     grads = {id(root): grad}
     handed_out = {id(grad)}  # arrays a leaf may not adopt (see _accumulate_leaf)
     for tensor in order:

@@ -26,7 +26,7 @@ import operator
 
 import numpy
 
-from . import activations
+from . import activations, replay
 from .array_ops import (_check_broadcast, _drop_axes, _normalize_axis, broadcast_to,
                         concatenate, getitem, matmul, max, mean, reshape, sum, transpose, where)
 from .tensor import Function, Tensor
@@ -353,10 +353,23 @@ def logsumexp(x, axis=None, keepdims=False):
 # Tensor methods and operators
 # ----------------------------------------------------------------------------
 
+class _Comparison:
+    """``a < b`` and the like: a boolean Tensor, outside the graph (no gradient), but
+    recomputed when a recorded step is replayed (:func:`minigrad.replay.note`)."""
+
+    def __init__(self, op, constant):
+        self.op, self.constant = op, constant
+
+    def forward(self, *arrays):
+        return self.op(*arrays) if len(arrays) == 2 else self.op(arrays[0], self.constant)
+
+
 def _compare(op):
     def compare(self, other):
-        other = other.data if isinstance(other, Tensor) else other
-        return Tensor._wrap(op(self.data, other), False)
+        tensors = (self, other) if isinstance(other, Tensor) else (self,)
+        node = _Comparison(op, other)
+        result = Tensor._wrap(node.forward(*[t.data for t in tensors]), False)
+        return replay.note(node, tensors, result)
     return compare
 
 

@@ -25,6 +25,8 @@ import numpy
 
 from .backward import backward_pass, unbroadcast
 from .device import device_of, device_type, get_backend, move
+from . import replay
+from .replay import _tape
 
 __all__ = ["Tensor", "Function", "no_grad", "enable_grad", "is_grad_enabled",
            "unbroadcast", "as_tensor"]
@@ -118,6 +120,8 @@ class Function:
             node.parents = tuple(tensors)
             node.needs_input_grad = needs
             result._node = node
+        if _tape.nodes is not None:  # inside a replay.Step's recording
+            _tape.nodes.append((node, tensors, params, result))
         return result
 
     @property
@@ -308,7 +312,7 @@ class Tensor:
 
     def detach(self):
         """The same data, cut from the graph (no copy)."""
-        return Tensor._wrap(self.data, False)
+        return replay.note(_Detach, (self,), Tensor._wrap(self.data, False))
 
     def zero_grad(self):
         self.grad = None
@@ -369,6 +373,14 @@ class Tensor:
                                  f"output's shape {self.shape}")
 
         backward_pass(self, grad, retain_graph)
+
+
+class _Detach:
+    """What :meth:`Tensor.detach` does to the data, for a replayed step (nothing)."""
+
+    @staticmethod
+    def forward(x):
+        return x
 
 
 class ToDevice(Function):
