@@ -171,22 +171,25 @@ def make_minigrad(backend, weights=None):
     model = nn.Sequential(*layers)
     opt = optim.Adam(model.parameters(), lr=LR)
     recorded = {}  # batch shape -> its recorded step, replayed after (as fit does)
+    can_replay = hasattr(mg, "replay")  # a baseline checkout may predate minigrad.replay
+
+    def loss_of(x):
+        return losses.binary_cross_entropy_with_logits(model(x), x)
 
     def step(x):
         x = xp.asarray(x)
         opt.zero_grad()
-        replayed = recorded.get(x.shape) if hasattr(mg, "replay") else None
+        replayed = recorded.get(x.shape)
         if replayed is not None:
             loss = replayed.run(x)
-            replayed.backward()
-        elif hasattr(mg, "replay"):  # (a baseline checkout may predate minigrad.replay)
-            replayed = recorded[x.shape] = mg.replay.Step(
-                lambda x: losses.binary_cross_entropy_with_logits(model(x), x), mg.Tensor(x))
+        elif can_replay:
+            replayed = recorded[x.shape] = mg.replay.Step(loss_of, mg.Tensor(x))
             loss = replayed.outputs
+        else:
+            loss = loss_of(mg.Tensor(x))
+        if replayed is not None:
             replayed.backward()
         else:
-            x = mg.Tensor(x)
-            loss = losses.binary_cross_entropy_with_logits(model(x), x)
             loss.backward()
         opt.step()
         return loss

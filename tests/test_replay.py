@@ -15,6 +15,7 @@ MODELS = {
     "vanilla conv": lambda: VanillaAutoencoder([36, 4], seed=0, **CONV),
     "sparse l1": lambda: SparseAutoencoder([36, 8, 3], seed=0, sparsity="l1"),
     "sparse kl": lambda: SparseAutoencoder([36, 8, 3], seed=0, sparsity="kl"),
+    "sparse kl conv": lambda: SparseAutoencoder([36, 4], seed=0, sparsity="kl", **CONV),
     "denoising masking": lambda: DenoisingAutoencoder([36, 8, 3], seed=0),
     "denoising gaussian conv": lambda: DenoisingAutoencoder(
         [36, 4], seed=0, noise="gaussian", noise_level=0.5, **CONV),
