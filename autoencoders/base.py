@@ -445,8 +445,8 @@ class Autoencoder(nn.Module):
         ``replay``: record each epoch's first step and replay it for the steps after
         (``minigrad.replay``: the same kernels in the same order, equal bit for bit,
         without rebuilding the graph each step).  None (the default) replays when
-        the model is made of this package's flavors and minigrad's layers only and
-        runs in one process; False never; True also for your own layers (their
+        the model is made of this package's flavors and minigrad's layers only (in
+        one process or on several ranks); False never; True also for your own layers (their
         forward must not depend on the data, and noise drawn inside the step must be
         declared with ``minigrad.replay.source``).
 

@@ -91,11 +91,13 @@ class Parallel:
         try:
             x = fetch()
             opt.zero_grad()
-            total, parts = model._loss(model._tensor(x), self.noise.rows(lo, hi, n))
+            self.noise.rows(lo, hi, n)  # what the step's noise draws from this time
+            steps = self.training.steps  # recorded and replayed as in one process
+            total, parts = steps(model._tensor(x))
             terms = _floats(total, parts)
             if not math.isfinite(terms["total"]):
                 raise nonfinite_loss(model, terms["total"], f"{where} on rank {self.comm.rank}")
-            total.backward()
+            steps.backward()
             if len(terms) >= EXTRA:
                 raise ValueError(f"{model._name}: {len(terms)} loss terms; data-parallel "
                                  f"training reduces at most {EXTRA - 1}")

@@ -169,8 +169,11 @@ class _Training:
         if replay not in (None, True, False):
             raise TypeError(f"{name}: replay must be None (replay this package's models), "
                             f"True or False, got {replay!r}")
-        self.replay = (_replayable(model) if replay is None else replay) and self.parallel is None
-        self.recorded = None  # the epoch's recorded step (minigrad.replay.Step)
+        # each step recorded once and replayed after (minigrad.replay), or run eagerly;
+        # on several ranks the noise is drawn for the whole batch (Parallel.noise)
+        noise = self.noise_rng if self.parallel is None else self.parallel.noise
+        self.steps = minigrad.replay.Steps(lambda x: model._loss(x, noise),
+                                           replay=_replayable(model) if replay is None else replay)
 
     # -- the loop ----------------------------------------------------------------------
     def run(self):
@@ -196,7 +199,6 @@ class _Training:
                 rate = self.opt.lr  # this epoch's; the schedule sets the next one's at its end
                 epoch, where = self.epoch, f"epoch {self.epoch + 1} of {self.epochs}"
                 model._begin_epoch(epoch, self.epochs)
-                self.recorded = None  # what the epoch makes constant (a KL weight) may change
                 order = (self.shuffle_rng.permutation(self.train_rows.n)
                          if isinstance(self.train_rows, Rows) else None)
                 sums, seen = {}, 0
@@ -209,6 +211,9 @@ class _Training:
                             sums[key] = sums.get(key, 0.0) + value * rows
                         seen += rows
                         bar.batch(epoch, sums["total"] / seen)
+                # the recorded steps go with their last arrays, before validation; the
+                # next epoch records afresh (what it makes constant, a KL weight, may change)
+                self.steps.clear()
                 self._check_finite_weights(last_good, where)
                 if self.parallel is not None:
                     self.parallel.check_same_weights(where)
@@ -234,7 +239,7 @@ class _Training:
                 for p, best in zip(params, self.best_weights):
                     p.data[...] = best
         finally:
-            self.recorded = None  # its last step's arrays
+            self.steps.clear()  # and the arrays of the last step it recorded
             bar.close()
             if self.writer is not None:
                 self.writer.close()
@@ -259,25 +264,13 @@ class _Training:
         """One training step on batch ``xb``; returns its loss terms as floats.  A
         non-finite loss restores the weights of the last batch with a finite one
         (kept in ``last_good`` by ``update``) and raises."""
-        model = self.model
         self.opt.zero_grad()
-        step = self.recorded
-        if step is not None and step.accepts(xb.data):
-            total, terms = step.run(xb.data)
-        elif self.replay:  # record this step: the ones after it replay it
-            step = self.recorded = minigrad.replay.Step(
-                lambda x: model._loss(x, self.noise_rng), xb)
-            total, terms = step.outputs
-        else:
-            total, terms = model._loss(xb, self.noise_rng)
+        total, terms = self.steps(xb)
         terms = _floats(total, terms)
         if not math.isfinite(terms["total"]):
             _restore(self.params, last_good)
-            raise nonfinite_loss(model, terms["total"], where)
-        if step is not None:
-            step.backward()
-        else:
-            total.backward()
+            raise nonfinite_loss(self.model, terms["total"], where)
+        self.steps.backward()
         if self.clip is not None:
             optim.clip_grad_norm(self.params, self.clip)
         update()

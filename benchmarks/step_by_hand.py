@@ -55,26 +55,15 @@ class EngineStep:
         self.opt = minigrad.optim.Adam(self.params, lr=LR, betas=(BETA1, BETA2), eps=EPS)
         self.last_good = [p.data.copy() for p in self.params]
         self.update = _update_keeping(self.opt, self.params, self.last_good)
-        self.replay, self.recorded = replay, None
+        self.steps = minigrad.replay.Steps(lambda x: model._loss(x, noise_rng), replay)
 
     def __call__(self, xb):
         self.opt.zero_grad()
-        x, step = self.model._tensor(xb), self.recorded
-        if step is not None and step.accepts(x.data):
-            total, terms = step.run(x.data)
-        elif self.replay:
-            step = self.recorded = minigrad.replay.Step(
-                lambda x: self.model._loss(x, self.noise_rng), x)
-            total, terms = step.outputs
-        else:
-            total, terms = self.model._loss(x, self.noise_rng)
+        total, terms = self.steps(self.model._tensor(xb))
         terms = _floats(total, terms)
         if not math.isfinite(terms["total"]):
             raise FloatingPointError(f"engine step: loss {terms['total']}")
-        if step is not None:
-            step.backward()
-        else:
-            total.backward()
+        self.steps.backward()
         self.update()
         return terms["total"]
 

@@ -170,26 +170,23 @@ def make_minigrad(backend, weights=None):
         layers.append(dense)
     model = nn.Sequential(*layers)
     opt = optim.Adam(model.parameters(), lr=LR)
-    recorded = {}  # batch shape -> its recorded step, replayed after (as fit does)
-    can_replay = hasattr(mg, "replay")  # a baseline checkout may predate minigrad.replay
 
     def loss_of(x):
         return losses.binary_cross_entropy_with_logits(model(x), x)
 
+    # each batch shape's first step recorded, the ones after replayed, as fit does; a
+    # baseline checkout from before minigrad.replay.Steps steps eagerly
+    Steps = getattr(getattr(mg, "replay", None), "Steps", None)
+    steps = Steps(loss_of) if Steps is not None else None
+
     def step(x):
-        x = xp.asarray(x)
+        x = mg.Tensor(xp.asarray(x))
         opt.zero_grad()
-        replayed = recorded.get(x.shape)
-        if replayed is not None:
-            loss = replayed.run(x)
-        elif can_replay:
-            replayed = recorded[x.shape] = mg.replay.Step(loss_of, mg.Tensor(x))
-            loss = replayed.outputs
+        if steps is not None:
+            loss = steps(x)
+            steps.backward()
         else:
-            loss = loss_of(mg.Tensor(x))
-        if replayed is not None:
-            replayed.backward()
-        else:
+            loss = loss_of(x)
             loss.backward()
         opt.step()
         return loss

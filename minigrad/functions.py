@@ -357,8 +357,8 @@ class _Comparison:
     """``a < b`` and the like: a boolean Tensor, outside the graph (no gradient), but
     recomputed when a recorded step is replayed (:func:`minigrad.replay.note`)."""
 
-    def __init__(self, op, constant):
-        self.op, self.constant = op, constant
+    def __init__(self, op, constant=None):
+        self.op, self.constant = op, constant  # constant: the other operand, if not a Tensor
 
     def forward(self, *arrays):
         return self.op(*arrays) if len(arrays) == 2 else self.op(arrays[0], self.constant)
@@ -366,8 +366,10 @@ class _Comparison:
 
 def _compare(op):
     def compare(self, other):
-        tensors = (self, other) if isinstance(other, Tensor) else (self,)
-        node = _Comparison(op, other)
+        if isinstance(other, Tensor):
+            tensors, node = (self, other), _Comparison(op)
+        else:
+            tensors, node = (self,), _Comparison(op, other)
         result = Tensor._wrap(node.forward(*[t.data for t in tensors]), False)
         return replay.note(node, tensors, result)
     return compare

@@ -33,10 +33,11 @@ What a recorded step may hold, and what a replay remakes:
 A replay equals the eager step bit for bit (same kernels, same order, same
 gradient accumulation) as long as the step's Python does not depend on the
 data: no branch on a value, no leaf made from fresh numbers without
-:func:`source`.  ``fit`` replays the steps of the package's own models (see
-:mod:`autoencoders.training`), records again when a batch's shape changes or an
-epoch begins (a KL weight that ramps with the epoch is a constant of the step),
-and is checked against eager training for every flavor in ``tests/test_replay.py``.
+:func:`source`.  A training loop holds a :class:`Steps`: one recording per input
+shape, replayed after.  ``fit`` replays the steps of the package's own models (see
+:mod:`autoencoders.training`), dropping the recordings at each epoch's end (a KL
+weight that ramps with the epoch is a constant of the step), and is checked against
+eager training for every flavor in ``tests/test_replay.py``.
 """
 from __future__ import annotations
 
@@ -44,7 +45,7 @@ import threading
 
 from .backward import _topological_order, backward_pass
 
-__all__ = ["Step", "source", "note", "is_recording"]
+__all__ = ["Step", "Steps", "source", "note", "is_recording"]
 
 
 class _Tape(threading.local):
@@ -119,6 +120,9 @@ class Step:
             want = [(tuple(s), str(d)) for s, d in self.signature]
             raise ValueError(f"replay.Step.run: inputs of (shape, dtype) {got}; the step was "
                              f"recorded with {want} (record a new Step for other shapes)")
+        return self._replay(arrays)
+
+    def _replay(self, arrays):
         for tensor, array in zip(self.inputs, arrays):
             tensor.data = array
         for tensor, make in self.sources:
@@ -136,3 +140,57 @@ class Step:
         root = self.root
         seed = root.xp.ones(root.data.shape, dtype=root.data.dtype)
         backward_pass(root, seed, retain_graph=True, order=self.order)
+
+
+class Steps:
+    """The calls of a step function, each recorded once and replayed after.
+
+    ``steps(*tensors)`` returns ``fn(*tensors)``'s outputs: the first call with a
+    given signature (the inputs' shapes and dtypes) records a :class:`Step`, later
+    calls with it replay that step on the tensors' arrays; :meth:`backward` then
+    differentiates the last call's root (the outputs, or their first item when
+    they are a tuple).  With ``replay=False`` every call runs
+    ``fn`` eagerly and :meth:`backward` is the root's own ``backward()``: the same
+    loop serves both, which is how ``fit`` and the benchmarks take their steps::
+
+        steps = Steps(lambda x: model_loss(x), replay=True)
+        for batch in batches:
+            total = steps(Tensor(batch))
+            steps.backward()
+            optimizer.step()
+
+    :meth:`clear` forgets the recordings (and the arrays their last call left
+    alive), so that the next call records afresh: ``fit`` clears at every epoch,
+    because what an epoch makes constant (a KL weight that ramps with the epoch)
+    is a constant of the recorded step.
+    """
+
+    def __init__(self, fn, replay=True):
+        self.fn, self.replay = fn, bool(replay)
+        self.recorded = {}  # signature -> Step
+        self.last = None    # the last call's Step, or its root when eager
+
+    def __call__(self, *tensors):
+        if not self.replay:
+            outputs = self.fn(*tensors)
+            self.last = outputs[0] if isinstance(outputs, tuple) else outputs
+            return outputs
+        key = tuple((t.data.shape, t.data.dtype) for t in tensors)
+        step = self.recorded.get(key)
+        if step is None:
+            step = self.recorded[key] = Step(self.fn, *tensors)
+        else:
+            step._replay([t.data for t in tensors])
+        self.last = step
+        return step.outputs
+
+    def backward(self):
+        """The last call's root differentiated into the leaves' ``.grad``."""
+        if self.last is None:
+            raise RuntimeError("replay.Steps.backward: no step has run yet")
+        self.last.backward()
+
+    def clear(self):
+        """Forget every recording: the next call records again."""
+        self.recorded.clear()
+        self.last = None

@@ -165,6 +165,8 @@ def test_two_ranks_of_batch_b_train_as_one_process_of_batch_2b(two_ranks, backen
                             batch_size=2 * mpi_job.PER_RANK_BATCH, progress=False,
                             validation_split=0.1)
     np.testing.assert_array_equal(weights0[key], weights1[key])  # the ranks agree exactly
+    # each epoch: 9 full global batches, the first recorded, the other 8 replayed
+    assert report0["replayed"][key] == report1["replayed"][key] == mpi_job.EPOCHS * 8
     _close(mpi_job.flat(model), weights0[key], dtype)
     for term, values in history.items():  # the logged terms are the whole batch's
         np.testing.assert_allclose(report0["history"][key][term], values,

@@ -38,17 +38,17 @@ def _data(n=150, width=36, seed=0):
 
 def _count_replays(monkeypatch):
     counts = {"recorded": 0, "replayed": 0}
-    init, run = replay.Step.__init__, replay.Step.run
+    init, run = replay.Step.__init__, replay.Step._replay
 
     def counting_init(self, *args, **kwargs):
         counts["recorded"] += 1
         init(self, *args, **kwargs)
 
-    def counting_run(self, *arrays):
+    def counting_run(self, arrays):
         counts["replayed"] += 1
-        return run(self, *arrays)
+        return run(self, arrays)
     monkeypatch.setattr(replay.Step, "__init__", counting_init)
-    monkeypatch.setattr(replay.Step, "run", counting_run)
+    monkeypatch.setattr(replay.Step, "_replay", counting_run)
     return counts
 
 
@@ -147,3 +147,39 @@ def test_step_refuses_other_shapes_and_nested_recording():
     constant = replay.Step(lambda x: x * 2.0, Tensor(np.ones(2)))
     with pytest.raises(RuntimeError, match="does not require a gradient"):
         constant.backward()
+
+
+@pytest.mark.parametrize("use_replay", [True, False])
+def test_steps_records_once_per_signature_and_backward_follows_the_last_call(
+        use_replay, monkeypatch):
+    """Steps: one recording per input shape, replays after it, clear() records anew;
+    each call's backward gives the eager gradient of that call, replayed or not."""
+    rng = np.random.default_rng(2)
+    w = Tensor(rng.standard_normal((4, 3)), requires_grad=True)
+
+    def loss(x):
+        h = (x @ w).tanh()
+        return (h * h).sum(), {"mean": h.mean()}
+
+    counts = _count_replays(monkeypatch)
+    steps = replay.Steps(loss, replay=use_replay)
+    with pytest.raises(RuntimeError, match="no step has run"):
+        steps.backward()
+    for rows in (5, 5, 2, 5, 2):
+        x = rng.standard_normal((rows, 4))
+        total, terms = steps(Tensor(x))
+        w.grad = None
+        steps.backward()
+        got = w.grad.copy()
+        w.grad = None
+        want_total, want_terms = _eager(loss, x)
+        want_total.backward()
+        assert float(total.item()) == float(want_total.item())
+        assert float(terms["mean"].item()) == float(want_terms["mean"].item())
+        assert np.array_equal(got, w.grad)
+        w.grad = None
+    expected = {"recorded": 2, "replayed": 3} if use_replay else {"recorded": 0, "replayed": 0}
+    assert counts == expected
+    steps.clear()
+    steps(Tensor(rng.standard_normal((5, 4))))
+    assert counts["recorded"] == (3 if use_replay else 0)

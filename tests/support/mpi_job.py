@@ -13,7 +13,7 @@ import sys
 import numpy as np
 
 import minigrad
-from minigrad import distributed
+from minigrad import distributed, replay
 from autoencoders import DenoisingAutoencoder, VanillaAutoencoder, VariationalAutoencoder
 
 FLAVORS = {"vanilla": VanillaAutoencoder, "variational": VariationalAutoencoder,
@@ -45,15 +45,23 @@ def main(out, one_process_checkpoint):
     comm = distributed.world()
     rank = comm.rank
     arrays, report = {}, {"size": comm.size, "bytes_per_step": None}
+    replays = [0]  # the steps replayed (minigrad.replay), as fit does in one process
+    replay_once = replay.Step._replay
+
+    def counting_replay(step, arrays):
+        replays[0] += 1
+        return replay_once(step, arrays)
+    replay.Step._replay = counting_replay
     X = data()
     for backend, flavor, dtype, rows in CASES:
         with minigrad.set_backend(backend):
             model = build(flavor, dtype)
-            before = comm.bytes_sent
+            before, replays[0] = comm.bytes_sent, 0
             history = model.fit(data(rows), epochs=EPOCHS, batch_size=PER_RANK_BATCH,
                                 progress=False, validation_split=0.1, comm=comm)
             report.setdefault("bytes", {})[f"{backend}-{flavor}-{dtype}"] = \
                 comm.bytes_sent - before
+            report.setdefault("replayed", {})[f"{backend}-{flavor}-{dtype}"] = replays[0]
         arrays[f"{backend}-{flavor}-{dtype}"] = flat(model)
         report.setdefault("history", {})[f"{backend}-{flavor}-{dtype}"] = history
 
