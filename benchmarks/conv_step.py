@@ -13,8 +13,9 @@ The model is autoencoders' default convolutional one,
 loss: binary cross-entropy with logits, summed over the pixels and averaged over
 the batch; Adam lr 1e-3; float32.  PyTorch's model is built from torch.nn with
 minigrad's initial weights copied in.  One step is what ``fit`` does for a batch:
-forward, loss, backward, Adam update (minigrad's inside ``flush_denormals``, as
-``fit`` runs it).  Batches are real Fashion-MNIST images (../shared/datasets),
+forward, loss, backward, Adam update (minigrad's inside ``flush_denormals``, the
+first step of each batch size recorded and the ones after replayed, as ``fit``
+runs it: :mod:`minigrad.replay`).  Batches are real Fashion-MNIST images (../shared/datasets),
 or block images (``autoencoders.datasets.blocks``) when those files are absent.
 
 The frameworks run in one process and take turns in rounds: in each round every
@@ -93,12 +94,20 @@ def make_minigrad(backend, weights):
         model = build_model(str(next(iter(weights.values())).dtype))
         model.load_state_dict(weights)
         opt = optim.Adam(list(model.parameters()), lr=LR)
+    # as autoencoders' fit does: the first step recorded, the ones after replayed (a
+    # checkout from before minigrad.replay.Steps steps eagerly)
+    Steps = getattr(getattr(mg, "replay", None), "Steps", None)
+    steps = Steps(lambda x: model._loss(x, None)) if Steps is not None else None
 
     def step(x):
         opt.zero_grad()
-        total, _ = model._loss(model._tensor(x), None)   # as autoencoders' fit does
+        x = model._tensor(x)
+        total, _ = steps(x) if steps is not None else model._loss(x, None)
         loss = float(total.item())
-        total.backward()
+        if steps is not None:
+            steps.backward()
+        else:
+            total.backward()
         opt.step()
         return loss
 
