@@ -38,6 +38,11 @@ Run it on an otherwise idle machine (a second busy process halves every number):
 
     python benchmarks/main_job.py                  # 15 epochs, all frameworks
     python benchmarks/main_job.py --epochs 4 --frameworks minigrad-numba,jax
+    python benchmarks/main_job.py --frameworks minigrad-numba,by-hand,jax
+
+``by-hand`` (not run by default) is minigrad's kernels called by hand
+(``step_by_hand.HandStep``): no Tensor, no graph, no per-node Python -- the floor
+of any engine built on these kernels and OpenBLAS's products.
 """
 from __future__ import annotations
 
@@ -233,12 +238,37 @@ def run_jax(X, epochs, chunks):
     return {"loss": losses}
 
 
+def run_by_hand(X, epochs, chunks):
+    """minigrad's kernels called by hand (``step_by_hand.HandStep``: no Tensor, no
+    graph, no per-node Python) on the same model, inside ``flush_denormals`` and
+    ``reuse_memory`` as ``fit`` runs: what a perfect tracing compiler of minigrad's
+    step would reach with these kernels and products."""
+    import minigrad
+    from step_by_hand import HandStep  # (this folder)
+    step = HandStep(initial_model("numba"), np.random.default_rng(1))
+    losses = []
+    turns = Turns(-(-len(X) // BATCH), chunks)
+    with minigrad.flush_denormals(), minigrad.reuse_memory():
+        turns.begin()
+        for order in epoch_orders(len(X), epochs):
+            total = 0.0
+            for i in range(0, len(X), BATCH):
+                x = X[order[i:i + BATCH]]
+                total += step(x) * len(x)
+                turns.step()
+            losses.append(total / len(X))
+    return {"loss": losses, "subnormal_grads": count_subnormal(step.grads()),
+            "subnormal_moments": count_subnormal(step.m + step.v)}
+
+
 FRAMEWORKS = {
     "minigrad-numba": lambda X, e, c: run_minigrad(X, e, "numba", c),
     "minigrad-numpy": lambda X, e, c: run_minigrad(X, e, "numpy", c),
     "torch": run_torch,
     "jax": run_jax,
+    "by-hand": run_by_hand,  # not run by default: a reference, not a framework
 }
+DEFAULT = "minigrad-numba,minigrad-numpy,torch,jax"
 
 
 def fill_numba_cache(script=None):
@@ -348,8 +378,10 @@ def report(results, args):
 
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--frameworks", default=",".join(FRAMEWORKS),
-                        help="comma-separated subset of " + ",".join(FRAMEWORKS))
+    parser.add_argument("--frameworks", default=DEFAULT,
+                        help="comma-separated subset of " + ",".join(FRAMEWORKS)
+                        + " (default: %(default)s; by-hand: minigrad's kernels without the "
+                        "engine, the floor of any engine built on them)")
     parser.add_argument("--epochs", type=int, default=15,
                         help="(default: %(default)s, the main job's)")
     parser.add_argument("--n", type=int, default=80_000, help="training images")
@@ -369,7 +401,7 @@ def main(argv=None):
         return worker(args.worker, args.n, args.epochs, args.chunks)
     names = args.frameworks.split(",")
     cache_s = baseline_cache_s = None
-    if any(n.startswith("minigrad-numba") for n in names):
+    if any(n.startswith("minigrad-numba") or n == "by-hand" for n in names):
         cache_s = fill_numba_cache()
         if args.baseline:  # or the baseline's first epoch would compile its kernels
             baseline_cache_s = fill_numba_cache(baseline_script(args, __file__))
