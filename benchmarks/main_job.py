@@ -245,6 +245,7 @@ def run_by_hand(X, epochs, chunks):
     step would reach with these kernels and products."""
     import minigrad
     from step_by_hand import HandStep  # (this folder)
+    minigrad.set_backend("numba")  # whatever MINIGRAD_BACKEND says, as fit(backend=) does
     step = HandStep(initial_model("numba"), np.random.default_rng(1))
     losses = []
     turns = Turns(-(-len(X) // BATCH), chunks)

@@ -33,7 +33,10 @@ What a recorded step may hold, and what a replay remakes:
 A replay equals the eager step bit for bit (same kernels, same order, same
 gradient accumulation) as long as the step's Python does not depend on the
 data: no branch on a value, no leaf made from fresh numbers without
-:func:`source`.  A training loop holds a :class:`Steps`: one recording per input
+:func:`source`.  Checks written in Python inside the step (a loss's check that
+its targets lie in [0, 1], say) run when the step is recorded, not on replays:
+data is to be checked before it is replayed, as ``fit`` checks every batch it
+reads.  A training loop holds a :class:`Steps`: one recording per input
 shape, replayed after.  ``fit`` replays the steps of the package's own models (see
 :mod:`autoencoders.training`), dropping the recordings at each epoch's end (a KL
 weight that ramps with the epoch is a constant of the step), and is checked against
