@@ -446,9 +446,9 @@ class Autoencoder(nn.Module):
         (``minigrad.replay``: the same kernels in the same order, equal bit for bit,
         without rebuilding the graph each step).  None (the default) replays when
         the model is made of this package's flavors and minigrad's layers only (in
-        one process or on several ranks); False never; True also for your own layers (their
-        forward must not depend on the data, and noise drawn inside the step must be
-        declared with ``minigrad.replay.source``).
+        one process or on several ranks); False never; True also for your own
+        layers (their forward must not depend on the data, and noise drawn inside the
+        step must be declared with ``minigrad.replay.source``).
 
         ``comm``: data-parallel training over the processes of an MPI communicator
         (``minigrad.distributed.world()``, or ``mpi4py``'s ``MPI.COMM_WORLD``; see

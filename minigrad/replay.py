@@ -152,9 +152,9 @@ class Steps:
     given signature (the inputs' shapes and dtypes) records a :class:`Step`, later
     calls with it replay that step on the tensors' arrays; :meth:`backward` then
     differentiates the last call's root (the outputs, or their first item when
-    they are a tuple).  With ``replay=False`` every call runs
-    ``fn`` eagerly and :meth:`backward` is the root's own ``backward()``: the same
-    loop serves both, which is how ``fit`` and the benchmarks take their steps::
+    they are a tuple).  With ``replay=False`` every call runs ``fn`` eagerly and
+    :meth:`backward` is the root's own ``backward()``: the same loop serves both,
+    which is how ``fit`` and the benchmarks take their steps::
 
         steps = Steps(lambda x: model_loss(x), replay=True)
         for batch in batches:
@@ -163,8 +163,8 @@ class Steps:
             optimizer.step()
 
     :meth:`clear` forgets the recordings (and the arrays their last call left
-    alive), so that the next call records afresh: ``fit`` clears at every epoch,
-    because what an epoch makes constant (a KL weight that ramps with the epoch)
+    alive), so that the next call records afresh: ``fit`` clears at every epoch's
+    end, because what an epoch makes constant (a KL weight that ramps with the epoch)
     is a constant of the recorded step.
     """
 
