@@ -85,6 +85,11 @@ def note(op, inputs, result, **params):
     return result
 
 
+def _signature(arrays):
+    """What a recorded step depends on in its inputs: their shapes and dtypes."""
+    return tuple((a.shape, a.dtype) for a in arrays)
+
+
 class Step:
     """``fn(*inputs)`` run once and recorded; :meth:`run` replays it on new arrays.
 
@@ -105,7 +110,7 @@ class Step:
             self.nodes, self.sources = _tape.nodes, _tape.sources
             _tape.nodes = _tape.sources = None
         self.inputs = inputs
-        self.signature = [(t.data.shape, t.data.dtype) for t in inputs]
+        self.signature = _signature(t.data for t in inputs)
         if root is None:
             root = self.outputs[0] if isinstance(self.outputs, tuple) else self.outputs
         self.root = root
@@ -113,7 +118,7 @@ class Step:
 
     def accepts(self, *arrays):
         """Whether ``arrays`` have the recorded inputs' shapes and dtypes."""
-        return [(a.shape, a.dtype) for a in arrays] == self.signature
+        return _signature(arrays) == self.signature
 
     def run(self, *arrays):
         """The recorded step on new input arrays: each source remade, each node's
@@ -178,12 +183,13 @@ class Steps:
             outputs = self.fn(*tensors)
             self.last = outputs[0] if isinstance(outputs, tuple) else outputs
             return outputs
-        key = tuple((t.data.shape, t.data.dtype) for t in tensors)
+        arrays = [t.data for t in tensors]
+        key = _signature(arrays)
         step = self.recorded.get(key)
         if step is None:
             step = self.recorded[key] = Step(self.fn, *tensors)
         else:
-            step._replay([t.data for t in tensors])
+            step._replay(arrays)
         self.last = step
         return step.outputs
 
