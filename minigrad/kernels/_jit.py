@@ -42,8 +42,15 @@ __all__ = ["kernel", "scalar", "PARALLEL_MIN_SIZE", "prange", "blocks"]
 #: kernels are vectorized and short (a ReLU pass over 200k floats: 30 us), and the
 #: second core is busy finishing, or spinning after, OpenBLAS's share of the
 #: matrix products.  So threads are kept for much larger work than one training
-#: step has.  ``MINIGRAD_PARALLEL_MIN_SIZE`` overrides it (0: always threads).
-PARALLEL_MIN_SIZE = int(os.environ.get("MINIGRAD_PARALLEL_MIN_SIZE", 1 << 21))
+#: step has.  The BCE kernel (cost 8) on the benchmark's (1024, 784) logits, 6.4M,
+#: was still parallel under the earlier 2M threshold and measured slower for it
+#: (2026-12-08, Intel Xeon VM, 2 cores; alone, medians of 40 calls: 1,024 rows
+#: 0.85 ms serial against 0.75-1.01 on two threads, 4,096 rows 3.6-3.7 against
+#: 3.9-4.3, 16,384 rows 28.4-29.5 against 16.9-17.0; in the b1024 step, four
+#: process pairs: the BCE node 1.14-1.24 ms serial against 1.29-1.46).  Hence
+#: 32M: threads from about 5,300 rows of 784 on.
+#: ``MINIGRAD_PARALLEL_MIN_SIZE`` overrides it (0: always threads).
+PARALLEL_MIN_SIZE = int(os.environ.get("MINIGRAD_PARALLEL_MIN_SIZE", 1 << 25))
 
 # In plain Python (and before compilation) ``prange`` is ``range``; compiling
 # binds the module's ``prange`` to ``numba.prange``, which Numba parallelises.
