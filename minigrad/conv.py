@@ -34,7 +34,8 @@ the sizes that a stride-sh conv2d maps to H.
 On the CPU the batch goes through in blocks of images (:data:`BLOCK_BYTES` of
 columns each), one GEMM per block, so that cols stays in the cache; the products
 are laid out into the (N, C, H, W) output block by block (the bias added in that
-same pass), and backward recomputes each block's columns.
+same pass); backward reuses the blocks' columns, or recomputes them when the whole
+batch's would take more than :data:`KEEP_COLUMNS_BYTES`.
 
 The kernels ``im2col`` / ``col2im`` are those of the device the data is on
 (``self.device.kernels``): NumPy, Numba or CUDA.  The GEMMs are the array
@@ -149,12 +150,19 @@ def _check_operands(op, x, weight, bias, channels_axis):
 
 #: A batch is convolved in blocks of images whose columns take at most this many
 #: bytes, so that cols stays in the L2 cache from im2col to the GEMM (and from the
-#: GEMM to col2im) instead of going out to memory and back; backward recomputes the
-#: columns of each block rather than keeping the whole batch's.  Measured on the
+#: GEMM to col2im) instead of going out to memory and back.  Measured on the
 #: 2-core machine (one thread, interleaved): the autoencoders' second layer (128
 #: images of 32 x 14 x 14, 7 MB of cols) ran forward and backward 25% faster in
 #: blocks of 16 to 32 images than in one.  On the GPU the batch is one block.
 BLOCK_BYTES = 2 << 20
+
+#: conv2d keeps every block's columns for backward while the whole batch's take at
+#: most this many bytes, and recomputes them block by block above it (memory then
+#: stays bounded by one block's).  Recomputing was a quarter of the layer's backward
+#: time: on a 2-vCPU Intel Xeon VM (2026-12-08) the autoencoders' second layer at
+#: batch 128 (7 MB of cols in 4 blocks) took 6.9-7.7 ms backward recomputing, 5.2-5.3
+#: ms with the columns kept (as one block).
+KEEP_COLUMNS_BYTES = 32 << 20
 
 
 def _blocks(xp, n, bytes_per_image):
@@ -200,21 +208,25 @@ class Conv2dFunction(Function):
         w2 = weight.reshape(weight.shape[0], -1)
         self.blocks = _blocks(xp, x.shape[0], w2.shape[1] * oh * ow * x.dtype.itemsize)
         y = xp.empty((x.shape[0], weight.shape[0], oh, ow), dtype=x.dtype)
+        keep = (xp is not np
+                or w2.shape[1] * oh * ow * x.shape[0] * x.dtype.itemsize <= KEEP_COLUMNS_BYTES)
+        kept = []  # each block's columns, for backward (see KEEP_COLUMNS_BYTES)
         for start, stop in self.blocks:
             cols = kernels.im2col(x[start:stop], *self.geometry)
             kernels.conv_forward(y[start:stop], bias[0] if bias else None, activation, slope,
                                  product=w2 @ cols)
-        # a batch in one block keeps its columns for backward; blocks recompute theirs
-        self.save_for_backward(x, weight, cols if len(self.blocks) == 1 else None, y)
+            if keep:
+                kept.append(cols)
+        self.save_for_backward(x, weight, kept if keep else None, y)
         return y
 
     def backward(self, g):
-        x, weight, cols, y = self.saved
+        x, weight, kept, y = self.saved
         xp, kernels, need = self.xp, self.device.kernels, self.needs_input_grad
         w2 = weight.reshape(weight.shape[0], -1)
         gx = xp.empty(x.shape, dtype=g.dtype) if need[0] else None
         gw = gb = None
-        for start, stop in self.blocks:
+        for k, (start, stop) in enumerate(self.blocks):
             g2, part = kernels.conv_backward(g[start:stop], y[start:stop], self.activation,
                                              self.slope, channel_major=True)
             gb = _add(gb, part)
@@ -222,9 +234,9 @@ class Conv2dFunction(Function):
                 block = gx[start:stop]
                 kernels.col2im(w2.T @ g2, block.shape, *self.geometry, out=block)
             if need[1]:
-                block_cols = kernels.im2col(x[start:stop], *self.geometry) if cols is None \
-                    else cols
-                gw = _add(gw, g2 @ block_cols.T)
+                cols = kernels.im2col(x[start:stop], *self.geometry) if kept is None \
+                    else kept[k]
+                gw = _add(gw, g2 @ cols.T)
         gw = gw.reshape(weight.shape) if need[1] else None
         if len(need) == 2:
             return gx, gw
