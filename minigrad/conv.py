@@ -160,8 +160,8 @@ BLOCK_BYTES = 2 << 20
 #: most this many bytes, and recomputes them block by block above it (memory then
 #: stays bounded by one block's).  Recomputing was a quarter of the layer's backward
 #: time: on a 2-vCPU Intel Xeon VM (2026-12-08) the autoencoders' second layer at
-#: batch 128 (7 MB of cols in 4 blocks) took 6.9-7.7 ms backward recomputing, 5.2-5.3
-#: ms with the columns kept (as one block).
+#: batch 128 (7 MB of cols in 4 blocks) took 6.9-7.7 ms backward recomputing, 5.4-5.5
+#: ms with the columns kept.
 KEEP_COLUMNS_BYTES = 32 << 20
 
 
