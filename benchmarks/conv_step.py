@@ -16,7 +16,8 @@ minigrad's initial weights copied in.  One step is what ``fit`` does for a batch
 forward, loss, backward, Adam update (minigrad's inside ``flush_denormals``, the
 first step of each batch size recorded and the ones after replayed, as ``fit``
 runs it: :mod:`minigrad.replay`).  Batches are real Fashion-MNIST images
-(../shared/datasets), or block images (``autoencoders.datasets.blocks``) when those files are absent.
+(../shared/datasets), or block images (``autoencoders.datasets.blocks``) when those
+files are absent.
 
 The frameworks run in one process and take turns in rounds: in each round every
 framework runs a few warm-up steps then times a few single steps, for every batch

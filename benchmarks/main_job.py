@@ -94,6 +94,23 @@ def epoch_orders(n, epochs, seed=5):
     return [rng.permutation(n) for _ in range(epochs)]
 
 
+def train_in_turns(X, epochs, turns, step):
+    """The loop of the frameworks that have no ``fit``: ``step(batch)`` -> its mean loss
+    on every batch of each epoch's order, a turn taken after each; returns each epoch's
+    mean loss.  The losses are summed as ``step`` returns them (JAX's stay on the
+    device, read once an epoch: no wait per step)."""
+    losses = []
+    turns.begin()
+    for order in epoch_orders(len(X), epochs):
+        total = 0.0
+        for i in range(0, len(X), BATCH):
+            x = X[order[i:i + BATCH]]
+            total = total + step(x) * len(x)
+            turns.step()
+        losses.append(float(total) / len(X))
+    return losses
+
+
 class Turns:
     """Runs the steps of this worker in the parent's turns: ``step()`` after every
     training step pauses at the end of each chunk of the epoch, reports the chunk's
@@ -172,29 +189,23 @@ def run_torch(X, epochs, chunks):
     params = [p for m in (body, mu_head, lv_head, decoder) for p in m.parameters()]
     opt = torch.optim.Adam(params, lr=LR)
     torch.manual_seed(0)
-    Xt = torch.from_numpy(X)
-    losses = []
+
+    def step(x):
+        opt.zero_grad(set_to_none=True)
+        h = body(x)
+        mu, log_var = mu_head(h), lv_head(h)
+        z = mu + torch.exp(0.5 * log_var) * torch.randn_like(mu)
+        logits = decoder(z)
+        rec = torch.nn.functional.binary_cross_entropy_with_logits(
+            logits, x, reduction="sum") / len(x)
+        kl = 0.5 * (log_var.exp() + mu * mu - 1 - log_var).sum(dim=1).mean()
+        loss = rec + kl
+        loss.backward()
+        opt.step()
+        return loss.item()
+
     turns = Turns(-(-len(X) // BATCH), chunks)
-    turns.begin()
-    for order in epoch_orders(len(X), epochs):
-        total = 0.0
-        for i in range(0, len(X), BATCH):
-            x = Xt[order[i:i + BATCH]]
-            opt.zero_grad(set_to_none=True)
-            h = body(x)
-            mu, log_var = mu_head(h), lv_head(h)
-            z = mu + torch.exp(0.5 * log_var) * torch.randn_like(mu)
-            logits = decoder(z)
-            rec = torch.nn.functional.binary_cross_entropy_with_logits(
-                logits, x, reduction="sum") / len(x)
-            kl = 0.5 * (log_var.exp() + mu * mu - 1 - log_var).sum(dim=1).mean()
-            loss = rec + kl
-            loss.backward()
-            opt.step()
-            total += loss.item() * len(x)
-            turns.step()
-        losses.append(total / len(X))
-    return {"loss": losses}
+    return {"loss": train_in_turns(torch.from_numpy(X), epochs, turns, step)}
 
 
 def run_jax(X, epochs, chunks):
@@ -220,22 +231,16 @@ def run_jax(X, epochs, chunks):
 
     update = jax_adam(loss_fn)
 
-    losses = []
+    def step(x):
+        state["t"] += 1
+        state["key"], key = jax.random.split(state["key"])
+        state["params"], state["m"], state["v"], loss = update(
+            state["params"], state["m"], state["v"], state["t"], x, key)
+        return loss  # stays on the device: no wait per step
+
     turns = Turns(-(-len(X) // BATCH), chunks,
                   sync=lambda: jax.block_until_ready(state["params"]))
-    turns.begin()
-    for order in epoch_orders(len(X), epochs):
-        total = 0.0
-        for i in range(0, len(X), BATCH):
-            x = X[order[i:i + BATCH]]
-            state["t"] += 1
-            state["key"], key = jax.random.split(state["key"])
-            state["params"], state["m"], state["v"], loss = update(
-                state["params"], state["m"], state["v"], state["t"], x, key)
-            total = total + loss * len(x)  # stays on the device: no wait per step
-            turns.step()
-        losses.append(float(total) / len(X))
-    return {"loss": losses}
+    return {"loss": train_in_turns(X, epochs, turns, step)}
 
 
 def run_by_hand(X, epochs, chunks):
@@ -247,17 +252,9 @@ def run_by_hand(X, epochs, chunks):
     from step_by_hand import HandStep  # (this folder)
     minigrad.set_backend("numba")  # whatever MINIGRAD_BACKEND says, as fit(backend=) does
     step = HandStep(initial_model("numba"), np.random.default_rng(1))
-    losses = []
     turns = Turns(-(-len(X) // BATCH), chunks)
     with minigrad.flush_denormals(), minigrad.reuse_memory():
-        turns.begin()
-        for order in epoch_orders(len(X), epochs):
-            total = 0.0
-            for i in range(0, len(X), BATCH):
-                x = X[order[i:i + BATCH]]
-                total += step(x) * len(x)
-                turns.step()
-            losses.append(total / len(X))
+        losses = train_in_turns(X, epochs, turns, step)
     return {"loss": losses, "subnormal_grads": count_subnormal(step.grads()),
             "subnormal_moments": count_subnormal(step.m + step.v)}
 

@@ -206,10 +206,10 @@ class Conv2dFunction(Function):
         self.activation, self.slope = activation, slope
         oh, ow = output_size(x.shape[2:], *self.geometry)
         w2 = weight.reshape(weight.shape[0], -1)
-        self.blocks = _blocks(xp, x.shape[0], w2.shape[1] * oh * ow * x.dtype.itemsize)
+        per_image = w2.shape[1] * oh * ow * x.dtype.itemsize  # bytes of columns
+        self.blocks = _blocks(xp, x.shape[0], per_image)
         y = xp.empty((x.shape[0], weight.shape[0], oh, ow), dtype=x.dtype)
-        keep = (xp is not np
-                or w2.shape[1] * oh * ow * x.shape[0] * x.dtype.itemsize <= KEEP_COLUMNS_BYTES)
+        keep = xp is not np or per_image * x.shape[0] <= KEEP_COLUMNS_BYTES
         kept = []  # each block's columns, for backward (see KEEP_COLUMNS_BYTES)
         for start, stop in self.blocks:
             cols = kernels.im2col(x[start:stop], *self.geometry)
