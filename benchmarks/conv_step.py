@@ -26,7 +26,7 @@ shared machine falls on every framework alike.  PyTorch keeps its default thread
 count (the number of cores: both of a 2-core machine), as a user gets it.  A
 check in the same run: 20 steps from identical weights and batches give losses
 equal to PyTorch's within 1e-4 relative.  "minigrad-numba-threads" is the Numba
-backend with the convolution kernels (im2col, col2im) always threaded, whatever
+backend with the convolution kernels (im2row, row2im) always threaded, whatever
 their size: whether threads pay for them at these sizes is read off the same run
 (minigrad.kernels.conv.COST_PER_ENTRY sets where they start by default).
 

@@ -1,43 +1,49 @@
 """2-D convolutions on (batch, channels, height, width) tensors: conv2d,
 conv_transpose2d (PyTorch's semantics and weight layouts) and nearest upsample2d.
 
-**im2col.** conv2d is a cross-correlation: output pixel (oy, ox) of channel o is
+**im2row.** conv2d is a cross-correlation: output pixel (oy, ox) of channel o is
 
     y[n, o, oy, ox] = b[o] + sum over c, ki, kj of
                       W[o, c, ki, kj] * x[n, c, oy*sh - ph + ki, ox*sw - pw + kj]
 
 (x is 0 outside the image: the padding).  Lay every patch that one output pixel
-sees out as a column -- ``cols = im2col(x)``, a (C kh kw, N oh ow) matrix, rows
-(c, ki, kj), columns (n, oy, ox); see :mod:`minigrad.kernels.conv` -- and the sum
-is one matrix product for the whole batch,
+sees out as a row -- ``rows = im2row(x)``, an (N oh ow, kh kw C) matrix, rows
+(n, oy, ox), columns (ki, kj, c), channels last; see :mod:`minigrad.kernels.conv`
+-- and the sum is one matrix product for the whole batch,
 
-    Y = W2 @ cols + b,   W2 = W reshaped to (C_out, C kh kw),   Y: (C_out, N oh ow),
+    Y = Wr @ rows^T + b,   Wr = W as a (C_out, kh kw C) matrix,   Y: (C_out, N oh ow),
 
-which is then put back into (N, C_out, oh, ow) order.  oh = (H + 2 ph - kh) // sh + 1.
+(Wr: W's axes put in the order (o, ki, kj, c), then reshaped), which is then put
+back into (N, C_out, oh, ow) order.  oh = (H + 2 ph - kh) // sh + 1.  (This is the
+textbook im2col with its matrix transposed; the channels-last order makes the
+layout kernels copy long runs.)
 
-**col2im** is im2col's adjoint (its transpose as a linear map): each entry of a
-(C kh kw, N oh ow) matrix is *added* into the pixel im2col copied it from (pixels
-shared by overlapping patches collect several).  The VJPs of Y = W2 @ cols follow:
+**row2im** is im2row's adjoint (its transpose as a linear map): each entry of an
+(N oh ow, kh kw C) matrix is *added* into the pixel im2row copied it from (pixels
+shared by overlapping patches collect several).  The VJPs of Y = Wr @ rows^T follow:
 
-    dL/dW2 = G @ cols^T,   dL/db = G summed over its columns,
-    dL/dx  = col2im(W2^T @ G),           G = dL/dY as a (C_out, N oh ow) matrix.
+    dL/dWr = G @ rows,   dL/db = G summed over its columns,
+    dL/dx  = row2im(G^T @ Wr),           G = dL/dY as a (C_out, N oh ow) matrix,
+
+and dL/dW is dL/dWr with its axes put back.
 
 **conv_transpose2d** is that input gradient, used as a layer: its forward is
-``col2im(W2^T @ X)`` with X the input as a (C_in, N H W) matrix, W of shape
-(C_in, C_out, kh, kw) being exactly a conv2d weight with C_in outputs.  So its VJP
-for the input is conv2d's forward (im2col of dL/dy, then W2 @ that), and for the
-weight ``X @ im2col(dL/dy)^T``: the two primitives below are made of the same two
-halves (im2col then a GEMM, a GEMM then col2im), in swapped roles.  Its output size is
-(H - 1) sh - 2 ph + kh + output_padding, output_padding < stride choosing among
-the sizes that a stride-sh conv2d maps to H.
+``row2im(X^T @ Wr)`` with X the input as a (C_in, N H W) matrix, W of shape
+(C_in, C_out, kh, kw) being exactly a conv2d weight with C_in outputs (Wr its
+(C_in, kh kw C_out) matrix).  So its VJP for the input is conv2d's forward (im2row
+of dL/dy, then Wr @ that^T), and for the weight ``X @ im2row(dL/dy)``: the two
+primitives below are made of the same two halves (im2row then a GEMM, a GEMM then
+row2im), in swapped roles.  Its output size is (H - 1) sh - 2 ph + kh +
+output_padding, output_padding < stride choosing among the sizes that a stride-sh
+conv2d maps to H.
 
 On the CPU the batch goes through in blocks of images (:data:`BLOCK_BYTES` of
-columns each), one GEMM per block, so that cols stays in the cache; the products
+rows each), one GEMM per block, so that rows stays in the cache; the products
 are laid out into the (N, C, H, W) output block by block (the bias added in that
-same pass); backward reuses the blocks' columns, or recomputes them when the whole
-batch's would take more than :data:`KEEP_COLUMNS_BYTES`.
+same pass); backward reuses the blocks' rows, or recomputes them when the whole
+batch's would take more than :data:`KEEP_ROWS_BYTES`.
 
-The kernels ``im2col`` / ``col2im`` are those of the device the data is on
+The kernels ``im2row`` / ``row2im`` are those of the device the data is on
 (``self.device.kernels``): NumPy, Numba or CUDA.  The GEMMs are the array
 library's (BLAS, cuBLAS).
 """
@@ -148,25 +154,25 @@ def _check_operands(op, x, weight, bias, channels_axis):
 # blocks of images, and the layout changes around the GEMMs
 # ----------------------------------------------------------------------------
 
-#: A batch is convolved in blocks of images whose columns take at most this many
-#: bytes, so that cols stays in the L2 cache from im2col to the GEMM (and from the
-#: GEMM to col2im) instead of going out to memory and back.  Measured on the
+#: A batch is convolved in blocks of images whose rows take at most this many
+#: bytes, so that they stay in the L2 cache from im2row to the GEMM (and from the
+#: GEMM to row2im) instead of going out to memory and back.  Measured on the
 #: 2-core machine (one thread, interleaved): the autoencoders' second layer (128
 #: images of 32 x 14 x 14, 7 MB of cols) ran forward and backward 25% faster in
 #: blocks of 16 to 32 images than in one.  On the GPU the batch is one block.
 BLOCK_BYTES = 2 << 20
 
-#: conv2d keeps every block's columns for backward while the whole batch's take at
+#: conv2d keeps every block's rows for backward while the whole batch's take at
 #: most this many bytes, and recomputes them block by block above it (memory then
 #: stays bounded by one block's).  Recomputing was a quarter of the layer's backward
-#: time: on a 2-vCPU Intel Xeon VM (2026-12-08) the autoencoders' second layer at
-#: batch 128 (7 MB of cols in 4 blocks) took 6.9-7.7 ms backward recomputing, 5.4-5.5
-#: ms with the columns kept.
-KEEP_COLUMNS_BYTES = 32 << 20
+#: time: on a 2-vCPU Intel Xeon VM (2026-12-08, with the im2col layout of then) the
+#: autoencoders' second layer at batch 128 (7 MB of columns in 4 blocks) took 6.9-7.7
+#: ms backward recomputing, 5.4-5.5 ms with the columns kept.
+KEEP_ROWS_BYTES = 32 << 20
 
 
 def _blocks(xp, n, bytes_per_image):
-    """``[(start, stop), ...]``: the batch of ``n`` images in blocks whose columns
+    """``[(start, stop), ...]``: the batch of ``n`` images in blocks whose rows
     (``bytes_per_image`` each) take at most :data:`BLOCK_BYTES` (one block on the GPU)."""
     size = n if xp is not np else BLOCK_BYTES // max(1, bytes_per_image)
     size = max(1, size)
@@ -177,6 +183,19 @@ def _as_matrix(xp, images):
     """(N, C, H, W) -> the (C, N H W) matrix (a copy, in that order)."""
     n, c, h, w = images.shape
     return xp.ascontiguousarray(images.transpose(1, 0, 2, 3)).reshape(c, n * h * w)
+
+
+def _weight_rows(weight):
+    """A weight (A, B, kh, kw) as the (A, kh kw B) matrix whose columns are ordered
+    (ki, kj, b), as im2row's are (a copy)."""
+    a, b, kh, kw = weight.shape
+    return weight.transpose(0, 2, 3, 1).reshape(a, kh * kw * b)
+
+
+def _weight_from_rows(xp, matrix, shape):
+    """:func:`_weight_rows` undone: the (A, kh kw B) matrix as a weight of ``shape``."""
+    a, b, kh, kw = shape
+    return xp.ascontiguousarray(matrix.reshape(a, kh, kw, b).transpose(0, 3, 1, 2))
 
 
 def _add(total, part):
@@ -192,12 +211,12 @@ def _add(total, part):
 # ----------------------------------------------------------------------------
 
 class Conv2dFunction(Function):
-    """y = act(conv2d(x, W) + b): Y = act(W2 @ im2col(x) + b), one GEMM per block of
+    """y = act(conv2d(x, W) + b): Y = act(Wr @ im2row(x)^T + b), one GEMM per block of
     images, the bias and activation added as the product is laid out into y
     (``kernels.conv_forward``).
 
     backward (G = g * act'(y) as a (C_out, N oh ow) matrix, ``kernels.conv_backward``):
-        gx = col2im(W2^T @ G);   gW = G @ im2col(x)^T;   gb = sum of G's columns
+        gx = row2im(G^T @ Wr);   gWr = G @ im2row(x);   gb = sum of G's columns
     """
 
     def forward(self, x, weight, *bias, stride, padding, activation=IDENTITY, slope=0.01):
@@ -205,25 +224,24 @@ class Conv2dFunction(Function):
         self.geometry = (weight.shape[2:], stride, padding)
         self.activation, self.slope = activation, slope
         oh, ow = output_size(x.shape[2:], *self.geometry)
-        w2 = weight.reshape(weight.shape[0], -1)
-        per_image = w2.shape[1] * oh * ow * x.dtype.itemsize  # bytes of columns
+        wr = _weight_rows(weight)
+        per_image = wr.shape[1] * oh * ow * x.dtype.itemsize  # bytes of rows
         self.blocks = _blocks(xp, x.shape[0], per_image)
         y = xp.empty((x.shape[0], weight.shape[0], oh, ow), dtype=x.dtype)
-        keep = xp is not np or per_image * x.shape[0] <= KEEP_COLUMNS_BYTES
-        kept = []  # each block's columns, for backward (see KEEP_COLUMNS_BYTES)
+        keep = xp is not np or per_image * x.shape[0] <= KEEP_ROWS_BYTES
+        kept = []  # each block's rows, for backward (see KEEP_ROWS_BYTES)
         for start, stop in self.blocks:
-            cols = kernels.im2col(x[start:stop], *self.geometry)
+            rows = kernels.im2row(x[start:stop], *self.geometry)
             kernels.conv_forward(y[start:stop], bias[0] if bias else None, activation, slope,
-                                 product=w2 @ cols)
+                                 product=wr @ rows.T)
             if keep:
-                kept.append(cols)
-        self.save_for_backward(x, weight, kept if keep else None, y)
+                kept.append(rows)
+        self.save_for_backward(x, weight, wr, kept if keep else None, y)
         return y
 
     def backward(self, g):
-        x, weight, kept, y = self.saved
+        x, weight, wr, kept, y = self.saved
         xp, kernels, need = self.xp, self.device.kernels, self.needs_input_grad
-        w2 = weight.reshape(weight.shape[0], -1)
         gx = xp.empty(x.shape, dtype=g.dtype) if need[0] else None
         gw = gb = None
         for k, (start, stop) in enumerate(self.blocks):
@@ -232,24 +250,24 @@ class Conv2dFunction(Function):
             gb = _add(gb, part)
             if need[0]:
                 block = gx[start:stop]
-                kernels.col2im(w2.T @ g2, block.shape, *self.geometry, out=block)
+                kernels.row2im(g2.T @ wr, block.shape, *self.geometry, out=block)
             if need[1]:
-                cols = kernels.im2col(x[start:stop], *self.geometry) if kept is None \
+                rows = kernels.im2row(x[start:stop], *self.geometry) if kept is None \
                     else kept[k]
-                gw = _add(gw, g2 @ cols.T)
-        gw = gw.reshape(weight.shape) if need[1] else None
+                gw = _add(gw, g2 @ rows)
+        gw = _weight_from_rows(xp, gw, weight.shape) if need[1] else None
         if len(need) == 2:
             return gx, gw
         return gx, gw, (gb if need[2] else None)
 
 
 class ConvTranspose2dFunction(Function):
-    """y = act(conv_transpose2d(x, W) + b) = act(col2im(W2^T @ X) + b): conv2d's input
-    gradient, W of shape (C_in, C_out, kh, kw), W2 = W as a (C_in, C_out kh kw)
+    """y = act(conv_transpose2d(x, W) + b) = act(row2im(X^T @ Wr) + b): conv2d's input
+    gradient, W of shape (C_in, C_out, kh, kw), Wr = W as a (C_in, kh kw C_out)
     matrix; bias and activation in one pass over each block (``kernels.conv_forward``).
 
-    backward (X = x as a (C_in, N H W) matrix, G = g * act'(y), cols = im2col(G)):
-        gx = W2 @ cols (conv2d's forward);   gW = X @ cols^T;   gb = sum of G over
+    backward (X = x as a (C_in, N H W) matrix, G = g * act'(y), rows = im2row(G)):
+        gx = Wr @ rows^T (conv2d's forward);   gWr = X @ rows;   gb = sum of G over
         batch and pixels
     """
 
@@ -260,36 +278,35 @@ class ConvTranspose2dFunction(Function):
         self.geometry = (weight.shape[2:], stride, padding)
         self.activation, self.slope = activation, slope
         size = transposed_output_size((h, w), *self.geometry, output_padding)
-        w2 = weight.reshape(weight.shape[0], -1)
-        self.blocks = _blocks(xp, n, w2.shape[1] * h * w * x.dtype.itemsize)
+        wr = _weight_rows(weight)
+        self.blocks = _blocks(xp, n, wr.shape[1] * h * w * x.dtype.itemsize)
         y = xp.empty((n, weight.shape[1], *size), dtype=x.dtype)
         matrices = []  # each block of x as a (C_in, n H W) matrix, kept for gW
         for start, stop in self.blocks:
             block = y[start:stop]
             matrices.append(_as_matrix(xp, x[start:stop]))
-            kernels.col2im(w2.T @ matrices[-1], block.shape, *self.geometry, out=block)
+            kernels.row2im(matrices[-1].T @ wr, block.shape, *self.geometry, out=block)
             # while the block is in the cache
             kernels.conv_forward(block, bias[0] if bias else None, activation, slope)
-        self.save_for_backward(matrices, weight, y)
+        self.save_for_backward(matrices, weight, wr, y)
         self.input_shape = x.shape
         return y
 
     def backward(self, g):
-        matrices, weight, y = self.saved
+        matrices, weight, wr, y = self.saved
         xp, kernels, need = self.xp, self.device.kernels, self.needs_input_grad
-        w2 = weight.reshape(weight.shape[0], -1)
         gx = xp.empty(self.input_shape, dtype=g.dtype) if need[0] else None
         gw = gb = None
         for (start, stop), x2 in zip(self.blocks, matrices):
             gz, part = kernels.conv_backward(g[start:stop], y[start:stop], self.activation,
                                              self.slope)
             gb = _add(gb, part)
-            cols = kernels.im2col(gz, *self.geometry)
+            rows = kernels.im2row(gz, *self.geometry)
             if need[0]:
-                kernels.conv_forward(gx[start:stop], None, IDENTITY, product=w2 @ cols)
+                kernels.conv_forward(gx[start:stop], None, IDENTITY, product=wr @ rows.T)
             if need[1]:
-                gw = _add(gw, x2 @ cols.T)
-        gw = gw.reshape(weight.shape) if need[1] else None
+                gw = _add(gw, x2 @ rows)
+        gw = _weight_from_rows(xp, gw, weight.shape) if need[1] else None
         if len(need) == 2:
             return gx, gw
         return gx, gw, (gb if need[2] else None)

@@ -5,7 +5,7 @@ Why: glibc's ``malloc`` (NumPy's allocator on Linux) serves every request above
 ``free``; it also gives the top of its heap back once more than
 ``M_TRIM_THRESHOLD`` is free there.  Both start at 128 KiB (the first adapts as
 blocks are freed, up to 32 MiB).  A training step allocates and frees the same
-large arrays every step -- activations, gradients, im2col's columns -- so each
+large arrays every step -- activations, gradients, im2row's rows -- so each
 step has the kernel map and zero those pages again: 4,800 page faults (20 MB) per
 step of the convolutional autoencoder at batch 128, about 5,600 for the same
 network in PyTorch eager, and the NumPy backend's dense step at batch 1024 swung

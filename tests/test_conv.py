@@ -233,9 +233,9 @@ def test_only_the_gradients_asked_for_are_computed(device, transposed, wanted):
 def test_blocks_of_images_compute_what_one_block_does(device, monkeypatch, transposed,
                                                       images, requires, keep_bytes):
     """A batch convolved in blocks of images (minigrad.conv.BLOCK_BYTES; conv2d's
-    columns kept for backward or recomputed there, KEEP_COLUMNS_BYTES) gives the
+    rows kept for backward or recomputed there, KEEP_ROWS_BYTES) gives the
     one-block output and gradients."""
-    monkeypatch.setattr(mg.conv, "KEEP_COLUMNS_BYTES", keep_bytes)
+    monkeypatch.setattr(mg.conv, "KEEP_ROWS_BYTES", keep_bytes)
     rng = np.random.default_rng(7)
     arrays = [rng.standard_normal((5, 3, 7, 6)),
               rng.standard_normal((3, 2, 3, 3) if transposed else (2, 3, 3, 3)),
@@ -243,8 +243,8 @@ def test_blocks_of_images_compute_what_one_block_does(device, monkeypatch, trans
     fn = mg.conv_transpose2d if transposed else mg.conv2d
 
     kernels = mg.Tensor(arrays[2], dtype="float64").device.kernels
-    im2col, calls = kernels.im2col, []
-    monkeypatch.setattr(kernels, "im2col", lambda *a, **k: calls.append(1) or im2col(*a, **k))
+    im2row, calls = kernels.im2row, []
+    monkeypatch.setattr(kernels, "im2row", lambda *a, **k: calls.append(1) or im2row(*a, **k))
 
     def run(block_bytes):
         monkeypatch.setattr(mg.conv, "BLOCK_BYTES", block_bytes)
@@ -253,12 +253,12 @@ def test_blocks_of_images_compute_what_one_block_does(device, monkeypatch, trans
         y = fn(*inputs, stride=2, padding=1)
         calls.clear()
         (y * y).sum().backward()
-        if not transposed:  # conv2d's backward recomputes its columns only above the budget
+        if not transposed:  # conv2d's backward recomputes its rows only above the budget
             blocks = len(mg.conv._blocks(np, 5, per_image))
             assert len(calls) == (blocks if keep_bytes == 0 and requires[1] else 0)
         return [host(y)] + [None if t.grad is None else host(t.grad) for t in inputs]
 
-    # bytes of cols per image: (C kh kw) x (pixels of the small side), float64
+    # bytes of rows per image: (kh kw C) x (pixels of the small side), float64
     per_image = (3 * 9 * 4 * 3 if not transposed else 2 * 9 * 7 * 6) * 8
     assert len(mg.conv._blocks(np, 5, per_image)) == 1  # the default: one block
     whole = run(mg.conv.BLOCK_BYTES)

@@ -1,4 +1,4 @@
-"""The convolution kernels (minigrad/kernels/conv.py, conv.cu): im2col and col2im of
+"""The convolution kernels (minigrad/kernels/conv.py, conv.cu): im2row and row2im of
 every backend against the NumPy reference, and the reference against a loop over
 the definition; no subnormal written; the argument checks.
 
@@ -37,24 +37,24 @@ def geometries(draw):
     return (n, c) + size, kernel, stride, padding
 
 
-def im2col_by_definition(x, kernel_size, stride, padding):
-    """cols[(c, ki, kj), (n, oy, ox)] = x[n, c, oy sh - ph + ki, ox sw - pw + kj], one
+def im2row_by_definition(x, kernel_size, stride, padding):
+    """rows[(n, oy, ox), (ki, kj, c)] = x[n, c, oy sh - ph + ki, ox sw - pw + kj], one
     entry at a time."""
     (kh, kw), (sh, sw), (ph, pw) = kernel_size, stride, padding
     n, c, h, w = x.shape
     oh, ow = (h + 2 * ph - kh) // sh + 1, (w + 2 * pw - kw) // sw + 1
-    cols = np.zeros((c, kh, kw, n, oh, ow), x.dtype)
+    rows = np.zeros((n, oh, ow, kh, kw, c), x.dtype)
     for b, ch, ki, kj, oy, ox in itertools.product(range(n), range(c), range(kh), range(kw),
                                                    range(oh), range(ow)):
         iy, ix = oy * sh - ph + ki, ox * sw - pw + kj
         if 0 <= iy < h and 0 <= ix < w:
-            cols[ch, ki, kj, b, oy, ox] = x[b, ch, iy, ix]
-    return cols.reshape(c * kh * kw, n * oh * ow)
+            rows[b, oy, ox, ki, kj, ch] = x[b, ch, iy, ix]
+    return rows.reshape(n * oh * ow, kh * kw * c)
 
 
 def test_every_conv_kernel_has_three_versions():
     assert conv.KERNELS + conv_epilogue.KERNELS == (
-        "im2col", "col2im", "conv_forward", "conv_backward")
+        "im2row", "row2im", "conv_forward", "conv_backward")
     assert set(conv.KERNELS + conv_epilogue.KERNELS) <= set(kernels.names())
     for module in (conv, conv_epilogue):
         for name in module.KERNELS:
@@ -65,17 +65,17 @@ def test_every_conv_kernel_has_three_versions():
 
 @settings(max_examples=25, deadline=None)
 @given(geometry=geometries(), seed=st.integers(0, 2 ** 31))
-def test_reference_is_the_definition_and_col2im_its_adjoint(geometry, seed):
-    """im2col as defined entry by entry; col2im its adjoint: <im2col(x), C> = <x, col2im(C)>."""
+def test_reference_is_the_definition_and_row2im_its_adjoint(geometry, seed):
+    """im2row as defined entry by entry; row2im its adjoint: <im2row(x), R> = <x, row2im(R)>."""
     shape, kernel_size, stride, padding = geometry
     rng = np.random.default_rng(seed)
     x = rng.standard_normal(shape)
-    cols = REF.im2col(x, kernel_size, stride, padding)
-    np.testing.assert_array_equal(cols, im2col_by_definition(x, kernel_size, stride, padding))
-    other = rng.standard_normal(cols.shape)
-    image = REF.col2im(other, shape, kernel_size, stride, padding)
+    rows = REF.im2row(x, kernel_size, stride, padding)
+    np.testing.assert_array_equal(rows, im2row_by_definition(x, kernel_size, stride, padding))
+    other = rng.standard_normal(rows.shape)
+    image = REF.row2im(other, shape, kernel_size, stride, padding)
     assert image.shape == shape
-    np.testing.assert_allclose(np.sum(cols * other), np.sum(x * image), rtol=1e-12, atol=1e-12)
+    np.testing.assert_allclose(np.sum(rows * other), np.sum(x * image), rtol=1e-12, atol=1e-12)
 
 
 def _check_parity(device, geometry, dtype, seed, strided):
@@ -83,16 +83,15 @@ def _check_parity(device, geometry, dtype, seed, strided):
     rng = np.random.default_rng(seed)
     big = rng.standard_normal((shape[0] * 2,) + shape[1:]).astype(dtype)
     x = big[::2] if strided else big[:shape[0]]
-    expected = REF.im2col(x, kernel_size, stride, padding)
+    expected = REF.im2row(x, kernel_size, stride, padding)
     x_dev = device.to_device(big)[::2] if strided else device.to_device(x)
-    cols = device.kernels.im2col(x_dev, kernel_size, stride, padding)
-    got = device.to_host(cols)
+    got = device.to_host(device.kernels.im2row(x_dev, kernel_size, stride, padding))
     assert got.dtype == dtype and got.shape == expected.shape
     np.testing.assert_array_equal(got, expected)  # a copy: exact
 
     c = rng.standard_normal(expected.shape).astype(dtype)
-    expected_image = REF.col2im(c, shape, kernel_size, stride, padding)
-    image = device.to_host(device.kernels.col2im(device.to_device(c), shape, kernel_size,
+    expected_image = REF.row2im(c, shape, kernel_size, stride, padding)
+    image = device.to_host(device.kernels.row2im(device.to_device(c), shape, kernel_size,
                                                  stride, padding))
     assert image.dtype == dtype and image.shape == shape
     np.testing.assert_allclose(image, expected_image, **tolerance(dtype))
@@ -118,17 +117,17 @@ def test_kernels_equal_the_reference_at_fixed_sizes(device, dtype, geometry):
 
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("layout", ["contiguous", "strided"])
-def test_col2im_writes_into_out(device, dtype, layout):
-    """col2im(..., out=image): the reference's image written into ``out`` (a block of a
+def test_row2im_writes_into_out(device, dtype, layout):
+    """row2im(..., out=image): the reference's image written into ``out`` (a block of a
     larger batch, or a strided view), which is returned."""
     geometry = ((3, 3), (2, 2), (1, 1))
     shape = (3, 2, 7, 6)
     rng = np.random.default_rng(4)
-    cols = rng.standard_normal(REF.im2col(np.zeros(shape), *geometry).shape).astype(dtype)
-    expected = REF.col2im(cols, shape, *geometry)
+    rows = rng.standard_normal(REF.im2row(np.zeros(shape), *geometry).shape).astype(dtype)
+    expected = REF.row2im(rows, shape, *geometry)
     big = device.to_device(np.full((7,) + shape[1:], 5.0, dtype))
     out = big[2:5] if layout == "contiguous" else big[::2][:3]
-    got = device.kernels.col2im(device.to_device(cols), shape, *geometry, out=out)
+    got = device.kernels.row2im(device.to_device(rows), shape, *geometry, out=out)
     assert got is out
     host_big = device.to_host(big)
     np.testing.assert_allclose(host_big[2:5] if layout == "contiguous" else host_big[::2][:3],
@@ -137,14 +136,14 @@ def test_col2im_writes_into_out(device, dtype, layout):
     assert np.all(rest == 5.0)  # nothing written outside out
 
 
-def test_col2im_out_is_checked():
-    cols = np.zeros((18, 2 * 9), np.float32)
-    with pytest.raises(ValueError, match=r"col2im: out has shape \(2, 2, 4, 4\), expected "
+def test_row2im_out_is_checked():
+    rows = np.zeros((2 * 9, 18), np.float32)
+    with pytest.raises(ValueError, match=r"row2im: out has shape \(2, 2, 4, 4\), expected "
                                          r"image_shape \(2, 2, 5, 5\)"):
-        REF.col2im(cols, (2, 2, 5, 5), (3, 3), (1, 1), (0, 0), out=np.zeros((2, 2, 4, 4),
+        REF.row2im(rows, (2, 2, 5, 5), (3, 3), (1, 1), (0, 0), out=np.zeros((2, 2, 4, 4),
                                                                            np.float32))
-    with pytest.raises(TypeError, match="col2im: out has dtype float64, expected cols' float32"):
-        REF.col2im(cols, (2, 2, 5, 5), (3, 3), (1, 1), (0, 0), out=np.zeros((2, 2, 5, 5)))
+    with pytest.raises(TypeError, match="row2im: out has dtype float64, expected rows' float32"):
+        REF.row2im(rows, (2, 2, 5, 5), (3, 3), (1, 1), (0, 0), out=np.zeros((2, 2, 5, 5)))
 
 
 # ----------------------------------------------------------------------------
@@ -271,11 +270,11 @@ def test_numba_serial_and_parallel_versions(variant, dtype, geometry, seed):
     shape, kernel_size, stride, padding = geometry
     rng = np.random.default_rng(seed)
     x = rng.standard_normal(shape).astype(dtype)
-    np.testing.assert_array_equal(numba_kernels.im2col(x, kernel_size, stride, padding),
-                                  REF.im2col(x, kernel_size, stride, padding))
-    c = rng.standard_normal(REF.im2col(x, kernel_size, stride, padding).shape).astype(dtype)
-    np.testing.assert_allclose(numba_kernels.col2im(c, shape, kernel_size, stride, padding),
-                               REF.col2im(c, shape, kernel_size, stride, padding),
+    np.testing.assert_array_equal(numba_kernels.im2row(x, kernel_size, stride, padding),
+                                  REF.im2row(x, kernel_size, stride, padding))
+    c = rng.standard_normal(REF.im2row(x, kernel_size, stride, padding).shape).astype(dtype)
+    np.testing.assert_allclose(numba_kernels.row2im(c, shape, kernel_size, stride, padding),
+                               REF.row2im(c, shape, kernel_size, stride, padding),
                                **tolerance(dtype))
 
 
@@ -291,18 +290,18 @@ def test_numba_epilogues_serial_and_parallel(variant, dtype, name):
 
 @pytest.mark.parametrize("dtype", DTYPES)
 def test_no_subnormal_is_written(device, dtype):
-    """Subnormal inputs come out as 0 (im2col), and so do sums of them (col2im)."""
+    """Subnormal inputs come out as 0 (im2row), and so do sums of them (row2im)."""
     tiny = np.finfo(dtype).tiny
     rng = np.random.default_rng(2)
     x = rng.standard_normal((2, 2, 6, 5)).astype(dtype)
     x[:, :, ::2] = dtype(tiny / 8)  # subnormal rows
     geometry = ((3, 3), (1, 2), (1, 1))
-    cols = device.to_host(device.kernels.im2col(device.to_device(x), *geometry))
-    assert not np.any((cols != 0) & (np.abs(cols) < tiny))
-    assert np.count_nonzero(cols) == np.count_nonzero(REF.im2col(x, *geometry))
-    c = np.full(cols.shape, tiny / 16, dtype)
-    c[:, ::3] = 1.0
-    image = device.to_host(device.kernels.col2im(device.to_device(c), x.shape, *geometry))
+    rows = device.to_host(device.kernels.im2row(device.to_device(x), *geometry))
+    assert not np.any((rows != 0) & (np.abs(rows) < tiny))
+    assert np.count_nonzero(rows) == np.count_nonzero(REF.im2row(x, *geometry))
+    c = np.full(rows.shape, tiny / 16, dtype)
+    c[::3] = 1.0
+    image = device.to_host(device.kernels.row2im(device.to_device(c), x.shape, *geometry))
     assert not np.any((image != 0) & (np.abs(image) < tiny))
     assert np.any(image == 0) and np.any(image >= 1)
 
@@ -313,33 +312,33 @@ def test_arguments_are_checked(backend):
         pytest.skip("the Numba kernels need numba")
     k = kernels.Kernels(backend)
     x = np.zeros((2, 3, 5, 5), np.float32)
-    with pytest.raises(ValueError, match=r"im2col: x has shape \(3, 5, 5\); expected an image "
+    with pytest.raises(ValueError, match=r"im2row: x has shape \(3, 5, 5\); expected an image "
                                          r"batch \(batch, channels, height, width\)"):
-        k.im2col(x[0], (3, 3), (1, 1), (0, 0))
-    with pytest.raises(TypeError, match="im2col: x has dtype int32"):
-        k.im2col(x.astype(np.int32), (3, 3), (1, 1), (0, 0))
-    with pytest.raises(ValueError, match=r"im2col: stride is \(0, 1\); expected a pair of "
+        k.im2row(x[0], (3, 3), (1, 1), (0, 0))
+    with pytest.raises(TypeError, match="im2row: x has dtype int32"):
+        k.im2row(x.astype(np.int32), (3, 3), (1, 1), (0, 0))
+    with pytest.raises(ValueError, match=r"im2row: stride is \(0, 1\); expected a pair of "
                                          r"integers >= 1"):
-        k.im2col(x, (3, 3), (0, 1), (0, 0))
-    with pytest.raises(ValueError, match=r"im2col: padding is 1; expected a pair"):
-        k.im2col(x, (3, 3), (1, 1), 1)
-    with pytest.raises(ValueError, match=r"im2col: the image of shape \(2, 3, 5, 5\) padded by "
+        k.im2row(x, (3, 3), (0, 1), (0, 0))
+    with pytest.raises(ValueError, match=r"im2row: padding is 1; expected a pair"):
+        k.im2row(x, (3, 3), (1, 1), 1)
+    with pytest.raises(ValueError, match=r"im2row: the image of shape \(2, 3, 5, 5\) padded by "
                                          r"\(1, 0\) is smaller than the kernel \(8, 2\)"):
-        k.im2col(x, (8, 2), (1, 1), (1, 0))
-    cols = np.zeros((27, 2 * 9), np.float32)
-    k.col2im(cols, x.shape, (3, 3), (1, 1), (0, 0))  # valid
-    with pytest.raises(ValueError, match=r"col2im: cols has shape \(27, 17\), expected "
-                                         r"\(27, 18\)"):
-        k.col2im(cols[:, 1:], x.shape, (3, 3), (1, 1), (0, 0))
-    with pytest.raises(ValueError, match=r"col2im: image_shape is \(3, 5, 5\); expected four integers"):
-        k.col2im(cols, (3, 5, 5), (3, 3), (1, 1), (0, 0))
-    with pytest.raises(TypeError, match="col2im: cols has dtype float16"):
-        k.col2im(cols.astype(np.float16), x.shape, (3, 3), (1, 1), (0, 0))
+        k.im2row(x, (8, 2), (1, 1), (1, 0))
+    rows = np.zeros((2 * 9, 27), np.float32)
+    k.row2im(rows, x.shape, (3, 3), (1, 1), (0, 0))  # valid
+    with pytest.raises(ValueError, match=r"row2im: rows has shape \(18, 26\), expected "
+                                         r"\(18, 27\) \(batch \* oh \* ow, kh \* kw \* channels\)"):
+        k.row2im(rows[:, 1:], x.shape, (3, 3), (1, 1), (0, 0))
+    with pytest.raises(ValueError, match=r"row2im: image_shape is \(3, 5, 5\); expected four integers"):
+        k.row2im(rows, (3, 5, 5), (3, 3), (1, 1), (0, 0))
+    with pytest.raises(TypeError, match="row2im: rows has dtype float16"):
+        k.row2im(rows.astype(np.float16), x.shape, (3, 3), (1, 1), (0, 0))
 
 
 def test_cupy_kernels_refuse_host_arrays():
     cupy_kernels = kernels.Kernels("cupy")
-    with pytest.raises(TypeError, match="im2col: the 'cupy' backend's kernels run on the GPU"):
-        cupy_kernels.im2col(np.zeros((1, 1, 3, 3), np.float32), (3, 3), (1, 1), (0, 0))
-    with pytest.raises(TypeError, match="col2im: the 'cupy' backend's kernels run on the GPU"):
-        cupy_kernels.col2im(np.zeros((9, 1), np.float32), (1, 1, 3, 3), (3, 3), (1, 1), (0, 0))
+    with pytest.raises(TypeError, match="im2row: the 'cupy' backend's kernels run on the GPU"):
+        cupy_kernels.im2row(np.zeros((1, 1, 3, 3), np.float32), (3, 3), (1, 1), (0, 0))
+    with pytest.raises(TypeError, match="row2im: the 'cupy' backend's kernels run on the GPU"):
+        cupy_kernels.row2im(np.zeros((1, 9), np.float32), (1, 1, 3, 3), (3, 3), (1, 1), (0, 0))

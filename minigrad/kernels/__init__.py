@@ -12,7 +12,7 @@ module                kernels (its ``KERNELS``)
 ``dense.py``          ``dense_forward``, ``dense_backward``
 ``losses.py``         ``bce_with_logits``, ``mse``, ``value_range``
 ``optim.py``          ``sgd_update``, ``adam_update``, ``adam_updates``
-``conv.py``           ``im2col``, ``col2im``
+``conv.py``           ``im2row``, ``row2im``
 ``conv_epilogue.py``  ``conv_forward``, ``conv_backward``
 ====================  ==================================================
 
@@ -48,13 +48,14 @@ step, decoupled)``                    number are flushed to 0 (no subnormal slow
 ``adam_updates(params, grads, ms, vs,  the same for a list of parameters, each with its
 lr, beta1, beta2, eps, weight_decay,  own step count (what Adam.step calls): on Numba
 steps, decoupled)``                   one compiled call per 8 parameters
-``im2col(x, kernel_size, stride,      the (C kh kw, N oh ow) matrix of the patches of
-padding) -> cols``                    the (N, C, H, W) batch x that each output pixel
-                                      sees (0 in the padding): a convolution is then
-                                      one GEMM (kernel_size, stride, padding: pairs)
-``col2im(cols, image_shape,           its adjoint: each entry of cols added into the
+``im2row(x, kernel_size, stride,      the (N oh ow, kh kw C) matrix of the patches of
+padding) -> rows``                    the (N, C, H, W) batch x that each output pixel
+                                      sees, channels last (0 in the padding): a
+                                      convolution is then one GEMM (kernel_size,
+                                      stride, padding: pairs)
+``row2im(rows, image_shape,           its adjoint: each entry of rows added into the
 kernel_size, stride, padding,         pixel of an (N, C, H, W) = image_shape batch
-out=None) -> image``                  that im2col took it from (in a fixed order);
+out=None) -> image``                  that im2row took it from (in a fixed order);
                                       written into ``out`` when given
 ``conv_forward(y, bias, activation,   y = act(product + bias) per channel into the
 slope, product=None) -> y``           (N, C, H, W) batch y: the (C, N H W) GEMM result
@@ -64,7 +65,7 @@ activation, slope, channel_major)     per channel (float64), in one pass; grad_z
 -> (grad_z, grad_bias)``              batch or as the (C, N H W) matrix
 ====================================  ===============================================
 
-Sums are accumulated in float64 (but col2im's, at most kh kw terms a pixel, in the
+Sums are accumulated in float64 (but row2im's, at most kh kw terms a pixel, in the
 data's dtype, as in the matrix products around it); everything else keeps the
 input dtype.
 """

@@ -148,35 +148,35 @@ def _conv_output(op, image_shape, kernel_size, stride, padding):
     return (h + 2 * ph - kh) // sh + 1, (w + 2 * pw - kw) // sw + 1
 
 
-def im2col(x, kernel_size, stride, padding):
-    _batch("im2col", "x", x)
-    _pairs("im2col", kernel_size, stride, padding)
-    _conv_output("im2col", x.shape, kernel_size, stride, padding)
+def im2row(x, kernel_size, stride, padding):
+    _batch("im2row", "x", x)
+    _pairs("im2row", kernel_size, stride, padding)
+    _conv_output("im2row", x.shape, kernel_size, stride, padding)
 
 
-def col2im(cols, image_shape, kernel_size, stride, padding, out=None):
-    _float("col2im", "cols", cols)
+def row2im(rows, image_shape, kernel_size, stride, padding, out=None):
+    _float("row2im", "rows", rows)
     image_shape = tuple(image_shape)
     least = (0, 1, 1, 1)  # an empty batch is an empty batch; an empty image is a mistake
     if len(image_shape) != 4 or not all(isinstance(v, (int, numpy.integer)) and v >= m
                                         for v, m in zip(image_shape, least)):
-        raise ValueError(f"col2im: image_shape is {image_shape!r}; expected four integers "
+        raise ValueError(f"row2im: image_shape is {image_shape!r}; expected four integers "
                          f"(batch, channels, height, width), the last three positive")
-    _pairs("col2im", kernel_size, stride, padding)
-    oh, ow = _conv_output("col2im", image_shape, kernel_size, stride, padding)
+    _pairs("row2im", kernel_size, stride, padding)
+    oh, ow = _conv_output("row2im", image_shape, kernel_size, stride, padding)
     n, c = image_shape[:2]
-    expected = (c * kernel_size[0] * kernel_size[1], n * oh * ow)
-    if tuple(cols.shape) != expected:
-        raise ValueError(f"col2im: cols has shape {tuple(cols.shape)}, expected {expected} "
-                         f"(channels * kh * kw, batch * oh * ow) for image_shape "
+    expected = (n * oh * ow, kernel_size[0] * kernel_size[1] * c)
+    if tuple(rows.shape) != expected:
+        raise ValueError(f"row2im: rows has shape {tuple(rows.shape)}, expected {expected} "
+                         f"(batch * oh * ow, kh * kw * channels) for image_shape "
                          f"{image_shape} and kernel_size {kernel_size}")
     if out is not None:
-        _float("col2im", "out", out)
+        _float("row2im", "out", out)
         if tuple(out.shape) != image_shape:
-            raise ValueError(f"col2im: out has shape {tuple(out.shape)}, expected image_shape "
+            raise ValueError(f"row2im: out has shape {tuple(out.shape)}, expected image_shape "
                              f"{image_shape}")
-        if out.dtype != cols.dtype:
-            raise TypeError(f"col2im: out has dtype {out.dtype}, expected cols' {cols.dtype}")
+        if out.dtype != rows.dtype:
+            raise TypeError(f"row2im: out has dtype {out.dtype}, expected rows' {rows.dtype}")
 
 
 def conv_forward(y, bias, activation, slope=0.01, product=None):
@@ -211,5 +211,5 @@ CHECKS = {"dense_forward": dense_forward, "dense_backward": dense_backward,
           "bce_with_logits": _loss("bce_with_logits"), "mse": _loss("mse"),
           "value_range": value_range,
           "sgd_update": sgd_update, "adam_update": adam_update, "adam_updates": adam_updates,
-          "im2col": im2col, "col2im": col2im, "conv_forward": conv_forward,
+          "im2row": im2row, "row2im": row2im, "conv_forward": conv_forward,
           "conv_backward": conv_backward}

@@ -1,54 +1,54 @@
 /* The convolution's layout kernels (launched by minigrad/kernels/conv.py, which
  * describes the layout) and the layers' epilogues (launched by conv_epilogue.py):
- * x or image is an (n, c, h, w) batch, cols the (c * kh * kw, n * oh * ow) matrix, both C-contiguous.  Every kernel takes the
- * geometry as the same twelve ints: n, c, h, w, kh, kw, sh, sw, ph, pw, oh, ow. */
+ * x or image is an (n, c, h, w) batch, rows the (n * oh * ow, kh * kw * c) matrix,
+ * both C-contiguous.  Every kernel takes the geometry as the same twelve ints: n, c,
+ * h, w, kh, kw, sh, sw, ph, pw, oh, ow. */
 
-/* cols[(ch, ki, kj), (b, oy, ox)] = x[b, ch, oy*sh - ph + ki, ox*sw - pw + kj], or 0
- * in the padding: a grid-stride loop over the entries of cols (consecutive threads
- * write consecutive output pixels of one row). */
+/* rows[(b, oy, ox), (ki, kj, ch)] = x[b, ch, oy*sh - ph + ki, ox*sw - pw + kj], or 0
+ * in the padding: a grid-stride loop over the entries of rows (consecutive threads
+ * write consecutive entries of one row). */
 template <typename F>
-__device__ __forceinline__ void mg_im2col(
-        const F* __restrict__ x, F* __restrict__ cols, long long total, int n, int c,
+__device__ __forceinline__ void mg_im2row(
+        const F* __restrict__ x, F* __restrict__ rows, long long total, int n, int c,
         int h, int w, int kh, int kw, int sh, int sw, int ph, int pw, int oh, int ow) {
-    const long long columns = (long long)n * oh * ow;
+    const int width = kh * kw * c;
     const int pixels = oh * ow;
     for (long long i = (long long)blockIdx.x * blockDim.x + threadIdx.x; i < total;
          i += (long long)blockDim.x * gridDim.x) {
-        const int row = (int)(i / columns);
-        const long long column = i - (long long)row * columns;
-        const int b = (int)(column / pixels);
-        const int pixel = (int)(column - (long long)b * pixels);
+        const long long row = i / width;
+        const int k = (int)(i - row * width);
+        const int b = (int)(row / pixels);
+        const int pixel = (int)(row - (long long)b * pixels);
         const int oy = pixel / ow, ox = pixel - oy * ow;
-        const int kj = row % kw, ki = (row / kw) % kh, ch = row / (kw * kh);
+        const int ch = k % c, kj = (k / c) % kw, ki = k / (c * kw);
         const int iy = oy * sh - ph + ki, ix = ox * sw - pw + kj;
         F v = F(0);
         if (iy >= 0 && iy < h && ix >= 0 && ix < w)
             v = x[(((size_t)b * c + ch) * h + iy) * w + ix];
-        cols[i] = mg_flush(v);
+        rows[i] = mg_flush(v);
     }
 }
 
-extern "C" __global__ void mg_im2col_f32(
-        const float* x, float* cols, long long total, int n, int c, int h, int w, int kh,
+extern "C" __global__ void mg_im2row_f32(
+        const float* x, float* rows, long long total, int n, int c, int h, int w, int kh,
         int kw, int sh, int sw, int ph, int pw, int oh, int ow) {
-    mg_im2col<float>(x, cols, total, n, c, h, w, kh, kw, sh, sw, ph, pw, oh, ow);
+    mg_im2row<float>(x, rows, total, n, c, h, w, kh, kw, sh, sw, ph, pw, oh, ow);
 }
 
-extern "C" __global__ void mg_im2col_f64(
-        const double* x, double* cols, long long total, int n, int c, int h, int w, int kh,
+extern "C" __global__ void mg_im2row_f64(
+        const double* x, double* rows, long long total, int n, int c, int h, int w, int kh,
         int kw, int sh, int sw, int ph, int pw, int oh, int ow) {
-    mg_im2col<double>(x, cols, total, n, c, h, w, kh, kw, sh, sw, ph, pw, oh, ow);
+    mg_im2row<double>(x, rows, total, n, c, h, w, kh, kw, sh, sw, ph, pw, oh, ow);
 }
 
-/* image[b, ch, iy, ix] = the sum of the entries of cols that im2col copied from that
+/* image[b, ch, iy, ix] = the sum of the entries of rows that im2row copied from that
  * pixel: one thread per pixel gathers them, taps (ki, kj) in ascending order as the
  * NumPy reference adds them (no atomics: the same sum on every run). */
 template <typename F>
-__device__ __forceinline__ void mg_col2im(
-        const F* __restrict__ cols, F* __restrict__ image, long long total, int n, int c,
+__device__ __forceinline__ void mg_row2im(
+        const F* __restrict__ rows, F* __restrict__ image, long long total, int n, int c,
         int h, int w, int kh, int kw, int sh, int sw, int ph, int pw, int oh, int ow) {
-    const long long columns = (long long)n * oh * ow;
-    const int pixels = oh * ow;
+    const size_t width = (size_t)kh * kw * c;
     for (long long i = (long long)blockIdx.x * blockDim.x + threadIdx.x; i < total;
          i += (long long)blockDim.x * gridDim.x) {
         const int ix = (int)(i % w);
@@ -64,24 +64,24 @@ __device__ __forceinline__ void mg_col2im(
                 const int tx = ix + pw - kj;
                 if (tx < 0 || tx % sw != 0 || tx / sw >= ow) continue;
                 const int ox = tx / sw;
-                const size_t row = ((size_t)ch * kh + ki) * kw + kj;
-                acc += cols[row * (size_t)columns + (size_t)b * pixels + (size_t)oy * ow + ox];
+                const size_t row = ((size_t)b * oh + oy) * ow + ox;
+                acc += rows[row * width + ((size_t)ki * kw + kj) * c + ch];
             }
         }
         image[i] = mg_flush(acc);
     }
 }
 
-extern "C" __global__ void mg_col2im_f32(
-        const float* cols, float* image, long long total, int n, int c, int h, int w, int kh,
+extern "C" __global__ void mg_row2im_f32(
+        const float* rows, float* image, long long total, int n, int c, int h, int w, int kh,
         int kw, int sh, int sw, int ph, int pw, int oh, int ow) {
-    mg_col2im<float>(cols, image, total, n, c, h, w, kh, kw, sh, sw, ph, pw, oh, ow);
+    mg_row2im<float>(rows, image, total, n, c, h, w, kh, kw, sh, sw, ph, pw, oh, ow);
 }
 
-extern "C" __global__ void mg_col2im_f64(
-        const double* cols, double* image, long long total, int n, int c, int h, int w,
+extern "C" __global__ void mg_row2im_f64(
+        const double* rows, double* image, long long total, int n, int c, int h, int w,
         int kh, int kw, int sh, int sw, int ph, int pw, int oh, int ow) {
-    mg_col2im<double>(cols, image, total, n, c, h, w, kh, kw, sh, sw, ph, pw, oh, ow);
+    mg_row2im<double>(rows, image, total, n, c, h, w, kh, kw, sh, sw, ph, pw, oh, ow);
 }
 
 /* The layer's epilogue: y[b, ch, s] = act(source + bias[ch]) with source the GEMM's

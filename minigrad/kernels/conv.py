@@ -1,77 +1,86 @@
-"""Kernels of the convolutions: im2col and col2im, the layout changes around one GEMM
+"""Kernels of the convolutions: im2row and row2im, the layout changes around one GEMM
 (the epilogues, bias and activation, are in :mod:`minigrad.kernels.conv_epilogue`).
 
 A 2-D convolution (:mod:`minigrad.conv`) is a matrix product once every patch
-of the input that one output pixel sees is laid out as a column:
+of the input that one output pixel sees is laid out as a row:
 
-* ``im2col(x, kernel_size, stride, padding) -> cols``: x is an (N, C, H, W)
-  image batch; cols is the (C * kh * kw, N * oh * ow) matrix whose column
-  ``(n, oy, ox)`` holds the kh x kw patch of every channel that the output pixel
-  (oy, ox) of image n sees, rows ordered ``(c, ki, kj)``:
-  ``cols[(c, ki, kj), (n, oy, ox)] = x[n, c, oy*sh - ph + ki, ox*sw - pw + kj]``,
+* ``im2row(x, kernel_size, stride, padding) -> rows``: x is an (N, C, H, W)
+  image batch; rows is the (N * oh * ow, kh * kw * C) matrix whose row
+  ``(n, oy, ox)`` holds the kh x kw patch that the output pixel (oy, ox) of image
+  n sees, channels last -- columns ordered ``(ki, kj, c)``:
+  ``rows[(n, oy, ox), (ki, kj, c)] = x[n, c, oy*sh - ph + ki, ox*sw - pw + kj]``,
   0 where that index falls into the zero padding.  oh = (H + 2 ph - kh) // sh + 1
   (likewise ow).
-* ``col2im(cols, image_shape, kernel_size, stride, padding, out=None) -> image``:
-  its adjoint (transpose), not its inverse: every entry of cols is *added* into
-  the pixel im2col read it from; entries that came from the padding are dropped.
+* ``row2im(rows, image_shape, kernel_size, stride, padding, out=None) -> image``:
+  its adjoint (transpose), not its inverse: every entry of rows is *added* into
+  the pixel im2row read it from; entries that came from the padding are dropped.
   ``image_shape`` is (N, C, H, W): several H give the same oh when sh > 1.  With
-  ``out`` (an array of that shape and cols' dtype) the image is written there.
-The layout puts the batch inside the columns, so that one GEMM of the weight
-matrix, (C_out, C kh kw), with cols covers the whole batch; rows ordered
-(c, ki, kj) make a conv2d weight (C_out, C, kh, kw) that matrix by a reshape.
+  ``out`` (an array of that shape and rows' dtype) the image is written there.
 
-Every pixel of col2im's image sums its contributions in the order (ki, kj)
+This is the classic im2col's matrix transposed, with the channels innermost:
+within a patch, the kw taps of one kernel row and all their channels are kw * C
+consecutive values both in the image laid out channels last and in the row, so
+both kernels copy (or add) runs of kw * C values, where im2col's layout -- rows
+(c, ki, kj), columns (n, oy, ox) -- moves runs of ow pixels (7 at the
+autoencoders' second layer), and spent most of its time starting and ending them.
+A weight (C_out, C, kh, kw) becomes the matching (C_out, kh kw C) matrix by a
+transpose (see :mod:`minigrad.conv`).
+
+Every pixel of row2im's image sums its contributions in the order (ki, kj)
 ascending in all three versions, so they agree to the last bit (but for FTZ).
 Both kernels write 0 for a value whose magnitude is below the smallest normal
 number of the dtype (see :mod:`minigrad.denormals`).
 
-The NumPy reference comes first, then the Numba version (one row of cols, or
-one channel, per thread), then the CuPy one, whose CUDA code is in ``conv.cu``.
+The NumPy reference comes first, then the Numba version (one image per thread),
+then the CuPy one, whose CUDA code is in ``conv.cu``.
 """
 from __future__ import annotations
-
-import functools
 
 import numpy as np
 
 from ..conv import output_size
 from ..denormals import flush_subnormals, smallest_normal
 from . import _cuda
-from ._jit import kernel, prange
+from ._jit import kernel, prange, scalar
 from ._math import flush, ftz_enter, ftz_exit
 
-KERNELS = ("im2col", "col2im")
+KERNELS = ("im2row", "row2im")
 
 
 # ----------------------------------------------------------------------------
 # NumPy reference
 # ----------------------------------------------------------------------------
 
-def im2col_numpy(x, kernel_size, stride, padding):
-    (kh, kw), (sh, sw), (ph, pw) = kernel_size, stride, padding
+def _window(padded, ki, kj, stride, oh, ow):
+    """The pixels of a channels-last (N, Hp, Wp, C) batch that kernel tap (ki, kj)
+    meets, one per output pixel: an (N, oh, ow, C) view."""
+    sh, sw = stride
+    return padded[:, ki:ki + sh * (oh - 1) + 1:sh, kj:kj + sw * (ow - 1) + 1:sw]
+
+
+def im2row_numpy(x, kernel_size, stride, padding):
+    (kh, kw), (ph, pw) = kernel_size, padding
     n, c = x.shape[:2]
     oh, ow = output_size(x.shape[2:], kernel_size, stride, padding)
-    padded = np.pad(x, ((0, 0), (0, 0), (ph, ph), (pw, pw)))
-    cols = np.empty((c, kh, kw, n, oh, ow), dtype=x.dtype)
+    padded = np.pad(x.transpose(0, 2, 3, 1), ((0, 0), (ph, ph), (pw, pw), (0, 0)))
+    rows = np.empty((n, oh, ow, kh, kw, c), dtype=x.dtype)
     for ki in range(kh):
         for kj in range(kw):
-            # the pixels that kernel tap (ki, kj) meets, one per output pixel
-            window = padded[:, :, ki:ki + sh * (oh - 1) + 1:sh, kj:kj + sw * (ow - 1) + 1:sw]
-            cols[:, ki, kj] = window.transpose(1, 0, 2, 3)
-    return flush_subnormals(cols.reshape(c * kh * kw, n * oh * ow))
+            rows[:, :, :, ki, kj] = _window(padded, ki, kj, stride, oh, ow)
+    return flush_subnormals(rows.reshape(n * oh * ow, kh * kw * c))
 
 
-def col2im_numpy(cols, image_shape, kernel_size, stride, padding, out=None):
-    (kh, kw), (sh, sw), (ph, pw) = kernel_size, stride, padding
+def row2im_numpy(rows, image_shape, kernel_size, stride, padding, out=None):
+    (kh, kw), (ph, pw) = kernel_size, padding
     n, c, h, w = image_shape
     oh, ow = output_size((h, w), kernel_size, stride, padding)
-    taps = cols.reshape(c, kh, kw, n, oh, ow)
-    padded = np.zeros((n, c, h + 2 * ph, w + 2 * pw), dtype=cols.dtype)
+    taps = rows.reshape(n, oh, ow, kh, kw, c)
+    padded = np.zeros((n, h + 2 * ph, w + 2 * pw, c), dtype=rows.dtype)
     for ki in range(kh):
         for kj in range(kw):
-            window = padded[:, :, ki:ki + sh * (oh - 1) + 1:sh, kj:kj + sw * (ow - 1) + 1:sw]
-            window += taps[:, ki, kj].transpose(1, 0, 2, 3)
-    image = flush_subnormals(np.ascontiguousarray(padded[:, :, ph:ph + h, pw:pw + w]))
+            _window(padded, ki, kj, stride, oh, ow)[...] += taps[:, :, :, ki, kj]
+    image = padded[:, ph:ph + h, pw:pw + w].transpose(0, 3, 1, 2)
+    image = flush_subnormals(np.ascontiguousarray(image))
     if out is None:
         return image
     out[...] = image
@@ -82,75 +91,83 @@ def col2im_numpy(cols, image_shape, kernel_size, stride, padding, out=None):
 # Numba
 # ----------------------------------------------------------------------------
 
-# Both kernels work on a zero-padded copy of the batch, (N, C, H + 2 ph, W + 2 pw),
-# so that no tap ever reads or adds outside it (no test for the border).  In that
-# copy, output pixel (n, oy, ox) of tap (ki, kj) of channel c sits at the flat
-# offset  start(c, ki, kj) + offsets[(n, oy, ox)]  with
+# Both kernels go image by image through a zero-padded channels-last copy of it,
+# (H + 2 ph, W + 2 pw, C), so that no tap reads or adds outside it (no test for
+# the border), and in which the kw taps of kernel row ki at output pixel
+# (oy, ox) are the kw * C consecutive values from padded[oy sh + ki, ox sw] on:
+# one run, copied to (or added from) columns ki kw C ... (ki + 1) kw C of the row.
 #
-#     start(c, ki, kj) = (c Hp + ki) Wp + kj,   offsets[(n, oy, ox)] = (n C Hp + oy sh) Wp + ox sw
+# row2im adds the runs of kernel row ki for the output pixels of a row oy in
+# *descending* ox: a pixel met by several of them gets tap kj = px - ox sw from
+# each, so kj ascending, as the reference adds them.
 #
-# (Hp, Wp the padded sides), so a whole row of cols -- all N oh ow entries of one
-# (c, ki, kj) -- is one loop over the table ``offsets`` (made once per call by
-# :func:`_offsets`): a gather that LLVM vectorizes (AVX2 / AVX-512 gathers), with
-# no per-output-row set-up, where loops over rows of ow pixels (7 at the
-# autoencoders' second layer) spent most of their time starting and ending.
+# Every loop indexes slices by its own counter (``target[j] += source[j]``), never by
+# a sum (``target[start + j]``): Numba cannot tell that such a sum is not negative
+# and wraps it around like a Python index, a branch that keeps LLVM from
+# vectorizing the loop (the adds of row2im ran 3.8x slower that way).
 #
-# Parallel versions: im2col one row of cols per iteration (rows are disjoint);
-# col2im one channel per iteration (the rows of one channel add into the same
-# pixels, those of different channels never), adding the taps in ascending
-# (ki, kj) order as the reference does.
+# Parallel versions: one image per iteration (images never share a row or a pixel).
 
 
-@functools.lru_cache(maxsize=32)  # a training step asks for the same few tables
-def _offsets(n, channels, padded_size, oh, ow, stride):
-    """The table ``offsets`` above, as int64 (n oh ow,), read-only (it is shared)."""
-    (hp, wp), (sh, sw) = padded_size, stride
-    rows = np.arange(n)[:, None, None] * channels * hp + np.arange(oh)[None, :, None] * sh
-    table = (rows * wp + np.arange(ow)[None, None, :] * sw).astype(np.int64).reshape(-1)
-    table.flags.writeable = False
-    return table
+@scalar
+def _transposed(source, target, tiny, zero):
+    """target[i, j] = source[j, i], flushed (two 2-D views), with the longer of the
+    two loops innermost: an image row (C, W) to channels last (W, C), or back."""
+    rows, cols = target.shape
+    if rows < cols:
+        for i in range(rows):
+            for j in range(cols):
+                target[i, j] = flush(source[j, i], tiny, zero)
+    else:
+        for j in range(cols):
+            for i in range(rows):
+                target[i, j] = flush(source[j, i], tiny, zero)
 
 
 @kernel
-def _im2col(x, kh, kw, ph, pw, offsets, tiny, cols):
+def _im2row(x, kh, kw, sh, sw, ph, pw, tiny, rows):
     zero = x.dtype.type(0)
     n_images, channels, height, width = x.shape
     hp, wp = height + 2 * ph, width + 2 * pw
-    padded = np.zeros((n_images, channels, hp, wp), dtype=x.dtype)
-    for n in range(n_images):  # flushed once per pixel here, not once per tap
-        for c in range(channels):
-            for iy in range(height):
-                for ix in range(width):
-                    padded[n, c, ph + iy, pw + ix] = flush(x[n, c, iy, ix], tiny, zero)
-    flat = padded.reshape(-1)
-    taps = kh * kw
-    for r in prange(channels * taps):
-        c, tap = r // taps, r % taps
-        start = (c * hp + tap // kw) * wp + tap % kw
-        row = cols[r]
-        for j in range(offsets.size):
-            row[j] = flat[start + offsets[j]]
+    oh, ow = (hp - kh) // sh + 1, (wp - kw) // sw + 1
+    run = kw * channels
+    for n in prange(n_images):
+        padded = np.zeros((hp, wp, channels), dtype=x.dtype)
+        for iy in range(height):  # flushed once per pixel here, not once per tap
+            _transposed(x[n, :, iy], padded[ph + iy, pw:pw + width], tiny, zero)
+        lines = padded.reshape(hp, wp * channels)
+        for oy in range(oh):
+            for ox in range(ow):
+                row = rows[(n * oh + oy) * ow + ox]
+                for ki in range(kh):
+                    source = lines[oy * sh + ki, ox * sw * channels:ox * sw * channels + run]
+                    target = row[ki * run:(ki + 1) * run]
+                    for j in range(run):
+                        target[j] = source[j]
 
 
 @kernel
-def _col2im(cols, kh, kw, ph, pw, offsets, tiny, image):
+def _row2im(rows, kh, kw, sh, sw, ph, pw, tiny, image):
     zero = image.dtype.type(0)
     n_images, channels, height, width = image.shape
     hp, wp = height + 2 * ph, width + 2 * pw
-    padded = np.zeros((n_images, channels, hp, wp), dtype=image.dtype)
-    flat = padded.reshape(-1)
-    for c in prange(channels):
+    oh, ow = (hp - kh) // sh + 1, (wp - kw) // sw + 1
+    run = kw * channels
+    for n in prange(n_images):
         saved = ftz_enter()
+        padded = np.zeros((hp, wp, channels), dtype=image.dtype)
+        lines = padded.reshape(hp, wp * channels)
         for ki in range(kh):
-            for kj in range(kw):
-                row = cols[(c * kh + ki) * kw + kj]
-                start = (c * hp + ki) * wp + kj
-                for j in range(offsets.size):
-                    flat[start + offsets[j]] += row[j]
-        for n in range(n_images):  # the padding's sums are dropped; a sum of normal
-            for iy in range(height):  # numbers can be subnormal
-                for ix in range(width):
-                    image[n, c, iy, ix] = flush(padded[n, c, ph + iy, pw + ix], tiny, zero)
+            for oy in range(oh):
+                line = lines[oy * sh + ki]
+                for ox in range(ow - 1, -1, -1):
+                    source = rows[(n * oh + oy) * ow + ox, ki * run:(ki + 1) * run]
+                    target = line[ox * sw * channels:ox * sw * channels + run]
+                    for j in range(run):
+                        target[j] += source[j]
+        for iy in range(height):  # the padding's sums are dropped; a sum of normal
+            # numbers can be subnormal
+            _transposed(padded[ph + iy, pw:pw + width], image[n, :, iy], tiny, zero)
         ftz_exit(saved)
 
 
@@ -159,38 +176,34 @@ def _contiguous(a):
 
 
 #: The kernels' ``size`` for the threads' threshold (:data:`._jit.PARALLEL_MIN_SIZE`)
-#: is the entries of cols times this cost (a gather or a scatter-add and the share
-#: of the padded copy: one, as for the dense kernels' multiply-add).  With the batch
-#: in blocks of at most 2 MB of columns (:data:`minigrad.conv.BLOCK_BYTES`) that
-#: keeps them serial, as the dense kernels are; benchmarks/conv_step.py times them
+#: is the entries of rows times this cost (a copy or an add and the share of the
+#: padded copy: one, as for the dense kernels' multiply-add).  With the batch in
+#: blocks of at most 2 MB of rows (:data:`minigrad.conv.BLOCK_BYTES`) that keeps
+#: them serial, as the dense kernels are; benchmarks/conv_step.py times them
 #: threaded too (its "minigrad-numba-threads" column), for an idle machine to decide.
 COST_PER_ENTRY = 1
 
 
-def im2col_numba(x, kernel_size, stride, padding):
+def im2row_numba(x, kernel_size, stride, padding):
     x = _contiguous(x)
-    (kh, kw), (ph, pw) = kernel_size, padding
-    n, c, h, w = x.shape
-    oh, ow = output_size((h, w), kernel_size, stride, padding)
-    cols = np.empty((c * kh * kw, n * oh * ow), dtype=x.dtype)
-    offsets = _offsets(n, c, (h + 2 * ph, w + 2 * pw), oh, ow, tuple(stride))
-    _im2col(x, kh, kw, ph, pw, offsets, smallest_normal(x.dtype), cols,
-            size=cols.size * COST_PER_ENTRY)
-    return cols
+    (kh, kw), (sh, sw), (ph, pw) = kernel_size, stride, padding
+    n, c = x.shape[:2]
+    oh, ow = output_size(x.shape[2:], kernel_size, stride, padding)
+    rows = np.empty((n * oh * ow, kh * kw * c), dtype=x.dtype)
+    _im2row(x, kh, kw, sh, sw, ph, pw, smallest_normal(x.dtype), rows,
+            size=rows.size * COST_PER_ENTRY)
+    return rows
 
 
-def col2im_numba(cols, image_shape, kernel_size, stride, padding, out=None):
+def row2im_numba(rows, image_shape, kernel_size, stride, padding, out=None):
     if out is not None and not out.flags.c_contiguous:  # written through in one pass
-        out[...] = col2im_numba(cols, image_shape, kernel_size, stride, padding)
+        out[...] = row2im_numba(rows, image_shape, kernel_size, stride, padding)
         return out
-    cols = _contiguous(cols)
-    (kh, kw), (ph, pw) = kernel_size, padding
-    n, c, h, w = image_shape
-    oh, ow = output_size((h, w), kernel_size, stride, padding)
-    image = np.empty(tuple(image_shape), dtype=cols.dtype) if out is None else out
-    offsets = _offsets(n, c, (h + 2 * ph, w + 2 * pw), oh, ow, tuple(stride))
-    _col2im(cols, kh, kw, ph, pw, offsets, smallest_normal(cols.dtype), image,
-            size=cols.size * COST_PER_ENTRY)
+    rows = _contiguous(rows)
+    (kh, kw), (sh, sw), (ph, pw) = kernel_size, stride, padding
+    image = np.empty(tuple(image_shape), dtype=rows.dtype) if out is None else out
+    _row2im(rows, kh, kw, sh, sw, ph, pw, smallest_normal(rows.dtype), image,
+            size=rows.size * COST_PER_ENTRY)
     return image
 
 
@@ -198,10 +211,10 @@ def col2im_numba(cols, image_shape, kernel_size, stride, padding, out=None):
 # CuPy (the CUDA code is in conv.cu)
 # ----------------------------------------------------------------------------
 
-#: one thread per entry of cols (a grid-stride loop): a copy or a 0.
-IM2COL_CUDA = _cuda.Raw("mg_im2col", "conv.cu")
-#: one thread per pixel of the image, gathering its entries of cols (no atomics).
-COL2IM_CUDA = _cuda.Raw("mg_col2im", "conv.cu")
+#: one thread per entry of rows (a grid-stride loop): a copy or a 0.
+IM2ROW_CUDA = _cuda.Raw("mg_im2row", "conv.cu")
+#: one thread per pixel of the image, gathering its entries of rows (no atomics).
+ROW2IM_CUDA = _cuda.Raw("mg_row2im", "conv.cu")
 
 
 def _geometry(image_shape, kernel_size, stride, padding):
@@ -210,30 +223,30 @@ def _geometry(image_shape, kernel_size, stride, padding):
     return tuple(np.int32(v) for v in (*image_shape, *kernel_size, *stride, *padding, oh, ow))
 
 
-@_cuda.uses(IM2COL_CUDA)
-def im2col_cupy(x, kernel_size, stride, padding):
-    _cuda.check_device_arrays("im2col", x)
+@_cuda.uses(IM2ROW_CUDA)
+def im2row_cupy(x, kernel_size, stride, padding):
+    _cuda.check_device_arrays("im2row", x)
     cupy = _cuda.cupy_module()
     _cuda.suffix(x.dtype)
     x = cupy.ascontiguousarray(x)
     n, c = x.shape[:2]
     oh, ow = output_size(x.shape[2:], kernel_size, stride, padding)
-    cols = cupy.empty((c * kernel_size[0] * kernel_size[1], n * oh * ow), dtype=x.dtype)
-    _cuda.launch(IM2COL_CUDA, cols, (x, cols, np.int64(cols.size),
+    rows = cupy.empty((n * oh * ow, kernel_size[0] * kernel_size[1] * c), dtype=x.dtype)
+    _cuda.launch(IM2ROW_CUDA, rows, (x, rows, np.int64(rows.size),
                                      *_geometry(x.shape, kernel_size, stride, padding)))
-    return cols
+    return rows
 
 
-@_cuda.uses(COL2IM_CUDA)
-def col2im_cupy(cols, image_shape, kernel_size, stride, padding, out=None):
-    _cuda.check_device_arrays("col2im", cols, *(() if out is None else (out,)))
+@_cuda.uses(ROW2IM_CUDA)
+def row2im_cupy(rows, image_shape, kernel_size, stride, padding, out=None):
+    _cuda.check_device_arrays("row2im", rows, *(() if out is None else (out,)))
     if out is not None and not out.flags.c_contiguous:  # the kernel writes it as laid out
-        out[...] = col2im_cupy(cols, image_shape, kernel_size, stride, padding)
+        out[...] = row2im_cupy(rows, image_shape, kernel_size, stride, padding)
         return out
     cupy = _cuda.cupy_module()
-    _cuda.suffix(cols.dtype)
-    cols = cupy.ascontiguousarray(cols)
-    image = cupy.empty(tuple(image_shape), dtype=cols.dtype) if out is None else out
-    _cuda.launch(COL2IM_CUDA, image, (cols, image, np.int64(image.size),
+    _cuda.suffix(rows.dtype)
+    rows = cupy.ascontiguousarray(rows)
+    image = cupy.empty(tuple(image_shape), dtype=rows.dtype) if out is None else out
+    _cuda.launch(ROW2IM_CUDA, image, (rows, image, np.int64(image.size),
                                       *_geometry(image_shape, kernel_size, stride, padding)))
     return image

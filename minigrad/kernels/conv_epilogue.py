@@ -1,12 +1,12 @@
 """Kernels of the convolution layers' epilogues: bias and activation after the GEMM,
-and their derivative before the backward GEMMs (the layout kernels, im2col and
-col2im, are in :mod:`minigrad.kernels.conv`).
+and their derivative before the backward GEMMs (the layout kernels, im2row and
+row2im, are in :mod:`minigrad.kernels.conv`).
 
 * ``conv_forward(y, bias, activation, slope, product=None) -> y``: the layer's
   epilogue, y = act(product + bias) per channel, written into the (N, C, H, W)
   batch y.  ``product`` is the GEMM's (C, N * H * W) result (channels first: a
   conv2d) laid out into y in the same pass; without it y itself is the input (a
-  conv_transpose2d's col2im output), in place.  ``bias`` (C,) or None.
+  conv_transpose2d's row2im output), in place.  ``bias`` (C,) or None.
 * ``conv_backward(grad_y, y, activation, slope, channel_major=False) -> (grad_z,
   grad_bias)``: grad_z = grad_y * act'(y) (derivative from the output, as for the
   dense layer) and grad_bias its sum over batch and pixels (float64, in the same
