@@ -33,6 +33,7 @@ optimizer afresh, set ``model.optimizer_ = None`` or pass a new Optimizer.
 """
 from __future__ import annotations
 
+import contextlib
 import inspect
 import json
 import math
@@ -178,8 +179,12 @@ class _Training:
     # -- the loop ----------------------------------------------------------------------
     def run(self):
         # every step allocates the arrays the step before freed: kept in the heap for
-        # the whole fit instead of faulted in afresh each step (minigrad.memory)
-        with minigrad.reuse_memory():
+        # the whole fit instead of faulted in afresh each step (minigrad.memory); a
+        # convolutional model's blocks of images shared by minigrad's threads, the
+        # BLAS on one (minigrad.threads: measured faster for them, not for dense ones)
+        own_threads = minigrad.threads.split_work() if _convolutional(self.model) \
+            else contextlib.nullcontext()
+        with minigrad.reuse_memory(), own_threads:
             return self._run()
 
     def _run(self):
@@ -527,6 +532,14 @@ def nonfinite_loss(model, value, where):
     return FloatingPointError(
         f"{model._name}.fit: the loss became {value} at {where}; training stopped and the "
         f"model keeps the weights of the last batch with a finite loss (try a smaller lr)")
+
+
+def _convolutional(model):
+    """Whether the model has a convolution layer (and trains on the CPU, where
+    :func:`minigrad.threads.split_work` applies)."""
+    layers = [module for _, module in model.named_modules()]
+    return any(isinstance(m, (minigrad.nn.Conv2d, minigrad.nn.ConvTranspose2d)) for m in layers) \
+        and all(p.device.name != "cupy" for p in model.parameters())
 
 
 def _replayable(model):

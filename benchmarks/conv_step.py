@@ -25,12 +25,14 @@ size; reported are the medians over all rounds, so that a neighbour's load on a
 shared machine falls on every framework alike.  PyTorch keeps its default thread
 count (the number of cores: both of a 2-core machine), as a user gets it.  A
 check in the same run: 20 steps from identical weights and batches give losses
-equal to PyTorch's within 1e-4 relative.  "minigrad-numba-threads" is the Numba
-backend with the convolution kernels (im2row, row2im) always threaded, whatever
-their size: whether threads pay for them at these sizes is read off the same run
-(minigrad.kernels.conv.COST_PER_ENTRY sets where they start by default).
+equal to PyTorch's within 1e-4 relative.  "minigrad-numba" trains as ``fit`` trains
+a convolutional model: inside ``minigrad.threads.split_work()`` (the BLAS on one
+thread, the convolutions' blocks of images shared by minigrad's own threads);
+"minigrad-numba-blas" is the same model with the BLAS on every core and the blocks
+on one thread (what ``fit`` did before), so that the same run shows what the split
+is worth on this machine.
 
-    python benchmarks/conv_step.py                      # numba (+ threads), numpy, torch
+    python benchmarks/conv_step.py                      # numba (both ways), numpy, torch
     python benchmarks/conv_step.py --batch 128 --rounds 40 --frameworks minigrad-numba,torch
 """
 from __future__ import annotations
@@ -164,7 +166,7 @@ def make_torch(weights):
 
 def frameworks(names, weights):
     makers = {"minigrad-numba": lambda: make_minigrad("numba", weights),
-              "minigrad-numba-threads": lambda: make_minigrad("numba", weights),
+              "minigrad-numba-blas": lambda: make_minigrad("numba", weights),
               "minigrad-numpy": lambda: make_minigrad("numpy", weights),
               "torch": lambda: make_torch(weights)}
     unknown = [n for n in names if n not in makers]
@@ -175,23 +177,18 @@ def frameworks(names, weights):
 
 def in_context(name, fn, *args):
     """``fn(*args)`` as the framework runs its steps: minigrad's inside
-    ``flush_denormals`` (as ``fit`` does); "minigrad-numba-threads" with the
-    convolution kernels always on their parallel versions (whatever their size), so
-    that the same run shows whether threads pay for them on this machine."""
+    ``flush_denormals`` and, but for "minigrad-numba-blas" and the NumPy backend,
+    ``split_work`` (as ``fit`` trains a convolutional model)."""
     if not name.startswith("minigrad"):
         return fn(*args)
+    import contextlib
     import minigrad
-    from minigrad.kernels import conv
-    cost = conv.COST_PER_ENTRY
-    if name.endswith("-threads"):
-        conv.COST_PER_ENTRY = 1 << 40
+    split = getattr(getattr(minigrad, "threads", None), "split_work", None)
     # host arrays compute on the active backend: each framework's own, for its turn
     backend = "numpy" if name == "minigrad-numpy" else "numba"
-    try:
-        with minigrad.use_backend(backend), minigrad.flush_denormals():
-            return fn(*args)
-    finally:
-        conv.COST_PER_ENTRY = cost
+    own_threads = split() if split and name == "minigrad-numba" else contextlib.nullcontext()
+    with minigrad.use_backend(backend), minigrad.flush_denormals(), own_threads:
+        return fn(*args)
 
 
 # ----------------------------------------------------------------------------
@@ -312,7 +309,7 @@ def fmt_step(s):
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--frameworks", default=None,
-                        help="comma-separated subset of minigrad-numba,minigrad-numba-threads,"
+                        help="comma-separated subset of minigrad-numba,minigrad-numba-blas,"
                              "minigrad-numpy,torch (default: all, torch where installed)")
     parser.add_argument("--batch", type=lambda s: [int(v) for v in s.split(",")],
                         default=[128, 32, 512])
@@ -330,7 +327,7 @@ def main(argv=None):
     if args.frameworks:
         names = args.frameworks.split(",")
     else:
-        names = ["minigrad-numba", "minigrad-numba-threads", "minigrad-numpy"] + (
+        names = ["minigrad-numba", "minigrad-numba-blas", "minigrad-numpy"] + (
             ["torch"] if torch_available() else [])
     X, data_name = load_data(args.n)
     weights = initial_weights()

@@ -27,7 +27,7 @@ from .conv import conv2d, conv_transpose2d, upsample2d
 from .gradcheck import gradcheck
 from .denormals import flush_denormals
 from .memory import reuse_memory
-from . import activations, denormals, losses, memory, nn, optim, replay
+from . import activations, denormals, losses, memory, nn, optim, replay, threads
 
 __version__ = "0.1.0"
 
@@ -35,7 +35,7 @@ __all__ = [
     "Tensor", "Function", "as_tensor", "no_grad", "enable_grad", "is_grad_enabled",
     "gradcheck", "nn", "losses", "optim", "get_backend", "set_backend", "use_backend", "Device",
     "available_backends", "activate", "activations", "flush_denormals", "denormals",
-    "reuse_memory", "memory",
+    "reuse_memory", "memory", "threads",
     "abs", "add", "broadcast_to", "clip", "concatenate", "div", "exp", "getitem",
     "leaky_relu", "log", "log_sigmoid", "logsumexp", "matmul", "max", "maximum", "mean",
     "minimum", "mul", "neg", "pow", "relu", "reshape", "sigmoid", "softplus", "sqrt",

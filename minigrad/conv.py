@@ -53,6 +53,7 @@ import numbers
 
 import numpy as np
 
+from . import threads
 from .activations import activation as _activation_entry
 from .tensor import Function, as_tensor
 
@@ -173,10 +174,17 @@ KEEP_ROWS_BYTES = 32 << 20
 
 def _blocks(xp, n, bytes_per_image):
     """``[(start, stop), ...]``: the batch of ``n`` images in blocks whose rows
-    (``bytes_per_image`` each) take at most :data:`BLOCK_BYTES` (one block on the GPU)."""
-    size = n if xp is not np else BLOCK_BYTES // max(1, bytes_per_image)
-    size = max(1, size)
-    return [(i, min(n, i + size)) for i in range(0, n, size)] or [(0, 0)]
+    (``bytes_per_image`` each) take at most :data:`BLOCK_BYTES` (one block on the GPU),
+    as many as a multiple of the cores (:func:`minigrad.threads.cores`: the blocks are
+    the same whether or not threads share them), of sizes that differ by at most one
+    image."""
+    if xp is not np:
+        return [(0, n)]
+    count = -(-n // max(1, BLOCK_BYTES // max(1, bytes_per_image)))
+    count = -(-count // threads.cores()) * threads.cores()
+    count = max(1, min(n, count))
+    bounds = [n * k // count for k in range(count + 1)]
+    return list(zip(bounds[:-1], bounds[1:]))
 
 
 def _as_matrix(xp, images):
@@ -198,11 +206,12 @@ def _weight_from_rows(xp, matrix, shape):
     return xp.ascontiguousarray(matrix.reshape(a, kh, kw, b).transpose(0, 3, 1, 2))
 
 
-def _add(total, part):
-    """A weight gradient summed over the blocks."""
-    if total is None:
-        return part
-    total += part
+def _sum(parts):
+    """The blocks' weight (or bias) gradients summed in block order, whichever
+    thread computed each (the first part is added into)."""
+    total = parts[0]
+    for part in parts[1:]:
+        total += part
     return total
 
 
@@ -226,16 +235,18 @@ class Conv2dFunction(Function):
         oh, ow = output_size(x.shape[2:], *self.geometry)
         wr = _weight_rows(weight)
         per_image = wr.shape[1] * oh * ow * x.dtype.itemsize  # bytes of rows
-        self.blocks = _blocks(xp, x.shape[0], per_image)
+        self.blocks = blocks = _blocks(xp, x.shape[0], per_image)
         y = xp.empty((x.shape[0], weight.shape[0], oh, ow), dtype=x.dtype)
         keep = xp is not np or per_image * x.shape[0] <= KEEP_ROWS_BYTES
-        kept = []  # each block's rows, for backward (see KEEP_ROWS_BYTES)
-        for start, stop in self.blocks:
+        b = bias[0] if bias else None
+
+        def block(k):
+            start, stop = blocks[k]
             rows = kernels.im2row(x[start:stop], *self.geometry)
-            kernels.conv_forward(y[start:stop], bias[0] if bias else None, activation, slope,
-                                 product=wr @ rows.T)
-            if keep:
-                kept.append(rows)
+            kernels.conv_forward(y[start:stop], b, activation, slope, product=wr @ rows.T)
+            return rows if keep else None
+
+        kept = threads.each_block(block, len(blocks))  # for backward: KEEP_ROWS_BYTES
         self.save_for_backward(x, weight, wr, kept if keep else None, y)
         return y
 
@@ -243,22 +254,26 @@ class Conv2dFunction(Function):
         x, weight, wr, kept, y = self.saved
         xp, kernels, need = self.xp, self.device.kernels, self.needs_input_grad
         gx = xp.empty(x.shape, dtype=g.dtype) if need[0] else None
-        gw = gb = None
-        for k, (start, stop) in enumerate(self.blocks):
-            g2, part = kernels.conv_backward(g[start:stop], y[start:stop], self.activation,
-                                             self.slope, channel_major=True)
-            gb = _add(gb, part)
+        blocks = self.blocks
+
+        def block(k):
+            start, stop = blocks[k]
+            g2, gb = kernels.conv_backward(g[start:stop], y[start:stop], self.activation,
+                                           self.slope, channel_major=True)
             if need[0]:
-                block = gx[start:stop]
-                kernels.row2im(g2.T @ wr, block.shape, *self.geometry, out=block)
-            if need[1]:
-                rows = kernels.im2row(x[start:stop], *self.geometry) if kept is None \
-                    else kept[k]
-                gw = _add(gw, g2 @ rows)
-        gw = _weight_from_rows(xp, gw, weight.shape) if need[1] else None
+                image = gx[start:stop]
+                kernels.row2im(g2.T @ wr, image.shape, *self.geometry, out=image)
+            if not need[1]:
+                return gb, None
+            rows = kernels.im2row(x[start:stop], *self.geometry) if kept is None else kept[k]
+            return gb, g2 @ rows
+
+        parts = threads.each_block(block, len(blocks))
+        gw = _weight_from_rows(xp, _sum([p[1] for p in parts]), weight.shape) if need[1] \
+            else None
         if len(need) == 2:
             return gx, gw
-        return gx, gw, (gb if need[2] else None)
+        return gx, gw, (_sum([p[0] for p in parts]) if need[2] else None)
 
 
 class ConvTranspose2dFunction(Function):
@@ -279,16 +294,19 @@ class ConvTranspose2dFunction(Function):
         self.activation, self.slope = activation, slope
         size = transposed_output_size((h, w), *self.geometry, output_padding)
         wr = _weight_rows(weight)
-        self.blocks = _blocks(xp, n, wr.shape[1] * h * w * x.dtype.itemsize)
+        self.blocks = blocks = _blocks(xp, n, wr.shape[1] * h * w * x.dtype.itemsize)
         y = xp.empty((n, weight.shape[1], *size), dtype=x.dtype)
-        matrices = []  # each block of x as a (C_in, n H W) matrix, kept for gW
-        for start, stop in self.blocks:
-            block = y[start:stop]
-            matrices.append(_as_matrix(xp, x[start:stop]))
-            kernels.row2im(matrices[-1].T @ wr, block.shape, *self.geometry, out=block)
-            # while the block is in the cache
-            kernels.conv_forward(block, bias[0] if bias else None, activation, slope)
-        self.save_for_backward(matrices, weight, wr, y)
+        b = bias[0] if bias else None
+
+        def block(k):
+            start, stop = blocks[k]
+            image, matrix = y[start:stop], _as_matrix(xp, x[start:stop])
+            kernels.row2im(matrix.T @ wr, image.shape, *self.geometry, out=image)
+            kernels.conv_forward(image, b, activation, slope)  # while it is in the cache
+            return matrix
+
+        # each block of x as a (C_in, n H W) matrix, kept for gW
+        self.save_for_backward(threads.each_block(block, len(blocks)), weight, wr, y)
         self.input_shape = x.shape
         return y
 
@@ -296,20 +314,23 @@ class ConvTranspose2dFunction(Function):
         matrices, weight, wr, y = self.saved
         xp, kernels, need = self.xp, self.device.kernels, self.needs_input_grad
         gx = xp.empty(self.input_shape, dtype=g.dtype) if need[0] else None
-        gw = gb = None
-        for (start, stop), x2 in zip(self.blocks, matrices):
-            gz, part = kernels.conv_backward(g[start:stop], y[start:stop], self.activation,
-                                             self.slope)
-            gb = _add(gb, part)
+        blocks = self.blocks
+
+        def block(k):
+            start, stop = blocks[k]
+            gz, gb = kernels.conv_backward(g[start:stop], y[start:stop], self.activation,
+                                           self.slope)
             rows = kernels.im2row(gz, *self.geometry)
             if need[0]:
                 kernels.conv_forward(gx[start:stop], None, IDENTITY, product=wr @ rows.T)
-            if need[1]:
-                gw = _add(gw, x2 @ rows)
-        gw = _weight_from_rows(xp, gw, weight.shape) if need[1] else None
+            return gb, (matrices[k] @ rows if need[1] else None)
+
+        parts = threads.each_block(block, len(blocks))
+        gw = _weight_from_rows(xp, _sum([p[1] for p in parts]), weight.shape) if need[1] \
+            else None
         if len(need) == 2:
             return gx, gw
-        return gx, gw, (gb if need[2] else None)
+        return gx, gw, (_sum([p[0] for p in parts]) if need[2] else None)
 
 
 class Upsample2dFunction(Function):

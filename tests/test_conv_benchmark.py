@@ -60,5 +60,5 @@ def test_each_framework_computes_on_its_own_backend():
         sys.path.remove(os.path.dirname(SCRIPT))
     probe = lambda: mg.device.device_of(np.zeros(1)).name  # noqa: E731
     for name, backend in (("minigrad-numpy", "numpy"), ("minigrad-numba", "numba"),
-                          ("minigrad-numba-threads", "numba")):
+                          ("minigrad-numba-blas", "numba")):
         assert conv_step.in_context(name, probe) == backend
