@@ -206,15 +206,6 @@ def _weight_from_rows(xp, matrix, shape):
     return xp.ascontiguousarray(matrix.reshape(a, kh, kw, b).transpose(0, 3, 1, 2))
 
 
-def _sum(parts):
-    """The blocks' weight (or bias) gradients summed in block order, whichever
-    thread computed each (the first part is added into)."""
-    total = parts[0]
-    for part in parts[1:]:
-        total += part
-    return total
-
-
 # ----------------------------------------------------------------------------
 # the primitives
 # ----------------------------------------------------------------------------
@@ -268,12 +259,12 @@ class Conv2dFunction(Function):
             rows = kernels.im2row(x[start:stop], *self.geometry) if kept is None else kept[k]
             return gb, g2 @ rows
 
-        parts = threads.each_block(block, len(blocks))
-        gw = _weight_from_rows(xp, _sum([p[1] for p in parts]), weight.shape) if need[1] \
-            else None
+        shares = threads.each_block(block, len(blocks))
+        gw = _weight_from_rows(xp, threads.sum_in_order([s[1] for s in shares]), weight.shape) \
+            if need[1] else None
         if len(need) == 2:
             return gx, gw
-        return gx, gw, (_sum([p[0] for p in parts]) if need[2] else None)
+        return gx, gw, (threads.sum_in_order([s[0] for s in shares]) if need[2] else None)
 
 
 class ConvTranspose2dFunction(Function):
@@ -325,12 +316,12 @@ class ConvTranspose2dFunction(Function):
                 kernels.conv_forward(gx[start:stop], None, IDENTITY, product=wr @ rows.T)
             return gb, (matrices[k] @ rows if need[1] else None)
 
-        parts = threads.each_block(block, len(blocks))
-        gw = _weight_from_rows(xp, _sum([p[1] for p in parts]), weight.shape) if need[1] \
-            else None
+        shares = threads.each_block(block, len(blocks))
+        gw = _weight_from_rows(xp, threads.sum_in_order([s[1] for s in shares]), weight.shape) \
+            if need[1] else None
         if len(need) == 2:
             return gx, gw
-        return gx, gw, (_sum([p[0] for p in parts]) if need[2] else None)
+        return gx, gw, (threads.sum_in_order([s[0] for s in shares]) if need[2] else None)
 
 
 class Upsample2dFunction(Function):

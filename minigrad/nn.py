@@ -11,7 +11,7 @@ import math
 
 import numpy
 
-from . import activations, conv_layers
+from . import activations, conv_layers, threads
 from . import functions as F
 from .device import device_type, get_backend, move
 from .tensor import Function, Tensor
@@ -217,21 +217,61 @@ class DenseFunction(Function):
 
     backward: gz = g * act'(y) and gb = sum over rows of gz (one fused pass);
               gW = x^T gz;  gx = gz W^T (each skipped when nobody needs it).
+
+    Inside :func:`minigrad.threads.split_work` (the BLAS on one thread) the rows of
+    the batch are split over the threads, each computing its rows of y (or of gx)
+    and its share of gW and gb; the shares are summed in row order.
     """
 
     def forward(self, x, weight, bias, activation, slope):
         self.activation, self.slope = activation, slope
-        y = self.device.kernels.dense_forward(self.xp.matmul(x, weight), bias, activation, slope)
+        kernels = self.device.kernels
+        self.parts = parts = _row_parts(self.xp, x)
+        if parts is None:
+            y = kernels.dense_forward(self.xp.matmul(x, weight), bias, activation, slope)
+        else:
+            y = self.xp.empty((x.shape[0], weight.shape[1]), dtype=x.dtype)
+
+            def rows(k):
+                part = y[parts[k]:parts[k + 1]]
+                self.xp.matmul(x[parts[k]:parts[k + 1]], weight, out=part)
+                kernels.dense_forward(part, bias, activation, slope)
+
+            threads.each_block(rows, len(parts) - 1)
         self.save_for_backward(x, weight, y)
         return y
 
     def backward(self, g):
         x, weight, y = self.saved
-        gz, gb = self.device.kernels.dense_backward(g, y, self.activation, self.slope)
+        kernels, parts = self.device.kernels, self.parts
         need_x, need_w, need_b = self.needs_input_grad
-        gx = gz @ weight.T if need_x else None
-        gw = x.T @ gz if need_w else None  # a frozen weight costs no product
-        return gx, gw, (gb if need_b else None)
+        if parts is None:
+            gz, gb = kernels.dense_backward(g, y, self.activation, self.slope)
+            gx = gz @ weight.T if need_x else None
+            gw = x.T @ gz if need_w else None  # a frozen weight costs no product
+            return gx, gw, (gb if need_b else None)
+        gx = self.xp.empty(x.shape, dtype=g.dtype) if need_x else None
+
+        def rows(k):
+            a, b = parts[k], parts[k + 1]
+            gz, gb = kernels.dense_backward(g[a:b], y[a:b], self.activation, self.slope)
+            if need_x:
+                self.xp.matmul(gz, weight.T, out=gx[a:b])
+            return gb, (x[a:b].T @ gz if need_w else None)
+
+        shares = threads.each_block(rows, len(parts) - 1)
+        gw = threads.sum_in_order([s[1] for s in shares]) if need_w else None
+        return gx, gw, (threads.sum_in_order([s[0] for s in shares]) if need_b else None)
+
+
+def _row_parts(xp, x):
+    """Bounds of the rows each thread takes inside split_work (``[0, ..., n]``), or
+    None: not splitting, not a 2-D batch on the CPU, or fewer rows than threads."""
+    workers = threads.workers()
+    if workers < 2 or xp is not numpy or x.ndim != 2 or x.shape[0] < workers:
+        return None
+    return [x.shape[0] * k // workers for k in range(workers + 1)]
+
 
 
 class Dense(Module):

@@ -10,15 +10,18 @@ trade (its products are most of a step); a convolution's layout kernels take as
 long as its products.
 
 ``with split_work():`` changes the trade: inside, every OpenBLAS of the process
-runs on one thread (so nothing spins), and the convolution layers
-(:mod:`minigrad.conv`) hand their blocks of images to ``workers`` threads at once
--- each block's im2row, product and epilogue on one core, in that core's cache.
-On the 2-vCPU Intel Xeon VM (2026-12-08) the convolutional autoencoder's step at
-batch 128 (``benchmarks/conv_step.py``) took 23.3-25.1 ms that way against
-27.0-27.1 ms with the BLAS on both cores (PyTorch: 16.6-18.1 ms in the same runs);
+runs on one thread (so nothing spins), the convolution layers (:mod:`minigrad.conv`)
+hand their blocks of images to ``workers`` threads at once -- each block's im2row,
+product and epilogue on one core, in that core's cache -- and the dense layers
+(:class:`minigrad.nn.DenseFunction`) their rows.  On the 2-vCPU Intel Xeon VM
+(2026-12-08) the convolutional autoencoder's step at batch 128
+(``benchmarks/conv_step.py``, 20 rounds) took 23.6-25.4 ms that way against
+27.5-30.0 ms with the BLAS on both cores (PyTorch: 18.2-20.1 ms in the same runs);
 turning the BLAS threads down only around the blocks was the worst of all (34.5
-ms: the workers spun through the blocks).  ``Autoencoder.fit`` trains a model with
-convolution layers inside it.
+ms: the BLAS workers, woken by the dense layers, spun through the blocks).  For
+a dense network alone it loses (the autoencoder 784-512-128-512-784 at batch 64:
+4.9 ms a step against 2.7-3.0; at 1024: 23.0-24.1 against 21.0-21.7), so
+``Autoencoder.fit`` trains inside it only a model with convolution layers.
 
 The results do not depend on it: the blocks write disjoint parts of the output,
 and their weight and bias gradients are summed in block order, as one thread sums
@@ -36,7 +39,7 @@ import threading
 
 from . import denormals
 
-__all__ = ["split_work", "splitting", "each_block", "workers", "cores"]
+__all__ = ["split_work", "splitting", "each_block", "sum_in_order", "workers", "cores"]
 
 _lock = threading.Lock()
 _depth = 0          # nested split_work blocks, all threads together
@@ -163,3 +166,12 @@ def each_block(fn, count):
         if isinstance(part, BaseException):
             raise part
     return [value for part in results for value in part]
+
+
+def sum_in_order(shares):
+    """Gradient shares of the blocks (fresh arrays) summed in block order, whichever
+    thread computed each: the same sum on every run (the first share is added into)."""
+    total = shares[0]
+    for share in shares[1:]:
+        total += share
+    return total

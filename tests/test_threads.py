@@ -149,3 +149,33 @@ def test_fit_trains_a_convolutional_model_inside_split_work(monkeypatch):
         model.fit(images, epochs=1, batch_size=8, progress=False)
     assert seen and all(seen)
     assert not threads.splitting()
+
+
+@pytest.mark.parametrize("activation", [None, "relu"])
+@pytest.mark.parametrize("rows", [7, 1])
+def test_a_dense_layer_splits_its_rows_and_computes_the_same(monkeypatch, activation, rows):
+    """Inside split_work(2) a dense layer's rows go to two threads (one row: not
+    split); output and gradients equal the one-thread ones (float64; gW and gb are
+    sums of the two shares, so to rounding)."""
+    calls = []
+    real = threads.each_block
+    monkeypatch.setattr(threads, "each_block", lambda fn, n: calls.append(n) or real(fn, n))
+    rng = np.random.default_rng(5)
+    arrays = [rng.standard_normal((rows, 6)), rng.standard_normal((6, 4)),
+              rng.standard_normal(4)]
+
+    def run():
+        x, w, b = (mg.Tensor(a, requires_grad=True, dtype="float64") for a in arrays)
+        layer = mg.nn.Dense(6, 4, activation=activation, dtype="float64")
+        layer.weight, layer.bias = mg.nn.Parameter(w.numpy()), mg.nn.Parameter(b.numpy())
+        y = layer(x)
+        (y * y).sum().backward()
+        return [y.numpy(), x.grad, layer.weight.grad, layer.bias.grad]
+
+    one = run()
+    assert calls == []
+    with threads.split_work(2):
+        two = run()
+    assert calls == ([2, 2] if rows > 1 else [])
+    for a, b in zip(one, two):
+        np.testing.assert_allclose(b, a, rtol=1e-12, atol=1e-12)
