@@ -181,9 +181,10 @@ class _Training:
         # every step allocates the arrays the step before freed: kept in the heap for
         # the whole fit instead of faulted in afresh each step (minigrad.memory); a
         # convolutional model's blocks of images shared by minigrad's threads, the
-        # BLAS on one (minigrad.threads: measured faster for them, not for dense ones)
-        own_threads = minigrad.threads.split_work() if _convolutional(self.model) \
-            else contextlib.nullcontext()
+        # BLAS on one (minigrad.threads: measured faster for them at batches of
+        # MIN_BATCH or more, not for dense models or smaller batches)
+        split = _convolutional(self.model) and self.batch_size >= minigrad.threads.MIN_BATCH
+        own_threads = minigrad.threads.split_work() if split else contextlib.nullcontext()
         with minigrad.reuse_memory(), own_threads:
             return self._run()
 

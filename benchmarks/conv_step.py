@@ -175,18 +175,21 @@ def frameworks(names, weights):
     return {n: makers[n]() for n in names}
 
 
-def in_context(name, fn, *args):
-    """``fn(*args)`` as the framework runs its steps: minigrad's inside
-    ``flush_denormals`` and, but for "minigrad-numba-blas" and the NumPy backend,
-    ``split_work`` (as ``fit`` trains a convolutional model)."""
+def in_context(name, fn, *args, batch=None):
+    """``fn(*args)`` as the framework runs its steps at ``batch``: minigrad's inside
+    ``flush_denormals`` and, for "minigrad-numba" at batches of
+    ``minigrad.threads.MIN_BATCH`` or more, ``split_work`` (as ``fit`` trains a
+    convolutional model); "minigrad-numba-blas" never splits."""
     if not name.startswith("minigrad"):
         return fn(*args)
     import contextlib
     import minigrad
-    split = getattr(getattr(minigrad, "threads", None), "split_work", None)
+    threads = getattr(minigrad, "threads", None)  # (a checkout from before has none)
+    split = threads is not None and name == "minigrad-numba" and \
+        (batch is None or batch >= threads.MIN_BATCH)
     # host arrays compute on the active backend: each framework's own, for its turn
     backend = "numpy" if name == "minigrad-numpy" else "numba"
-    own_threads = split() if split and name == "minigrad-numba" else contextlib.nullcontext()
+    own_threads = threads.split_work() if split else contextlib.nullcontext()
     with minigrad.use_backend(backend), minigrad.flush_denormals(), own_threads:
         return fn(*args)
 
@@ -203,7 +206,7 @@ def loss_check(names, weights, X, steps, batch, dtype="float32"):
     for name in names:
         step = frameworks([name], weights)[name]
         xs = [x.astype(dtype) for x in batches(X, batch, steps, seed=3)]
-        losses[name] = in_context(name, lambda: [step(x) for x in xs])
+        losses[name] = in_context(name, lambda: [step(x) for x in xs], batch=batch)
     return losses
 
 
@@ -228,7 +231,7 @@ def time_steps(steps, X, batch_sizes, rounds, warmup, timed, pause):
         for b in batch_sizes:
             for name, step in steps.items():
                 times[name][b] += in_context(name, _turn, step, streams[name][b],
-                                             warmup + (3 if r == 0 else 0), timed)
+                                             warmup + (3 if r == 0 else 0), timed, batch=b)
                 time.sleep(pause)  # idle threads (OpenMP, OpenBLAS) stop spinning
     return {n: {str(b): summarize(t) for b, t in per.items()} for n, per in times.items()}
 

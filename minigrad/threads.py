@@ -19,9 +19,12 @@ product and epilogue on one core, in that core's cache -- and the dense layers
 27.5-30.0 ms with the BLAS on both cores (PyTorch: 18.2-20.1 ms in the same runs);
 turning the BLAS threads down only around the blocks was the worst of all (34.5
 ms: the BLAS workers, woken by the dense layers, spun through the blocks).  For
-a dense network alone it loses (the autoencoder 784-512-128-512-784 at batch 64:
-4.9 ms a step against 2.7-3.0; at 1024: 23.0-24.1 against 21.0-21.7), so
-``Autoencoder.fit`` trains inside it only a model with convolution layers.
+a dense network alone it loses (a prototype, the autoencoder 784-512-128-512-784:
+at batch 64 4.9 ms a step against 2.7-3.0; at 1024 23.0-24.1 against 21.0-21.7),
+and so it does for small batches of the convolutional one, where handing out work
+(about 80 us a call) and the one-thread products weigh more than the blocks gain:
+``Autoencoder.fit`` trains inside it a model with convolution layers at batches of
+:data:`MIN_BATCH` or more.
 
 The results do not depend on it: the blocks write disjoint parts of the output,
 and their weight and bias gradients are summed in block order, as one thread sums
@@ -39,7 +42,15 @@ import threading
 
 from . import denormals
 
-__all__ = ["split_work", "splitting", "each_block", "sum_in_order", "workers", "cores"]
+__all__ = ["split_work", "splitting", "each_block", "sum_in_order", "workers", "cores",
+           "MIN_BATCH"]
+
+#: The smallest batch that ``fit`` trains a convolutional model at inside
+#: :func:`split_work`.  The conv step (``benchmarks/conv_step.py``, 2-vCPU Intel Xeon
+#: VM, 2026-12-08), split against the BLAS on both cores: batch 32 11.08 against 7.30
+#: ms, 48 14.82 against 9.97, 64 13.73 against 12.84, 96 18.11 against 19.31, 128
+#: 22.97 against 25.23, 512 79.4 against 104.6.
+MIN_BATCH = 96
 
 _lock = threading.Lock()
 _depth = 0          # nested split_work blocks, all threads together

@@ -133,8 +133,10 @@ def test_blocks_are_even_and_a_multiple_of_the_cores(monkeypatch):
     assert mg.conv._blocks(np, 0, 100) == [(0, 0)]
 
 
-def test_fit_trains_a_convolutional_model_inside_split_work(monkeypatch):
+@pytest.mark.parametrize("batch, splits", [(8, True), (4, False)])
+def test_fit_splits_a_convolutional_model_from_min_batch_on(monkeypatch, batch, splits):
     from autoencoders import VanillaAutoencoder
+    monkeypatch.setattr(threads, "MIN_BATCH", 8)
     seen = []
     real = threads.each_block
 
@@ -146,8 +148,8 @@ def test_fit_trains_a_convolutional_model_inside_split_work(monkeypatch):
     images = np.random.default_rng(0).random((16, 8, 8)).astype(np.float32)
     with mg.use_backend("numba" if HAS_NUMBA else "numpy"):
         model = VanillaAutoencoder([64, 4], image_shape=(1, 8, 8), channels=(4,), seed=0)
-        model.fit(images, epochs=1, batch_size=8, progress=False)
-    assert seen and all(seen)
+        model.fit(images, epochs=1, batch_size=batch, progress=False)
+    assert seen and set(seen) == {splits}
     assert not threads.splitting()
 
 
