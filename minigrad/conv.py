@@ -41,7 +41,10 @@ On the CPU the batch goes through in blocks of images (:data:`BLOCK_BYTES` of
 rows each), one GEMM per block, so that rows stays in the cache; the products
 are laid out into the (N, C, H, W) output block by block (the bias added in that
 same pass); backward reuses the blocks' rows, or recomputes them when the whole
-batch's would take more than :data:`KEEP_ROWS_BYTES`.
+batch's would take more than :data:`KEEP_ROWS_BYTES`.  Inside
+:func:`minigrad.threads.split_work` the blocks are shared by minigrad's threads
+(each block's kernels and product on one core); the weight and bias gradients are
+summed over the blocks in block order either way.
 
 The kernels ``im2row`` / ``row2im`` are those of the device the data is on
 (``self.device.kernels``): NumPy, Numba or CUDA.  The GEMMs are the array
@@ -159,7 +162,7 @@ def _check_operands(op, x, weight, bias, channels_axis):
 #: bytes, so that they stay in the L2 cache from im2row to the GEMM (and from the
 #: GEMM to row2im) instead of going out to memory and back.  Measured on the
 #: 2-core machine (one thread, interleaved): the autoencoders' second layer (128
-#: images of 32 x 14 x 14, 7 MB of cols) ran forward and backward 25% faster in
+#: images of 32 x 14 x 14, 7 MB of im2col's columns) ran forward and backward 25% faster in
 #: blocks of 16 to 32 images than in one.  On the GPU the batch is one block.
 BLOCK_BYTES = 2 << 20
 
