@@ -26,8 +26,10 @@ shared machine falls on every framework alike.  PyTorch keeps its default thread
 count (the number of cores: both of a 2-core machine), as a user gets it.  A
 check in the same run: 20 steps from identical weights and batches give losses
 equal to PyTorch's within 1e-4 relative.  "minigrad-numba" trains as ``fit`` trains
-a convolutional model: inside ``minigrad.threads.split_work()`` (the BLAS on one
-thread, the convolutions' blocks of images shared by minigrad's own threads);
+a convolutional model: at batches of ``minigrad.threads.MIN_BATCH`` (96) or more
+inside ``minigrad.threads.split_work()`` (the BLAS on one thread, the
+convolutions' blocks of images and the dense layers' rows shared by minigrad's
+own threads);
 "minigrad-numba-blas" is the same model with the BLAS on every core and the blocks
 on one thread (what ``fit`` did before), so that the same run shows what the split
 is worth on this machine.
@@ -41,7 +43,6 @@ import argparse
 import collections
 import os
 import platform
-import statistics
 import sys
 import time
 

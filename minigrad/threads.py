@@ -26,11 +26,14 @@ and so it does for small batches of the convolutional one, where handing out wor
 ``Autoencoder.fit`` trains inside it a model with convolution layers at batches of
 :data:`MIN_BATCH` or more.
 
-The results do not depend on it: the blocks write disjoint parts of the output,
-and their weight and bias gradients are summed in block order, as one thread sums
-them.  Each task runs with the flush-to-zero flags of the thread that handed it
-out (:mod:`minigrad.denormals`).  A BLAS other than OpenBLAS is left as it is (its
-products may then run on several cores inside each block).
+The results agree with the unsplit ones to rounding, and do not vary from run to
+run: the blocks write disjoint parts of the output; a convolution's blocks are
+the same with or without threads (:func:`cores`) and their weight and bias
+gradients are summed in block order, as one thread sums them; a dense layer's are
+the sum of the threads' shares, in row order.  Each task runs with the
+flush-to-zero flags of the thread that handed it out (:mod:`minigrad.denormals`).
+A BLAS other than OpenBLAS is left as it is (its products may then run on several
+cores inside each block).
 """
 from __future__ import annotations
 
@@ -95,7 +98,8 @@ _cores = None
 
 
 def workers():
-    """Threads that share the convolutions' blocks now: 1 outside :func:`split_work`."""
+    """Threads that share the convolutions' blocks and the dense layers' rows now: 1
+    outside :func:`split_work`."""
     return _workers if _depth else 1
 
 
@@ -106,10 +110,12 @@ def splitting():
 
 @contextlib.contextmanager
 def split_work(workers=None):
-    """Inside: every OpenBLAS runs on one thread and the convolution layers split their
-    blocks of images over ``workers`` threads (default: the cores this process may
-    use).  Nests (the outermost block's ``workers`` holds); on exit the BLAS thread
-    counts are restored."""
+    """Inside: every OpenBLAS runs on one thread, and the convolution layers split their
+    blocks of images, the dense layers their rows, over ``workers`` threads (default:
+    the cores this process may use).  Nests (the outermost block's ``workers``
+    holds); on exit the BLAS thread counts are restored.  Like the BLAS's thread
+    count it sets, the setting is the whole process's: while one thread is inside,
+    layers that other threads run split their work too."""
     global _depth, _workers, _pool, _pool_size, _saved
     if workers is None:
         workers = cores()

@@ -328,7 +328,8 @@ def test_arguments_are_checked(backend):
     rows = np.zeros((2 * 9, 27), np.float32)
     k.row2im(rows, x.shape, (3, 3), (1, 1), (0, 0))  # valid
     with pytest.raises(ValueError, match=r"row2im: rows has shape \(18, 26\), expected "
-                                         r"\(18, 27\) \(batch \* oh \* ow, kh \* kw \* channels\)"):
+                                         r"\(18, 27\) \(batch \* oh \* ow, kh \* kw "
+                                         r"\* channels\)"):
         k.row2im(rows[:, 1:], x.shape, (3, 3), (1, 1), (0, 0))
     with pytest.raises(ValueError, match=r"row2im: image_shape is \(3, 5, 5\); expected four integers"):
         k.row2im(rows, (3, 5, 5), (3, 3), (1, 1), (0, 0))

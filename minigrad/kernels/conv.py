@@ -179,8 +179,9 @@ def _contiguous(a):
 #: is the entries of rows times this cost (a copy or an add and the share of the
 #: padded copy: one, as for the dense kernels' multiply-add).  With the batch in
 #: blocks of at most 2 MB of rows (:data:`minigrad.conv.BLOCK_BYTES`) that keeps
-#: them serial, as the dense kernels are; benchmarks/conv_step.py times them
-#: threaded too (its "minigrad-numba-threads" column), for an idle machine to decide.
+#: them serial, as the dense kernels are: threaded, they fought OpenBLAS's spinning
+#: workers (the conv step 28.09 against 27.11 ms, 2026-12-08); the blocks are shared
+#: by threads instead inside :func:`minigrad.threads.split_work`.
 COST_PER_ENTRY = 1
 
 
