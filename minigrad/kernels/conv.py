@@ -21,8 +21,10 @@ This is the classic im2col's matrix transposed, with the channels innermost:
 within a patch, the kw taps of one kernel row and all their channels are kw * C
 consecutive values both in the image laid out channels last and in the row, so
 both kernels copy (or add) runs of kw * C values, where im2col's layout -- rows
-(c, ki, kj), columns (n, oy, ox) -- moves runs of ow pixels (7 at the
-autoencoders' second layer), and spent most of its time starting and ending them.
+(c, ki, kj), columns (n, oy, ox) -- has no run longer than ow pixels (7 at the
+autoencoders' second layer): its kernels gathered and scattered single values
+(a 37-image block of that layer: 0.36 and 0.53 ms, against im2row's 0.19 and
+row2im's 0.23).
 A weight (C_out, C, kh, kw) becomes the matching (C_out, kh kw C) matrix by a
 transpose (see :mod:`minigrad.conv`).
 
