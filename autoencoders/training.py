@@ -33,7 +33,6 @@ optimizer afresh, set ``model.optimizer_ = None`` or pass a new Optimizer.
 """
 from __future__ import annotations
 
-import contextlib
 import inspect
 import json
 import math
@@ -48,7 +47,7 @@ from minigrad import distributed, optim
 from minigrad.optim import _host
 
 from . import files
-from .base import _floats, _positive_int
+from .base import _floats, _positive_int, own_threads
 from .inputs import Rows, source
 
 try:  # the progress bar is optional
@@ -180,12 +179,9 @@ class _Training:
     def run(self):
         # every step allocates the arrays the step before freed: kept in the heap for
         # the whole fit instead of faulted in afresh each step (minigrad.memory); a
-        # convolutional model's blocks of images shared by minigrad's threads, the
-        # BLAS on one (minigrad.threads: measured faster for them at batches of
-        # MIN_BATCH or more, not for dense models or smaller batches)
-        split = _convolutional(self.model) and self.batch_size >= minigrad.threads.MIN_BATCH
-        own_threads = minigrad.threads.split_work() if split else contextlib.nullcontext()
-        with minigrad.reuse_memory(), own_threads:
+        # convolutional model's work shared by minigrad's threads, the BLAS on one,
+        # from batch MIN_BATCH on (base.own_threads, minigrad.threads)
+        with minigrad.reuse_memory(), own_threads(self.model, self.batch_size):
             return self._run()
 
     def _run(self):
@@ -533,14 +529,6 @@ def nonfinite_loss(model, value, where):
     return FloatingPointError(
         f"{model._name}.fit: the loss became {value} at {where}; training stopped and the "
         f"model keeps the weights of the last batch with a finite loss (try a smaller lr)")
-
-
-def _convolutional(model):
-    """Whether the model has a convolution layer (and trains on the CPU, where
-    :func:`minigrad.threads.split_work` applies)."""
-    layers = [module for _, module in model.named_modules()]
-    return any(isinstance(m, (minigrad.nn.Conv2d, minigrad.nn.ConvTranspose2d)) for m in layers) \
-        and all(p.device.name != "cupy" for p in model.parameters())
 
 
 def _replayable(model):

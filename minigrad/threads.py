@@ -23,8 +23,9 @@ a dense network alone it loses (a prototype, the autoencoder 784-512-128-512-784
 at batch 64 4.9 ms a step against 2.7-3.0; at 1024 23.0-24.1 against 21.0-21.7),
 and so it does for small batches of the convolutional one, where handing out work
 (about 80 us a call) and the one-thread products weigh more than the blocks gain:
-``Autoencoder.fit`` trains inside it a model with convolution layers at batches of
-:data:`MIN_BATCH` or more.
+``Autoencoder.fit``, ``transform`` and ``evaluate`` run a model with convolution
+layers inside it at batches of :data:`MIN_BATCH` or more
+(``autoencoders.base.own_threads``).
 
 The results agree with the unsplit ones to rounding, and do not vary from run to
 run: the blocks write disjoint parts of the output; a convolution's blocks are
