@@ -25,7 +25,6 @@ any logit), while ``decode`` and ``reconstruct`` return the probabilities.
 """
 from __future__ import annotations
 
-import contextlib
 import math
 import numbers
 import os
@@ -362,7 +361,7 @@ class Autoencoder(nn.Module):
 
     def _evaluate(self, rows, batch_size, rng):
         sums, n = {}, 0
-        with no_grad(), own_threads(self, batch_size):
+        with no_grad():
             for xb in rows.batches(batch_size):
                 total, terms = self._loss(self._tensor(xb), rng)
                 for key, value in _floats(total, terms).items():
@@ -382,7 +381,7 @@ class Autoencoder(nn.Module):
 
     def _batched(self, fn, rows, batch_size):
         batch_size = _positive_int("batch_size", batch_size)
-        with no_grad(), own_threads(self, batch_size):
+        with no_grad():
             parts = [fn(self._tensor(xb)).numpy() for xb in rows.batches(batch_size)]
         return numpy.concatenate(parts, axis=0)
 
@@ -658,20 +657,6 @@ def _check_sizes(name, sizes, minimum, hint=""):
             raise ValueError(f"{name}: sizes[{i}] = {n!r}; every size must be a positive "
                              f"integer (sizes = {sizes})")
     return [int(n) for n in sizes]
-
-
-
-def own_threads(model, batch_size):
-    """The context that ``fit``, ``evaluate`` and ``transform`` run a model's batches
-    in: :func:`minigrad.threads.split_work` for a model with convolution layers on the
-    CPU at batches of :data:`minigrad.threads.MIN_BATCH` or more (measured faster
-    there; not for dense models or smaller batches), else nothing.  (Transforming
-    10,240 images with the default conv model: 0.33 s split against 0.40 s.)"""
-    layers = [module for _, module in model.named_modules()]
-    split = batch_size >= minigrad.threads.MIN_BATCH \
-        and any(isinstance(m, (nn.Conv2d, nn.ConvTranspose2d)) for m in layers) \
-        and all(p.device.name != "cupy" for p in model.parameters())
-    return minigrad.threads.split_work() if split else contextlib.nullcontext()
 
 
 def _positive_int(name, value):

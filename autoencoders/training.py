@@ -33,6 +33,7 @@ optimizer afresh, set ``model.optimizer_ = None`` or pass a new Optimizer.
 """
 from __future__ import annotations
 
+import contextlib
 import inspect
 import json
 import math
@@ -47,7 +48,7 @@ from minigrad import distributed, optim
 from minigrad.optim import _host
 
 from . import files
-from .base import _floats, _positive_int, own_threads
+from .base import _floats, _positive_int
 from .inputs import Rows, source
 
 try:  # the progress bar is optional
@@ -180,8 +181,8 @@ class _Training:
         # every step allocates the arrays the step before freed: kept in the heap for
         # the whole fit instead of faulted in afresh each step (minigrad.memory); a
         # convolutional model's work shared by minigrad's threads, the BLAS on one,
-        # from batch MIN_BATCH on (base.own_threads, minigrad.threads)
-        with minigrad.reuse_memory(), own_threads(self.model, self.batch_size):
+        # from batch MIN_BATCH on (minigrad.threads)
+        with minigrad.reuse_memory(), _own_threads(self.model, self.batch_size):
             return self._run()
 
     def _run(self):
@@ -529,6 +530,17 @@ def nonfinite_loss(model, value, where):
     return FloatingPointError(
         f"{model._name}.fit: the loss became {value} at {where}; training stopped and the "
         f"model keeps the weights of the last batch with a finite loss (try a smaller lr)")
+
+
+def _own_threads(model, batch_size):
+    """:func:`minigrad.threads.split_work` for a model with convolution layers on the
+    CPU at batches of :data:`minigrad.threads.MIN_BATCH` or more (measured faster
+    there; not for dense models or smaller batches), else nothing."""
+    layers = [module for _, module in model.named_modules()]
+    split = batch_size >= minigrad.threads.MIN_BATCH \
+        and any(isinstance(m, (minigrad.nn.Conv2d, minigrad.nn.ConvTranspose2d)) for m in layers) \
+        and all(p.device.name != "cupy" for p in model.parameters())
+    return minigrad.threads.split_work() if split else contextlib.nullcontext()
 
 
 def _replayable(model):

@@ -185,8 +185,7 @@ def _blocks(xp, n, bytes_per_image):
         return [(0, n)]
     count = -(-n // max(1, BLOCK_BYTES // max(1, bytes_per_image)))
     count = -(-count // threads.cores()) * threads.cores()
-    count = max(1, min(n, count))
-    bounds = [n * k // count for k in range(count + 1)]
+    bounds = threads.even_bounds(n, max(1, min(n, count)))
     return list(zip(bounds[:-1], bounds[1:]))
 
 

@@ -270,8 +270,7 @@ def _row_parts(xp, x):
     workers = threads.workers()
     if workers < 2 or xp is not numpy or x.ndim != 2 or x.shape[0] < workers:
         return None
-    return [x.shape[0] * k // workers for k in range(workers + 1)]
-
+    return threads.even_bounds(x.shape[0], workers)
 
 
 class Dense(Module):

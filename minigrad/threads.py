@@ -23,9 +23,8 @@ a dense network alone it loses (a prototype, the autoencoder 784-512-128-512-784
 at batch 64 4.9 ms a step against 2.7-3.0; at 1024 23.0-24.1 against 21.0-21.7),
 and so it does for small batches of the convolutional one, where handing out work
 (about 80 us a call) and the one-thread products weigh more than the blocks gain:
-``Autoencoder.fit``, ``transform`` and ``evaluate`` run a model with convolution
-layers inside it at batches of :data:`MIN_BATCH` or more
-(``autoencoders.base.own_threads``).
+``Autoencoder.fit`` trains a model with convolution layers inside it at batches of
+:data:`MIN_BATCH` or more.
 
 The results agree with the unsplit ones to rounding, and do not vary from run to
 run: the blocks write disjoint parts of the output; a convolution's blocks are
@@ -46,8 +45,8 @@ import threading
 
 from . import denormals
 
-__all__ = ["split_work", "splitting", "each_block", "sum_in_order", "workers", "cores",
-           "MIN_BATCH"]
+__all__ = ["split_work", "splitting", "each_block", "sum_in_order", "even_bounds", "workers",
+           "cores", "MIN_BATCH"]
 
 #: The smallest batch that ``fit`` trains a convolutional model at inside
 #: :func:`split_work`.  The conv step (``benchmarks/conv_step.py``, 2-vCPU Intel Xeon
@@ -62,12 +61,16 @@ _workers = 1        # threads that share the blocks while _depth > 0
 _pool = None        # the helper threads (workers - 1 of them), kept once started
 _pool_size = 0
 _saved = []         # [(set_num_threads, threads before)] of every OpenBLAS
+_setters = None     # [(get, set)] of every OpenBLAS, found once
 
 
 def _openblas_thread_setters():
     """``[(get, set)]``: the num-threads functions of every OpenBLAS loaded here
     (their names carry the build's prefix and suffix: ``scipy_openblas_..64_`` in
-    NumPy's wheels)."""
+    NumPy's wheels), looked up once, as :mod:`minigrad.denormals` finds the libraries."""
+    global _setters
+    if _setters is not None:
+        return _setters
     found = []
     for path in denormals.blas_libraries():
         library = ctypes.CDLL(path)
@@ -81,6 +84,7 @@ def _openblas_thread_setters():
             set_.restype, set_.argtypes = None, [ctypes.c_int]
             found.append((get, set_))
             break
+    _setters = found
     return found
 
 
@@ -96,6 +100,12 @@ def cores():
 
 
 _cores = None
+
+
+def even_bounds(n, parts):
+    """``[0, ..., n]``: n items cut into ``parts`` contiguous runs whose sizes differ by
+    at most one (how the blocks, the threads' runs and a dense layer's rows are cut)."""
+    return [n * k // parts for k in range(parts + 1)]
 
 
 def workers():
@@ -167,7 +177,7 @@ def each_block(fn, count):
     if threads < 2 or _pool is None:
         return [fn(k) for k in range(count)]
     flags = int(denormals._mxcsr_functions()[0]()) if denormals.supported() else None
-    bounds = [count * t // threads for t in range(threads + 1)]
+    bounds = even_bounds(count, threads)
     futures = [_pool.submit(_with_flags, flags, fn, range(bounds[t], bounds[t + 1]))
                for t in range(1, threads)]
     results = []

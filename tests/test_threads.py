@@ -129,6 +129,7 @@ def test_blocks_are_even_and_a_multiple_of_the_cores(monkeypatch):
     assert len(sizes) == 4 and sum(sizes) == 128 and max(sizes) - min(sizes) <= 1
     assert len(mg.conv._blocks(np, 128, mg.conv.BLOCK_BYTES // 20)) == 8  # 7 rounded up
     assert blocks[0][0] == 0 and all(a[1] == b[0] for a, b in zip(blocks, blocks[1:]))
+    assert threads.even_bounds(7, 3) == [0, 2, 4, 7] and threads.even_bounds(0, 1) == [0, 0]
     assert mg.conv._blocks(np, 1, 10 ** 9) == [(0, 1)]
     assert mg.conv._blocks(np, 0, 100) == [(0, 0)]
 
@@ -184,26 +185,3 @@ def test_a_dense_layer_splits_its_rows_and_computes_the_same(monkeypatch, activa
     for a, b in zip(one, two):
         np.testing.assert_allclose(b, a, rtol=1e-12, atol=1e-12)
 
-
-def test_transform_and_evaluate_split_a_convolutional_model_from_min_batch_on(monkeypatch):
-    from autoencoders import VanillaAutoencoder
-    monkeypatch.setattr(threads, "MIN_BATCH", 8)
-    seen = []
-    real = threads.each_block
-    monkeypatch.setattr(threads, "each_block",
-                        lambda fn, count: seen.append(threads.splitting()) or real(fn, count))
-    images = np.random.default_rng(1).random((16, 8, 8)).astype(np.float32)
-    with mg.use_backend("numba" if HAS_NUMBA else "numpy"):
-        model = VanillaAutoencoder([64, 4], image_shape=(1, 8, 8), channels=(4,), seed=0)
-        model.fit(images, epochs=1, batch_size=4, progress=False)
-        seen.clear()
-        split = model.transform(images, batch_size=8)
-        assert seen and set(seen) == {True}
-        seen.clear()
-        one = model.transform(images, batch_size=4)
-        assert seen and set(seen) == {False}
-        seen.clear()
-        model.evaluate(images, batch_size=8)
-        assert seen and set(seen) == {True}
-    np.testing.assert_allclose(split, one, rtol=1e-5, atol=1e-6)
-    assert not threads.splitting()
