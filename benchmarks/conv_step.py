@@ -1,5 +1,6 @@
 """Training-step benchmark of the convolutional autoencoder: minigrad (Numba and
-NumPy backends) against PyTorch eager, the same architecture, weights and batches.
+NumPy backends, or CuPy on a GPU) against PyTorch eager, the same architecture,
+weights and batches.
 
 The model is autoencoders' default convolutional one,
 ``VanillaAutoencoder([784, 128], channels=(32, 64), image_shape=(1, 28, 28))``:
@@ -34,8 +35,14 @@ own threads);
 on one thread (what ``fit`` did before), so that the same run shows what the split
 is worth on this machine.
 
+On a GPU (``--backend cupy``): "minigrad-cupy" (the CUDA kernels through CuPy)
+against "torch-cuda" (PyTorch eager on the same GPU); each step ends by reading
+the loss back to the host, which waits for the GPU, in both.  Issue 12's GPU target
+is minigrad-cupy / torch-cuda <= 1.0 at batch 128.
+
     python benchmarks/conv_step.py                      # numba (both ways), numpy, torch
     python benchmarks/conv_step.py --batch 128 --rounds 40 --frameworks minigrad-numba,torch
+    python benchmarks/conv_step.py --backend cupy       # minigrad-cupy, torch-cuda
 """
 from __future__ import annotations
 
@@ -146,13 +153,13 @@ def torch_model(weights):
     return model
 
 
-def make_torch(weights):
+def make_torch(weights, device="cpu"):
     import torch
-    model = torch_model(weights)
+    model = torch_model(weights).to(device)
     opt = torch.optim.Adam(model.parameters(), lr=LR)
 
     def step(x):
-        x = torch.from_numpy(x)
+        x = torch.from_numpy(x).to(device)
         opt.zero_grad(set_to_none=True)
         logits = model(x)
         loss = torch.nn.functional.binary_cross_entropy_with_logits(
@@ -165,11 +172,18 @@ def make_torch(weights):
     return step
 
 
+#: the backend each minigrad framework computes on
+BACKENDS = {"minigrad-numba": "numba", "minigrad-numba-blas": "numba",
+            "minigrad-numpy": "numpy", "minigrad-cupy": "cupy"}
+#: the PyTorch framework that each --backend's minigrad frameworks are compared with
+REFERENCE = {"cpu": "torch", "cupy": "torch-cuda"}
+
+
 def frameworks(names, weights):
-    makers = {"minigrad-numba": lambda: make_minigrad("numba", weights),
-              "minigrad-numba-blas": lambda: make_minigrad("numba", weights),
-              "minigrad-numpy": lambda: make_minigrad("numpy", weights),
-              "torch": lambda: make_torch(weights)}
+    makers = {name: (lambda backend=backend: make_minigrad(backend, weights))
+              for name, backend in BACKENDS.items()}
+    makers.update({"torch": lambda: make_torch(weights),
+                   "torch-cuda": lambda: make_torch(weights, "cuda")})
     unknown = [n for n in names if n not in makers]
     if unknown:
         raise SystemExit(f"--frameworks: unknown {unknown}; expected some of {sorted(makers)}")
@@ -189,7 +203,7 @@ def in_context(name, fn, *args, batch=None):
     split = threads is not None and name == "minigrad-numba" and \
         (batch is None or batch >= threads.MIN_BATCH)
     # host arrays compute on the active backend: each framework's own, for its turn
-    backend = "numpy" if name == "minigrad-numpy" else "numba"
+    backend = BACKENDS[name]
     own_threads = threads.split_work() if split else contextlib.nullcontext()
     with minigrad.use_backend(backend), minigrad.flush_denormals(), own_threads:
         return fn(*args)
@@ -239,49 +253,54 @@ def time_steps(steps, X, batch_sizes, rounds, warmup, timed, pause):
 
 def report(results, args, data_name):
     names = list(results["step"])
+    reference = REFERENCE[args.backend]
+    where = (f"{platform.machine()}, {os.cpu_count()} cores" if args.backend == "cpu" else
+             f"GPU: {results.get('gpu') or 'unknown'}")
+    torch_threads = ("" if args.backend != "cpu" else
+                     f"; PyTorch eager with its default {results['torch_threads']} threads")
     lines = [f"Training step, conv AE {' -> '.join(map(str, CHANNELS))} channels, latent "
              f"{SIZES[-1]}, BCE (sum over pixels, mean over batch), Adam, float32 "
-             f"({platform.machine()}, {os.cpu_count()} cores, data: {data_name}; "
-             f"PyTorch eager with its default {results['torch_threads']} threads)", "",
+             f"({where}, data: {data_name}{torch_threads})", "",
              f"median [min-max] ms per step, {args.rounds} rounds x {args.timed} steps:"]
     header = f"{'framework':<24}" + "".join(f"{'batch ' + str(b):>24}" for b in args.batch)
     lines += [header, "-" * len(header)]
     for n in names:
         lines.append(f"{n:<24}" + "".join(
             f"{fmt_step(results['step'][n][str(b)]):>24}" for b in args.batch))
-    if "torch" in names:
+    if reference in names:
         lines += ["", "ratio of medians to PyTorch eager (lower is faster for minigrad):"]
         for n in names:
-            if n == "torch":
+            if n == reference:
                 continue
             ratios = [results["step"][n][str(b)]["median_ms"]
-                      / results["step"]["torch"][str(b)]["median_ms"] for b in args.batch]
+                      / results["step"][reference][str(b)]["median_ms"] for b in args.batch]
             results.setdefault("ratio_to_torch", {})[n] = dict(zip(map(str, args.batch), ratios))
-            lines.append(f"  {n + ' / torch':<32}" + "".join(f"{x:>10.2f}" for x in ratios))
-        if "minigrad-numba" in names and "128" in results["step"]["torch"]:
-            ratio = results["ratio_to_torch"]["minigrad-numba"]["128"]
-            lines.append(f"  target (issue 12): numba / torch at batch 128 <= 1.5: {ratio:.2f} "
-                         f"{'met' if ratio <= 1.5 else 'MISSED'}")
+            lines.append(f"  {n + ' / ' + reference:<32}" + "".join(f"{x:>10.2f}" for x in ratios))
+        target = {"cpu": ("minigrad-numba", 1.5), "cupy": ("minigrad-cupy", 1.0)}[args.backend]
+        if target[0] in names and "128" in results["step"][reference]:
+            ratio = results["ratio_to_torch"][target[0]]["128"]
+            lines.append(f"  target (issue 12): {target[0]} / {reference} at batch 128 <= "
+                         f"{target[1]}: {ratio:.2f} {'met' if ratio <= target[1] else 'MISSED'}")
     for dtype, check in results.get("check_losses", {}).items():
         lines += ["", f"loss check, {args.check_steps} steps from identical weights and "
                       f"batches of {args.check_batch}, {dtype}:"]
         for n, values in check.items():
             lines.append(f"  {n:<24} first {values[0]:.6f}  last {values[-1]:.6f}")
-        if "torch" not in check:
+        if reference not in check:
             continue
-        ref = np.array(check["torch"])
+        ref = np.array(check[reference])
         for n, values in check.items():
-            if n == "torch":
+            if n == reference:
                 continue
             rel = np.abs(np.array(values) - ref) / np.abs(ref)
             diff = {"last": float(rel[-1]), "max": float(rel.max())}
             results.setdefault("check_rel_diff", {}).setdefault(dtype, {})[n] = diff
-            lines.append(f"  {n:<24} relative difference to torch: last step {diff['last']:.2e} "
+            lines.append(f"  {n:<24} relative difference to {reference}: last step {diff['last']:.2e} "
                          f"{'OK' if diff['last'] <= 1e-4 else 'MISMATCH'} (<= 1e-4), largest "
                          f"over the steps {diff['max']:.2e}")
     both = results.get("check_losses", {})
-    if "float64" in both and "torch" in both["float64"]:
-        exact = both["float64"]["torch"][-1]
+    if "float64" in both and reference in both["float64"]:
+        exact = both["float64"][reference][-1]
         lines += ["", "float32 rounding: the last float32 loss against float64's "
                       f"({exact:.6f}, all frameworks agree there):"]
         for n, values in both["float32"].items():
@@ -290,12 +309,21 @@ def report(results, args, data_name):
     return "\n".join(lines)
 
 
-def torch_available():
+def torch_available(device="cpu"):
     try:
-        import torch  # noqa: F401
+        import torch
     except ImportError:
         return False
-    return True
+    return device == "cpu" or torch.cuda.is_available()
+
+
+def gpu_name():
+    """The GPU CuPy computes on, in words (None without one)."""
+    try:
+        import cupy
+        return cupy.cuda.runtime.getDeviceProperties(cupy.cuda.Device().id)["name"].decode()
+    except Exception:  # no CuPy, no device, or a stand-in without the property
+        return None
 
 
 def torch_threads():
@@ -312,9 +340,13 @@ def fmt_step(s):
 
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--backend", choices=["cpu", "cupy"], default="cpu",
+                        help="cpu: minigrad's CPU backends and PyTorch on this CPU; cupy: "
+                             "minigrad-cupy and torch-cuda on the GPU (default: %(default)s)")
     parser.add_argument("--frameworks", default=None,
                         help="comma-separated subset of minigrad-numba,minigrad-numba-blas,"
-                             "minigrad-numpy,torch (default: all, torch where installed)")
+                             "minigrad-numpy,torch (default: all, torch where installed); "
+                             "with --backend cupy: of minigrad-cupy,torch-cuda")
     parser.add_argument("--batch", type=lambda s: [int(v) for v in s.split(",")],
                         default=[128, 32, 512])
     parser.add_argument("--rounds", type=int, default=20)
@@ -330,12 +362,16 @@ def main(argv=None):
     args = parser.parse_args(argv)
     if args.frameworks:
         names = args.frameworks.split(",")
-    else:
+    elif args.backend == "cpu":
         names = ["minigrad-numba", "minigrad-numba-blas", "minigrad-numpy"] + (
             ["torch"] if torch_available() else [])
+    else:
+        names = ["minigrad-cupy"] + (["torch-cuda"] if torch_available("cuda") else [])
     X, data_name = load_data(args.n)
     weights = initial_weights()
-    results = {"data": data_name, "torch_threads": torch_threads() if "torch" in names else None}
+    results = {"data": data_name, "backend": args.backend,
+               "torch_threads": torch_threads() if "torch" in names else None,
+               "gpu": gpu_name() if args.backend == "cupy" else None}
     if args.check_steps:  # float64 too: equal to rounding there, the models are the same
         results["check_losses"] = {dtype: loss_check(names, weights, X, args.check_steps,
                                                      args.check_batch, dtype)

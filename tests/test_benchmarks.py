@@ -162,3 +162,42 @@ def test_step_benchmark_names_the_blas_kernels_and_a_forced_choice(coretype):
         assert line.endswith(f"(OPENBLAS_CORETYPE={coretype} in the environment)")
     else:
         assert line.endswith("(OpenBLAS's own choice for this CPU)")
+
+
+def _gpu_check_commands():
+    """The commands of benchmarks/gpu_checks.sh (continuation lines joined) that run a
+    benchmark or the command line: ``[(program args, [--flags])]``."""
+    import re
+    import shlex
+    with open(os.path.join(BENCH, "gpu_checks.sh")) as f:
+        text = f.read().replace("\\\n", " ")
+    commands = []
+    for line in text.splitlines():
+        match = re.search(r'"\$python" ((?:benchmarks/\w+\.py)|(?:-m autoencoders \w+))(.*)', line)
+        if match:
+            program = match.group(1).split()
+            flags = [w for w in shlex.split(match.group(2)) if w.startswith("--")]
+            commands.append((program, flags))
+    return commands
+
+
+def test_gpu_checks_script_parses_and_uses_existing_options():
+    """The prepared GPU script (run where a GPU is lent, never in CI) is valid bash,
+    and every option it passes exists in the program it passes it to -- so a renamed
+    option fails here, not in the few minutes a GPU is lent."""
+    script = os.path.join(BENCH, "gpu_checks.sh")
+    proc = subprocess.run(["bash", "-n", script], capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr
+    commands = _gpu_check_commands()
+    programs = [" ".join(program) for program, _ in commands]
+    assert programs == ["-m autoencoders manifold", "benchmarks/train_step.py",
+                        "benchmarks/conv_step.py"]
+    for program, flags in commands:
+        assert "--backend" in flags  # each of them on the GPU
+        argv = ([sys.executable, "-m", "autoencoders", program[-1]] if program[0] == "-m"
+                else [sys.executable, os.path.join(ROOT, program[0])])
+        usage = subprocess.run(argv + ["--help"], capture_output=True, text=True, cwd=ROOT,
+                               timeout=120)
+        assert usage.returncode == 0, usage.stderr[-2000:]
+        for flag in flags:
+            assert flag in usage.stdout, f"{' '.join(program)} has no option {flag}"

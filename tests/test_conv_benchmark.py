@@ -9,6 +9,9 @@ import sys
 import numpy as np
 import pytest
 
+import helpers
+import minigrad as mg
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SCRIPT = os.path.join(ROOT, "benchmarks", "conv_step.py")
 TINY = ["--batch", "8,4", "--rounds", "2", "--warmup", "0", "--timed", "2", "--pause", "0",
@@ -52,13 +55,55 @@ def test_each_framework_computes_on_its_own_backend():
     """Host arrays compute on the active backend, so each minigrad framework's turn
     runs under its own (the NumPy model on the references, the Numba ones on Numba)."""
     pytest.importorskip("numba", reason="the default backend's benchmark needs numba")
-    import minigrad as mg
+    conv_step = _import_conv_step()
+    probe = lambda: mg.device.device_of(np.zeros(1)).name  # noqa: E731
+    for name, backend in (("minigrad-numpy", "numpy"), ("minigrad-numba", "numba"),
+                          ("minigrad-numba-blas", "numba")):
+        assert conv_step.in_context(name, probe) == backend
+
+
+@pytest.mark.parametrize("device", helpers.GPU_DEVICES, indirect=True)
+def test_gpu_mode_runs_the_cupy_framework(device, tmp_path):
+    """``--backend cupy`` (issue 12's GPU check): the minigrad-cupy framework trains on
+    the GPU backend -- here on a real GPU or the host stand-in for CuPy -- learns as
+    the CPU model does, and is reported; torch-cuda joins where PyTorch sees a GPU."""
+    pytest.importorskip("numba", reason="the CPU side of the comparison needs numba")
+    conv_step = _import_conv_step()
+    weights = conv_step.initial_weights()
+    X, _ = conv_step.load_data(64)
+    losses = conv_step.loss_check(["minigrad-cupy", "minigrad-numba"], weights, X, 2, 8)
+    assert losses["minigrad-cupy"][1] < losses["minigrad-cupy"][0]  # Adam lowers the loss
+    assert losses["minigrad-cupy"] == pytest.approx(losses["minigrad-numba"], rel=1e-4)
+    active = lambda: mg.get_backend().name  # noqa: E731
+    assert conv_step.in_context("minigrad-cupy", active) == "cupy"
+    out = tmp_path / "conv_step_gpu.json"
+    frameworks = "minigrad-cupy" + (",torch-cuda" if conv_step.torch_available("cuda") else "")
+    results = conv_step.main(["--backend", "cupy", "--frameworks", frameworks, "--out", str(out)]
+                             + TINY)
+    timed = results["step"]["minigrad-cupy"]["8"]
+    assert timed["steps"] == 4 and 0 < timed["min_ms"] <= timed["median_ms"]
+    assert json.loads(out.read_text())["results"]["backend"] == "cupy"
+    if "torch-cuda" in frameworks:
+        assert results["check_rel_diff"]["float32"]["minigrad-cupy"]["max"] <= 1e-4
+
+
+def test_gpu_mode_without_pytorch_cuda_reports_no_ratio(monkeypatch):
+    """On a GPU machine without PyTorch's CUDA build the default frameworks are
+    minigrad-cupy alone, and the report has no ratio (nothing to divide by)."""
+    conv_step = _import_conv_step()
+    monkeypatch.setattr(conv_step, "torch_available", lambda device="cpu": device == "cpu")
+    args = conv_step.argparse.Namespace(backend="cupy", batch=[8], rounds=1, timed=1,
+                                        check_steps=0)
+    step = {"median_ms": 2.0, "min_ms": 1.0, "max_ms": 3.0, "steps": 1}
+    text = conv_step.report({"step": {"minigrad-cupy": {"8": step}}, "gpu": "a GPU"}, args,
+                            "blocks")
+    assert "GPU: a GPU" in text and "minigrad-cupy" in text and "ratio" not in text
+
+
+def _import_conv_step():
     sys.path.insert(0, os.path.dirname(SCRIPT))
     try:
         import conv_step
     finally:
         sys.path.remove(os.path.dirname(SCRIPT))
-    probe = lambda: mg.device.device_of(np.zeros(1)).name  # noqa: E731
-    for name, backend in (("minigrad-numpy", "numpy"), ("minigrad-numba", "numba"),
-                          ("minigrad-numba-blas", "numba")):
-        assert conv_step.in_context(name, probe) == backend
+    return conv_step
