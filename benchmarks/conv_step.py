@@ -295,7 +295,8 @@ def report(results, args, data_name):
             rel = np.abs(np.array(values) - ref) / np.abs(ref)
             diff = {"last": float(rel[-1]), "max": float(rel.max())}
             results.setdefault("check_rel_diff", {}).setdefault(dtype, {})[n] = diff
-            lines.append(f"  {n:<24} relative difference to {reference}: last step {diff['last']:.2e} "
+            lines.append(f"  {n:<24} relative difference to {reference}: last step "
+                         f"{diff['last']:.2e} "
                          f"{'OK' if diff['last'] <= 1e-4 else 'MISMATCH'} (<= 1e-4), largest "
                          f"over the steps {diff['max']:.2e}")
     both = results.get("check_losses", {})

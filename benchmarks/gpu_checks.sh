@@ -53,11 +53,13 @@ check() {
 
 { echo "gpu_checks.sh $(date -u +%FT%TZ), budget ${budget} s"
   nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader 2>&1
-  "$python" -c 'import sys, numpy; print("python", sys.version.split()[0], "numpy", numpy.__version__)'
+  "$python" -c 'import sys, numpy; print("python", sys.version.split()[0],
+                                         "numpy", numpy.__version__)'
   for m in cupy numba torch; do
       "$python" -c "import $m; print('$m', $m.__version__)" 2>&1 | tail -n 1
   done
-  "$python" -c 'import cupy; print("cupy sees", cupy.cuda.runtime.getDeviceCount(), "GPU(s)")' 2>&1 | tail -n 1
+  "$python" -c 'import cupy; print("cupy sees", cupy.cuda.runtime.getDeviceCount(), "GPUs")' \
+      2>&1 | tail -n 1
   echo; } >"$summary"
 
 check "GPU cases of the suite" 150 "$out/tests_gpu.log" \
