@@ -310,6 +310,15 @@ def report(results, args, data_name):
     return "\n".join(lines)
 
 
+def default_frameworks(backend):
+    """What ``--backend`` runs without ``--frameworks``: minigrad's frameworks there, and
+    PyTorch eager on the same device where it can run."""
+    if backend == "cpu":
+        return ["minigrad-numba", "minigrad-numba-blas", "minigrad-numpy"] + (
+            ["torch"] if torch_available() else [])
+    return ["minigrad-cupy"] + (["torch-cuda"] if torch_available("cuda") else [])
+
+
 def torch_available(device="cpu"):
     try:
         import torch
@@ -361,13 +370,7 @@ def main(argv=None):
     parser.add_argument("--out", default=os.path.join(ROOT, "benchmarks", "results",
                                                       "conv_step.json"))
     args = parser.parse_args(argv)
-    if args.frameworks:
-        names = args.frameworks.split(",")
-    elif args.backend == "cpu":
-        names = ["minigrad-numba", "minigrad-numba-blas", "minigrad-numpy"] + (
-            ["torch"] if torch_available() else [])
-    else:
-        names = ["minigrad-cupy"] + (["torch-cuda"] if torch_available("cuda") else [])
+    names = args.frameworks.split(",") if args.frameworks else default_frameworks(args.backend)
     X, data_name = load_data(args.n)
     weights = initial_weights()
     results = {"data": data_name, "backend": args.backend,

@@ -92,6 +92,10 @@ def test_gpu_mode_without_pytorch_cuda_reports_no_ratio(monkeypatch):
     minigrad-cupy alone, and the report has no ratio (nothing to divide by)."""
     conv_step = _import_conv_step()
     monkeypatch.setattr(conv_step, "torch_available", lambda device="cpu": device == "cpu")
+    assert conv_step.default_frameworks("cupy") == ["minigrad-cupy"]
+    assert conv_step.default_frameworks("cpu")[-1] == "torch"
+    monkeypatch.setattr(conv_step, "torch_available", lambda device="cpu": True)
+    assert conv_step.default_frameworks("cupy") == ["minigrad-cupy", "torch-cuda"]
     args = conv_step.argparse.Namespace(backend="cupy", batch=[8], rounds=1, timed=1,
                                         check_steps=0)
     step = {"median_ms": 2.0, "min_ms": 1.0, "max_ms": 3.0, "steps": 1}
